@@ -1,0 +1,633 @@
+/**
+ * Reads the configuration once at startup: server.ini (or an app YAML file directly), the app YAML
+ * it names, job_managers.ini, then environment overrides. Every value is validated, every path made
+ * absolute, and the result deep-frozen. A bad file fails fast with a ConfigError naming the file,
+ * the key and the expected form. Options that are accepted but have no effect yet come back as
+ * `warnings` (one line each) for the caller to log.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { interpolatedValue, parseIni, type IniDocument, type IniSection } from './ini-file.js';
+import {
+  APP_DEFAULTS,
+  APP_OPTION_HINTS,
+  APP_OPTION_NAMES,
+  DEFAULT_HOST,
+  DEFAULT_HOST_WITHOUT_FILE,
+  DEFAULT_MANAGER_NAME,
+  DEFAULT_PORT,
+  ENV_NAME_RE,
+  ENV_OPTION_PREFIX,
+  FOREIGN_MANAGER_OPTION_RE,
+  IGNORED_MANAGER_OPTIONS,
+  IGNORED_SERVER_OPTIONS,
+  Invalid,
+  MANAGER_DEFAULTS,
+  MANAGER_NAME_RE,
+  MANAGER_OPTION_NAMES,
+  NOT_YET_SUPPORTED_APP_OPTIONS,
+  NOT_YET_SUPPORTED_APP_PREFIXES,
+  PERSISTENCE_DISABLED,
+  REFUSED_APP_OPTIONS,
+  SERVER_OPTION_NAMES,
+  appOptionsSchema,
+  asEnvValue,
+  managerOptionsSchema,
+  serverOptionsSchema,
+  type AppOptions,
+  type ServerOptions,
+} from './schema.js';
+import type { AppSection, Config, ManagerConfig, ServerSection } from './types.js';
+import { MAX_CONFIG_BYTES, parseYamlOptions } from './yaml-file.js';
+
+export interface LoadOptions {
+  /** server.ini-style file, or an app options file ending in `.yml`/`.yaml`. Relative to `cwd`. */
+  configFile?: string | undefined;
+  /** Process working directory: base of `staging_directory` & co. Default `process.cwd()`. */
+  cwd?: string | undefined;
+  /** Source of `PULSAR_CONFIG_*` / `MAGNETAR_CONFIG_*` overrides and `GALAXY_HOME`. Default `process.env`. */
+  env?: Record<string, string | undefined> | undefined;
+}
+
+export interface LoadResult {
+  config: Config;
+  /** One line each, `<file>: <key> ...`, for options accepted but not acted on. */
+  warnings: string[];
+}
+
+/** Where a value came from, for error messages: file label and the key as the admin wrote it. */
+interface Setting {
+  readonly value: unknown;
+  readonly file: string;
+  readonly key: string;
+}
+
+interface Context {
+  readonly cwd: string;
+  readonly env: Record<string, string | undefined>;
+  readonly warnings: string[];
+}
+
+const ENVIRONMENT = 'environment';
+const OVERRIDE_PREFIXES = ['PULSAR_CONFIG_OVERRIDE_', 'MAGNETAR_CONFIG_OVERRIDE_'] as const; // later wins
+const DEFAULT_PREFIXES = ['MAGNETAR_CONFIG_', 'PULSAR_CONFIG_'] as const; // earlier wins
+/** Environment names under the prefixes that are not app options. */
+const RESERVED_ENV_KEYS: ReadonlySet<string> = new Set(['dir', 'file']);
+const APP_SECTIONS = ['app:main', 'application:main'] as const;
+const SERVER_SECTION = 'server:main';
+const MANAGER_SECTION_PREFIX = 'manager:';
+const DEFAULT_APP_YAML = 'app.yml';
+
+export async function loadConfig(opts: LoadOptions = {}): Promise<LoadResult> {
+  const cwd = path.resolve(opts.cwd ?? process.cwd());
+  const ctx: Context = { cwd, env: opts.env ?? process.env, warnings: [] };
+  const settings = new Map<string, Setting>();
+  let configFile: string | undefined;
+  let configDir = cwd;
+  let server: ServerSection = { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined };
+
+  if (opts.configFile !== undefined) {
+    configFile = path.resolve(cwd, opts.configFile);
+    configDir = path.dirname(configFile);
+    if (/\.ya?ml$/i.test(configFile)) {
+      server = { host: DEFAULT_HOST, port: DEFAULT_PORT, sslPem: undefined };
+      await readAppYaml(configFile, settings, ctx);
+    } else {
+      server = await readServerIni(configFile, settings, ctx);
+    }
+  }
+  applyEnvironment(settings, ctx);
+  const app = await buildApp(settings, configDir, ctx);
+
+  if (!isLoopback(server.host) && app.privateToken === undefined) {
+    ctx.warnings.push(
+      `${configFile === undefined ? ENVIRONMENT : label(configFile, ctx)}: host ${server.host} is reachable from other machines and no private_token is set: anyone who can connect can run jobs`,
+    );
+  }
+  const config: Config = { configFile, configDir, server, app };
+  return { config: deepFreeze(config), warnings: ctx.warnings };
+}
+
+/** The configuration with no file and no environment: 127.0.0.1:8913, one queued_python manager. */
+export function defaultConfig(cwd: string): Config {
+  const base = path.resolve(cwd);
+  const stagingDirectory = path.resolve(base, APP_DEFAULTS.stagingDirectory);
+  const manager: ManagerConfig = {
+    name: DEFAULT_MANAGER_NAME,
+    type: MANAGER_DEFAULTS.type,
+    stagingDirectory,
+    assignIds: APP_DEFAULTS.assignIds,
+    numConcurrentJobs: MANAGER_DEFAULTS.numConcurrentJobs,
+    debug: APP_DEFAULTS.debug,
+    maximumStreamSize: APP_DEFAULTS.maximumStreamSize,
+    jobDirectoryMode: undefined,
+    env: {},
+    tmpDir: undefined,
+    galaxyHome: undefined,
+    galaxyVirtualEnv: undefined,
+    galaxyConfigFile: undefined,
+    galaxyDatasetFilesPath: undefined,
+    galaxyDatatypesConfigFile: undefined,
+    minPollingInterval: MANAGER_DEFAULTS.minPollingInterval,
+  };
+  return deepFreeze({
+    configFile: undefined,
+    configDir: base,
+    server: { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined },
+    app: {
+      privateToken: undefined,
+      stagingDirectory,
+      persistenceDirectory: path.resolve(base, APP_DEFAULTS.persistenceDirectory),
+      assignIds: APP_DEFAULTS.assignIds,
+      maximumStreamSize: APP_DEFAULTS.maximumStreamSize,
+      jobDirectoryMode: undefined,
+      debug: APP_DEFAULTS.debug,
+      maxUploadSize: APP_DEFAULTS.maxUploadSize,
+      maxJobUploadSize: APP_DEFAULTS.maxJobUploadSize,
+      allowUnsafeEnv: APP_DEFAULTS.allowUnsafeEnv,
+      logRequests: APP_DEFAULTS.logRequests,
+      managers: [manager],
+    },
+  });
+}
+
+/** One line for the startup log, e.g. `https://0.0.0.0:8913 (config /etc/magnetar/server.ini; private_token set); managers: _default_ (queued_python, 4 workers)`. */
+export function describeConfig(config: Config): string {
+  const { host, port, sslPem } = config.server;
+  const url = `${sslPem === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const source = config.configFile === undefined ? 'no config file' : `config ${config.configFile}`;
+  const auth = config.app.privateToken === undefined ? 'no private_token' : 'private_token set';
+  const managers = config.app.managers
+    .map((m) =>
+      m.type === 'queued_python'
+        ? `${m.name} (${m.type}, ${m.numConcurrentJobs} worker${m.numConcurrentJobs === 1 ? '' : 's'})`
+        : `${m.name} (${m.type})`,
+    )
+    .join(', ');
+  return `${url} (${source}; ${auth}); managers: ${managers}`;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Files
+
+/** How a file is named in messages: relative to the working directory when inside it. */
+function label(file: string, ctx: Context): string {
+  const relative = path.relative(ctx.cwd, file);
+  return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : file;
+}
+
+async function readConfigText(file: string, ctx: Context, referrer?: Setting): Promise<string> {
+  const fail = (message: string, cause?: unknown): ConfigError =>
+    referrer === undefined
+      ? new ConfigError(label(file, ctx), undefined, message, { cause })
+      : new ConfigError(referrer.file, referrer.key, `${message}: ${file}`, { cause });
+  let size: number;
+  try {
+    const info = await stat(file);
+    if (!info.isFile()) throw fail('not a regular file');
+    size = info.size;
+  } catch (error) {
+    if (error instanceof ConfigError) throw error;
+    throw fail(describeIoError(error), error);
+  }
+  if (size > MAX_CONFIG_BYTES) throw fail(`file is larger than ${MAX_CONFIG_BYTES} bytes`);
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    throw fail(describeIoError(error), error);
+  }
+}
+
+function describeIoError(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT') return 'file not found';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  return `cannot read file (${code ?? String(error)})`;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await stat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function iniValues(
+  doc: IniDocument,
+  section: IniSection,
+  file: string,
+  fileLabel: string,
+): Array<[key: string, value: string]> {
+  const extra = { here: path.dirname(file), __file__: file };
+  return [...section.entries.keys()].map((key) => [key, interpolatedValue(doc, section, key, extra, fileLabel)]);
+}
+
+async function readServerIni(file: string, settings: Map<string, Setting>, ctx: Context): Promise<ServerSection> {
+  const fileLabel = label(file, ctx);
+  const doc = parseIni(await readConfigText(file, ctx), fileLabel);
+  const here = path.dirname(file);
+  const appSections = APP_SECTIONS.map((name) => doc.sections.get(name)).filter((s) => s !== undefined);
+  const serverSection = doc.sections.get(SERVER_SECTION);
+  if (appSections.length > 1) {
+    throw new ConfigError(fileLabel, '[application:main]', 'use either [app:main] or [application:main], not both');
+  }
+  if (serverSection === undefined && appSections.length === 0) {
+    throw new ConfigError(fileLabel, undefined, 'has neither a [server:main] nor an [app:main] section (is this a server.ini?)');
+  }
+
+  const server: Partial<ServerOptions> = serverSection === undefined ? {} : readServerSection(doc, serverSection, file, fileLabel, ctx);
+  let sslPem: string | undefined;
+  if (server.ssl_pem !== undefined) {
+    const where: Setting = { value: server.ssl_pem, file: fileLabel, key: `[${SERVER_SECTION}] ssl_pem` };
+    if (server.ssl_pem.trim() === '*') {
+      throw new ConfigError(where.file, where.key, 'generating a self-signed certificate ("*") is not yet supported; give the path of a PEM file holding key and certificate');
+    }
+    sslPem = path.resolve(here, server.ssl_pem);
+    await readConfigText(sslPem, ctx, where);
+  }
+
+  let appConfig: Setting | undefined;
+  const appSection = appSections[0];
+  if (appSection !== undefined) {
+    const name = `[${appSection.name}]`;
+    for (const [key, value] of iniValues(doc, appSection, file, fileLabel)) {
+      if (key === 'paste.app_factory') continue;
+      if (key === 'use') {
+        if (value.trim().startsWith('config:')) {
+          throw new ConfigError(fileLabel, `${name} use`, 'loading the app from another file (use = config:...) is not supported; copy its options here');
+        }
+        continue;
+      }
+      const setting: Setting = { value, file: fileLabel, key: `${name} ${key}` };
+      if (key === 'app_config') appConfig = setting;
+      else settings.set(key, setting);
+    }
+  }
+
+  if (appConfig !== undefined) {
+    await readAppYaml(path.resolve(here, String(appConfig.value)), settings, ctx, appConfig);
+  } else if (await exists(path.join(here, DEFAULT_APP_YAML))) {
+    // As upstream: with no app_config, an app.yml next to server.ini is read.
+    await readAppYaml(path.join(here, DEFAULT_APP_YAML), settings, ctx);
+  }
+
+  return {
+    host: server.host ?? DEFAULT_HOST,
+    port: server.port ?? DEFAULT_PORT,
+    sslPem,
+  };
+}
+
+function readServerSection(
+  doc: IniDocument,
+  section: IniSection,
+  file: string,
+  fileLabel: string,
+  ctx: Context,
+): ServerOptions {
+  const values: Record<string, unknown> = {};
+  const where = new Map<string, Setting>();
+  for (const [key, value] of iniValues(doc, section, file, fileLabel)) {
+    const setting: Setting = { value, file: fileLabel, key: `[${SERVER_SECTION}] ${key}` };
+    if (key === 'use') continue;
+    if (IGNORED_SERVER_OPTIONS.has(key)) {
+      ctx.warnings.push(`${setting.file}: ${setting.key} is a Paste http server option and is ignored`);
+      continue;
+    }
+    if (!SERVER_OPTION_NAMES.has(key)) {
+      throw new ConfigError(setting.file, setting.key, `unknown option (known: ${[...SERVER_OPTION_NAMES].join(', ')}, use)`);
+    }
+    values[key] = value;
+    where.set(key, setting);
+  }
+  return parseOrThrow(serverOptionsSchema, values, where);
+}
+
+async function readAppYaml(file: string, settings: Map<string, Setting>, ctx: Context, referrer?: Setting): Promise<void> {
+  const fileLabel = label(file, ctx);
+  const options = parseYamlOptions(await readConfigText(file, ctx, referrer), fileLabel);
+  for (const [key, value] of Object.entries(options)) {
+    if (key === 'app_config') {
+      throw new ConfigError(fileLabel, key, 'app_config is only read from [app:main] in server.ini');
+    }
+    // YAML values override [app:main] values.
+    settings.set(key, { value, file: fileLabel, key });
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Environment (PROTOCOL §10.1)
+
+function applyEnvironment(settings: Map<string, Setting>, ctx: Context): void {
+  const names = Object.keys(ctx.env).sort();
+  const keyFor = (name: string, prefix: string): string | undefined => {
+    if (!name.startsWith(prefix)) return undefined;
+    const key = name.slice(prefix.length).toLowerCase();
+    return key === '' ? undefined : key;
+  };
+  const isOverride = (name: string): boolean => OVERRIDE_PREFIXES.some((prefix) => name.startsWith(prefix));
+
+  for (const prefix of DEFAULT_PREFIXES) {
+    for (const name of names) {
+      const value = ctx.env[name];
+      const key = keyFor(name, prefix);
+      if (value === undefined || key === undefined || isOverride(name) || RESERVED_ENV_KEYS.has(key)) continue;
+      if (!settings.has(key)) settings.set(key, { value, file: ENVIRONMENT, key: name });
+    }
+  }
+  for (const prefix of OVERRIDE_PREFIXES) {
+    for (const name of names) {
+      const value = ctx.env[name];
+      const key = keyFor(name, prefix);
+      if (value === undefined || key === undefined) continue;
+      settings.set(key, { value, file: ENVIRONMENT, key: name });
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// App options and managers
+
+function isNotYetSupported(key: string): boolean {
+  return NOT_YET_SUPPORTED_APP_OPTIONS.has(key) || NOT_YET_SUPPORTED_APP_PREFIXES.some((p) => key.startsWith(p));
+}
+
+function parseOrThrow<S extends z.ZodType>(schema: S, values: Record<string, unknown>, where: ReadonlyMap<string, Setting>): z.output<S> {
+  const result = schema.safeParse(values);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const key = String(issue?.path[0] ?? '');
+  const setting = where.get(key);
+  if (setting === undefined) throw new Error(`config schema issue without a source: ${issue?.message ?? '?'}`);
+  throw new ConfigError(setting.file, setting.key, issue?.message ?? 'invalid value');
+}
+
+function fileModeWarning(setting: Setting | undefined, ctx: Context): void {
+  if (setting !== undefined && typeof setting.value === 'number') {
+    const octal = setting.value.toString(8).padStart(4, '0');
+    ctx.warnings.push(
+      `${setting.file}: ${setting.key}: the YAML integer ${setting.value} is read as file mode ${octal}; write it as a quoted string ('${octal}') to be unambiguous`,
+    );
+  }
+}
+
+interface ManagerDefaults {
+  readonly stagingDirectory: string;
+  readonly assignIds: AppSection['assignIds'];
+  readonly jobDirectoryMode: number | undefined;
+  readonly maximumStreamSize: number;
+  readonly debug: boolean;
+  readonly galaxyHome: string | undefined;
+  readonly galaxyVirtualEnv: string | undefined;
+  readonly galaxyConfigFile: string | undefined;
+  readonly galaxyDatasetFilesPath: string | undefined;
+  readonly galaxyDatatypesConfigFile: string | undefined;
+}
+
+async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: Context): Promise<AppSection> {
+  for (const [key, setting] of settings) {
+    const refusal = REFUSED_APP_OPTIONS.get(key);
+    if (refusal !== undefined) throw new ConfigError(setting.file, setting.key, refusal);
+  }
+  const values: Record<string, unknown> = {};
+  for (const [key, setting] of settings) {
+    if (key === 'app_config') {
+      throw new ConfigError(setting.file, setting.key, 'app_config is only read from [app:main] in server.ini');
+    }
+    if (isNotYetSupported(key)) {
+      ctx.warnings.push(`${setting.file}: ${setting.key} is not yet supported and is ignored`);
+      continue;
+    }
+    if (!APP_OPTION_NAMES.has(key)) {
+      const hint = APP_OPTION_HINTS.get(key);
+      throw new ConfigError(setting.file, setting.key, `unknown option${hint === undefined ? '' : ` (${hint})`}`);
+    }
+    values[key] = setting.value;
+  }
+  const options = parseOrThrow(appOptionsSchema, values, settings);
+  fileModeWarning(settings.get('job_directory_mode'), ctx);
+
+  const fromCwd = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(ctx.cwd, p));
+  const fromEnv = (name: string): string | undefined => {
+    const value = ctx.env[name];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  const stagingDirectory = path.resolve(ctx.cwd, options.staging_directory ?? APP_DEFAULTS.stagingDirectory);
+  const persistence = options.persistence_directory ?? APP_DEFAULTS.persistenceDirectory;
+  const defaults: ManagerDefaults = {
+    stagingDirectory,
+    assignIds: options.assign_ids ?? APP_DEFAULTS.assignIds,
+    jobDirectoryMode: options.job_directory_mode,
+    maximumStreamSize: options.maximum_stream_size ?? APP_DEFAULTS.maximumStreamSize,
+    debug: options.debug ?? APP_DEFAULTS.debug,
+    galaxyHome: fromCwd(options.galaxy_home ?? fromEnv('GALAXY_HOME')),
+    galaxyVirtualEnv: fromCwd(options.galaxy_virtual_env ?? fromEnv('GALAXY_VIRTUAL_ENV')),
+    galaxyConfigFile: fromCwd(options.galaxy_config_file),
+    galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path),
+    galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file),
+  };
+
+  const sources = await managerSources(options, settings, configDir, ctx);
+  const managers = sources.map((source) => buildManager(source, defaults, ctx));
+
+  return {
+    privateToken: options.private_token,
+    stagingDirectory,
+    persistenceDirectory: persistence === PERSISTENCE_DISABLED ? undefined : path.resolve(ctx.cwd, persistence),
+    assignIds: defaults.assignIds,
+    maximumStreamSize: defaults.maximumStreamSize,
+    jobDirectoryMode: defaults.jobDirectoryMode,
+    debug: defaults.debug,
+    maxUploadSize: options.max_upload_size ?? APP_DEFAULTS.maxUploadSize,
+    maxJobUploadSize: options.max_job_upload_size ?? APP_DEFAULTS.maxJobUploadSize,
+    allowUnsafeEnv: options.allow_unsafe_env ?? APP_DEFAULTS.allowUnsafeEnv,
+    logRequests: options.log_requests ?? APP_DEFAULTS.logRequests,
+    managers,
+  };
+}
+
+/** One manager's raw options and how to name them in errors. */
+interface ManagerSource {
+  readonly name: string;
+  readonly file: string;
+  /** e.g. `[manager:foo]`, `managers.foo`, `manager`. */
+  readonly section: string;
+  readonly options: ReadonlyArray<readonly [key: string, value: unknown]>;
+  /** The single `manager:` form may carry its own `name`. */
+  readonly allowsName: boolean;
+}
+
+/** PROTOCOL §10.2: job_managers_config, else managers, else manager, else one default manager. */
+async function managerSources(
+  options: AppOptions,
+  settings: ReadonlyMap<string, Setting>,
+  configDir: string,
+  ctx: Context,
+): Promise<ManagerSource[]> {
+  const jobManagersConfig = settings.get('job_managers_config');
+  const managersSetting = settings.get('managers');
+  const managerSetting = settings.get('manager');
+  const ignoring = (setting: Setting | undefined, because: Setting): void => {
+    if (setting !== undefined && setting.value !== null) {
+      ctx.warnings.push(`${setting.file}: ${setting.key} is ignored because ${because.key} (${because.file}) takes precedence`);
+    }
+  };
+
+  let sources: ManagerSource[];
+  if (options.job_managers_config !== undefined && jobManagersConfig !== undefined) {
+    ignoring(managersSetting, jobManagersConfig);
+    ignoring(managerSetting, jobManagersConfig);
+    sources = await readJobManagersIni(path.resolve(configDir, options.job_managers_config), jobManagersConfig, ctx);
+  } else if (options.managers !== undefined && managersSetting !== undefined) {
+    ignoring(managerSetting, managersSetting);
+    sources = Object.entries(options.managers).map(([name, value]) => {
+      const section = `${managersSetting.key}.${name}`;
+      if (value !== null && (typeof value !== 'object' || Array.isArray(value))) {
+        throw new ConfigError(managersSetting.file, section, 'expected a mapping of manager options');
+      }
+      const entries = value === null ? [] : Object.entries(value as Record<string, unknown>);
+      return { name: name.trim(), file: managersSetting.file, section, options: entries, allowsName: false };
+    });
+    if (sources.length === 0) throw new ConfigError(managersSetting.file, managersSetting.key, 'defines no manager');
+  } else if (options.manager !== undefined && managerSetting !== undefined) {
+    const entries = Object.entries(options.manager);
+    const named = options.manager['name'];
+    if (named !== undefined && (typeof named !== 'string' || named.trim() === '')) {
+      throw new ConfigError(managerSetting.file, `${managerSetting.key}.name`, 'expected a manager name (a non-empty string)');
+    }
+    const name = typeof named === 'string' ? named.trim() : DEFAULT_MANAGER_NAME;
+    sources = [{ name, file: managerSetting.file, section: managerSetting.key, options: entries, allowsName: true }];
+  } else {
+    sources = [{ name: DEFAULT_MANAGER_NAME, file: ENVIRONMENT, section: 'default manager', options: [], allowsName: false }];
+  }
+
+  const seen = new Set<string>();
+  for (const source of sources) {
+    if (!MANAGER_NAME_RE.test(source.name)) {
+      throw new ConfigError(source.file, source.section, `manager name ${JSON.stringify(source.name)} must use only letters, digits, "_", "-" and "."`);
+    }
+    if (seen.has(source.name)) {
+      throw new ConfigError(source.file, source.section, `duplicate manager name ${source.name}`);
+    }
+    seen.add(source.name);
+  }
+  return sources;
+}
+
+async function readJobManagersIni(file: string, referrer: Setting, ctx: Context): Promise<ManagerSource[]> {
+  const fileLabel = label(file, ctx);
+  const doc = parseIni(await readConfigText(file, ctx, referrer), fileLabel);
+  const sources: ManagerSource[] = [];
+  for (const section of doc.sections.values()) {
+    // Other sections are ignored, as upstream.
+    if (!section.name.startsWith(MANAGER_SECTION_PREFIX)) continue;
+    sources.push({
+      name: section.name.slice(MANAGER_SECTION_PREFIX.length).trim(),
+      file: fileLabel,
+      section: `[${section.name}]`,
+      options: iniValues(doc, section, file, fileLabel),
+      allowsName: false,
+    });
+  }
+  if (sources.length === 0) {
+    throw new ConfigError(fileLabel, undefined, 'defines no [manager:NAME] section');
+  }
+  return sources;
+}
+
+function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Context): ManagerConfig {
+  const keyOf = (key: string): string =>
+    source.section.startsWith('[') ? `${source.section} ${key}` : `${source.section}.${key}`;
+  const where = new Map<string, Setting>();
+  const values: Record<string, unknown> = {};
+  const env: Array<[string, string]> = [];
+
+  // The type decides what else is meaningful: report an unsupported type before anything else.
+  const rawType = source.options.find(([key]) => key === 'type');
+  if (rawType !== undefined) {
+    const typeCheck = managerOptionsSchema.shape.type.safeParse(rawType[1]);
+    if (!typeCheck.success) {
+      throw new ConfigError(source.file, keyOf('type'), typeCheck.error.issues[0]?.message ?? 'invalid manager type');
+    }
+  }
+
+  for (const [key, value] of source.options) {
+    const setting: Setting = { value, file: source.file, key: keyOf(key) };
+    if (key.toLowerCase().startsWith(ENV_OPTION_PREFIX)) {
+      const name = key.slice(ENV_OPTION_PREFIX.length);
+      if (!ENV_NAME_RE.test(name)) {
+        throw new ConfigError(setting.file, setting.key, `environment variable name ${JSON.stringify(name)} must match ${ENV_NAME_RE.source}`);
+      }
+      if (env.some(([existing]) => existing === name)) {
+        throw new ConfigError(setting.file, setting.key, `environment variable ${name} is set twice`);
+      }
+      const coerced = asEnvValue(value);
+      if (coerced instanceof Invalid) throw new ConfigError(setting.file, setting.key, coerced.expected);
+      env.push([name, coerced]);
+      continue;
+    }
+    if (IGNORED_MANAGER_OPTIONS.has(key)) {
+      ctx.warnings.push(`${setting.file}: ${setting.key} has no effect for the supported manager types and is ignored`);
+      continue;
+    }
+    if (key === 'name' && source.allowsName) continue;
+    if (!MANAGER_OPTION_NAMES.has(key)) {
+      const hint = FOREIGN_MANAGER_OPTION_RE.test(key)
+        ? ' (an option of DRMAA/CLI/condor managers, which magnetar does not support yet)'
+        : '';
+      throw new ConfigError(setting.file, setting.key, `unknown manager option${hint}`);
+    }
+    values[key] = value;
+    where.set(key, setting);
+  }
+  if (where.has('num_concurrent_jobs') && where.has('max_concurrent_jobs')) {
+    throw new ConfigError(source.file, keyOf('max_concurrent_jobs'), 'give either num_concurrent_jobs or its alias max_concurrent_jobs, not both');
+  }
+  const options = parseOrThrow(managerOptionsSchema, values, where);
+  fileModeWarning(where.get('job_directory_mode'), ctx);
+
+  const type = options.type ?? MANAGER_DEFAULTS.type;
+  const concurrency = options.num_concurrent_jobs ?? options.max_concurrent_jobs;
+  if (type === 'unqueued' && concurrency !== undefined) {
+    const setting = where.get('num_concurrent_jobs') ?? where.get('max_concurrent_jobs');
+    ctx.warnings.push(`${source.file}: ${setting?.key ?? keyOf('num_concurrent_jobs')} has no effect for an unqueued manager`);
+  }
+  const fromCwd = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(ctx.cwd, p));
+
+  return {
+    name: source.name,
+    type,
+    stagingDirectory: fromCwd(options.staging_directory) ?? defaults.stagingDirectory,
+    assignIds: options.assign_ids ?? defaults.assignIds,
+    numConcurrentJobs: concurrency ?? MANAGER_DEFAULTS.numConcurrentJobs,
+    debug: options.debug ?? defaults.debug,
+    maximumStreamSize: options.maximum_stream_size ?? defaults.maximumStreamSize,
+    jobDirectoryMode: options.job_directory_mode ?? defaults.jobDirectoryMode,
+    env: Object.fromEntries(env),
+    tmpDir: options.tmp_dir,
+    galaxyHome: fromCwd(options.galaxy_home) ?? defaults.galaxyHome,
+    galaxyVirtualEnv: fromCwd(options.galaxy_virtual_env) ?? defaults.galaxyVirtualEnv,
+    galaxyConfigFile: fromCwd(options.galaxy_config_file) ?? defaults.galaxyConfigFile,
+    galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path) ?? defaults.galaxyDatasetFilesPath,
+    galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file) ?? defaults.galaxyDatatypesConfigFile,
+    minPollingInterval: options.min_polling_interval ?? MANAGER_DEFAULTS.minPollingInterval,
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(?:\.\d{1,3}){3}$/.test(host);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

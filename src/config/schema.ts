@@ -1,0 +1,374 @@
+/**
+ * What each option accepts, its default, and the catalogs of options that are known but not (yet)
+ * acted on. Values arrive as strings (server.ini, job_managers.ini, environment) or typed (YAML);
+ * one zod schema per option set coerces both, so `debug = yes` and `debug: yes` mean the same.
+ */
+import os from 'node:os';
+import { z } from 'zod';
+import type { AssignIds, ManagerType } from './types.js';
+
+const KiB = 1024;
+const GiB = KiB ** 3;
+const TiB = KiB ** 4;
+
+export const DEFAULT_PORT = 8913;
+/** Host with no configuration file at all (`npm start` in a checkout): never exposed by accident. */
+export const DEFAULT_HOST_WITHOUT_FILE = '127.0.0.1';
+/** Host when a file is given but does not say: Paste's and Pulsar's default. */
+export const DEFAULT_HOST = 'localhost';
+export const DEFAULT_MANAGER_NAME = '_default_';
+
+export const APP_DEFAULTS = {
+  /** Relative to the process working directory, as upstream. */
+  stagingDirectory: 'files/staging',
+  persistenceDirectory: 'files/persisted_data',
+  assignIds: 'galaxy' as AssignIds,
+  maximumStreamSize: 1024 * 1024,
+  debug: false,
+  maxUploadSize: 100 * GiB,
+  maxJobUploadSize: 1 * TiB,
+  allowUnsafeEnv: true,
+  logRequests: true,
+} as const;
+
+export const MANAGER_DEFAULTS = {
+  type: 'queued_python' as ManagerType,
+  numConcurrentJobs: 1,
+  minPollingInterval: 0.5,
+} as const;
+
+/** `persistence_directory` value that turns persistence (and restart recovery) off. */
+export const PERSISTENCE_DISABLED = '__none__';
+
+// ------------------------------------------------------------------------------------------------
+// Catalogs
+
+export const SUPPORTED_MANAGER_TYPES: readonly ManagerType[] = ['queued_python', 'unqueued'];
+
+/** Upstream manager types that magnetar does not run yet: refused by name, not as typos. */
+export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = [
+  'queued_drmaa',
+  'queued_drmaa_xsede',
+  'queued_external_drmaa',
+  'queued_condor',
+  'queued_cli',
+  'coexecution',
+  'queued_pbs',
+];
+
+/** Upstream app options accepted so existing files load; they have no effect yet (one warning each). */
+export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
+  'file_cache_dir',
+  'message_queue_url',
+  'message_queue_consume',
+  'message_queue_publish',
+  'message_queue_publish_capabilities',
+  'message_queue_credentials_file',
+  'message_queue_username',
+  'message_queue_password',
+  'status_outbox_drain_interval',
+  'tool_dependency_dir',
+  'dependency_resolvers_config_file',
+  'dependency_resolution',
+  'job_metrics_config_file',
+  'object_store_config_file',
+  'object_store_config',
+  'sentry_dsn',
+  'sentry_event_level',
+  'ensure_cleanup',
+  'config_dir',
+  'user_auth',
+]);
+
+export const NOT_YET_SUPPORTED_APP_PREFIXES: readonly string[] = ['amqp_', 'object_store_', 'relay_', 'conda_'];
+
+/**
+ * Options whose absence of effect would be dangerous: upstream they *restrict* what may run, so
+ * ignoring them would leave an admin believing commands are validated when they are not.
+ */
+export const REFUSED_APP_OPTIONS: ReadonlyMap<string, string> = new Map([
+  [
+    'tool_config_files',
+    'public tool service mode (toolbox authorization of tools, commands and config files) is not yet supported by magnetar; remove the option to run without command validation, knowingly',
+  ],
+  [
+    'tool_config_file',
+    'public tool service mode (toolbox authorization of tools, commands and config files) is not yet supported by magnetar; remove the option to run without command validation, knowingly',
+  ],
+]);
+
+/** Hints for likely mistakes, appended to the "unknown option" error. */
+export const APP_OPTION_HINTS: ReadonlyMap<string, string> = new Map([
+  ['private_key', 'the option is spelled private_token (LWR documentation used "private_key" in prose)'],
+  ['host', 'host belongs in [server:main] of server.ini'],
+  ['port', 'port belongs in [server:main] of server.ini'],
+  ['ssl_pem', 'ssl_pem belongs in [server:main] of server.ini'],
+  ['type', 'manager options go under manager:, managers: or in job_managers.ini'],
+  ['num_concurrent_jobs', 'manager options go under manager:, managers: or in job_managers.ini'],
+  ['max_concurrent_jobs', 'manager options go under manager:, managers: or in job_managers.ini'],
+  ['shelf_filename', 'LWR-era option; use persistence_directory'],
+]);
+
+/** Server keys of Paste's http server that make no sense for magnetar: accepted with a warning. */
+export const IGNORED_SERVER_OPTIONS: ReadonlySet<string> = new Set([
+  'use_threadpool',
+  'threadpool_workers',
+  'threadpool_kill_thread_limit',
+  'threadpool_spawn_if_under',
+  'threadpool_max_zombie_threads_before_die',
+  'threadpool_hung_check_period',
+  'threadpool_hung_thread_limit',
+  'threadpool_max_requests',
+  'request_queue_size',
+  'socket_timeout',
+  'protocol_version',
+  'daemon_threads',
+]);
+
+const RETRY_SUFFIXES = ['max_retries', 'interval_start', 'interval_step', 'interval_max'];
+
+/** Manager options accepted for compatibility that do nothing for the supported manager types. */
+export const IGNORED_MANAGER_OPTIONS: ReadonlySet<string> = new Set([
+  'job_name_template',
+  ...RETRY_SUFFIXES.map((suffix) => `preprocess_action_${suffix}`),
+  ...RETRY_SUFFIXES.map((suffix) => `postprocess_action_${suffix}`),
+]);
+
+export const ENV_OPTION_PREFIX = 'env_';
+export const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Manager names appear in URLs and (later) queue names. */
+export const MANAGER_NAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]+$/;
+
+// ------------------------------------------------------------------------------------------------
+// Value coercions. Each returns the value or an `Invalid` saying what form was expected.
+
+export class Invalid {
+  constructor(readonly expected: string) {}
+}
+
+type Coerce<T> = (value: unknown) => T | Invalid;
+
+function shown(value: unknown): string {
+  const text = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+function invalid(expected: string, value: unknown): Invalid {
+  return new Invalid(`expected ${expected}, got ${shown(value)}`);
+}
+
+/** A zod schema for one option: null/absent → undefined, otherwise `coerce` or an issue. */
+export function option<T>(coerce: Coerce<T>) {
+  return z
+    .unknown()
+    .transform((value, ctx): T | undefined => {
+      if (value === undefined || value === null) return undefined;
+      const out = coerce(value);
+      if (out instanceof Invalid) {
+        ctx.addIssue({ code: 'custom', message: out.expected });
+        return z.NEVER;
+      }
+      return out;
+    })
+    .optional();
+}
+
+const TRUE_STRINGS = new Set(['true', 'yes', 'on', '1']);
+const FALSE_STRINGS = new Set(['false', 'no', 'off', '0']);
+
+export const asBoolean: Coerce<boolean> = (value) => {
+  if (typeof value === 'boolean') return value;
+  if (typeof value === 'string') {
+    const word = value.trim().toLowerCase();
+    if (TRUE_STRINGS.has(word)) return true;
+    if (FALSE_STRINGS.has(word)) return false;
+  }
+  return invalid('true or false (also yes/no, on/off, 1/0)', value);
+};
+
+/** A string; `''` means unset. Numbers are refused so `private_token: 0123` (octal 83!) cannot slip by. */
+export const asOptionalText: Coerce<string | undefined> = (value) => {
+  if (typeof value !== 'string') return invalid('a string (quote it in YAML)', value);
+  return value === '' ? undefined : value;
+};
+
+/** A host name or address to listen on; `[::1]` is accepted and unbracketed. */
+export const asHost: Coerce<string> = (value) => {
+  const expected = 'a host name or IP address like localhost, 0.0.0.0 or ::1';
+  if (typeof value !== 'string') return invalid(expected, value);
+  const host = value.trim().replace(/^\[(.*)\]$/, '$1');
+  return /^[A-Za-z0-9._:%-]+$/.test(host) ? host : invalid(expected, value);
+};
+
+export const asPath: Coerce<string> = (value) => {
+  if (typeof value !== 'string' || value.trim() === '') return invalid('a non-empty path', value);
+  if (value.includes('\0')) return invalid('a path without NUL characters', value);
+  return value;
+};
+
+function integerFrom(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? value : undefined;
+  if (typeof value === 'string' && /^\s*\+?\d+\s*$/.test(value)) {
+    const parsed = Number(value.trim());
+    return Number.isSafeInteger(parsed) ? parsed : undefined;
+  }
+  return undefined;
+}
+
+export function asInteger(min: number, max: number, expected: string): Coerce<number> {
+  return (value) => {
+    const parsed = integerFrom(value);
+    return parsed !== undefined && parsed >= min && parsed <= max ? parsed : invalid(expected, value);
+  };
+}
+
+export const asPort = asInteger(1, 65535, 'an integer port from 1 to 65535');
+export const asCount = asInteger(0, Number.MAX_SAFE_INTEGER, 'a whole number >= 0');
+
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: KiB, m: KiB ** 2, g: GiB, t: TiB };
+
+/** Bytes: `1048576`, or with a binary suffix `512K`, `10M`, `100G`, `1T`. */
+export const asByteSize: Coerce<number> = (value) => {
+  const expected = 'a byte count like 1048576, 512K, 10M, 100G or 1T (0 = no limit)';
+  const plain = integerFrom(value);
+  if (plain !== undefined) return plain;
+  if (typeof value !== 'string') return invalid(expected, value);
+  const match = /^\s*(\d+)\s*([kmgt])\s*$/i.exec(value);
+  const unit = SIZE_UNITS[(match?.[2] ?? '').toLowerCase()];
+  if (match === null || unit === undefined) return invalid(expected, value);
+  const bytes = Number(match[1]) * unit;
+  return Number.isSafeInteger(bytes) ? bytes : invalid(expected, value);
+};
+
+/**
+ * `0750`, `750` or `0o750` as a string. A YAML integer is taken as the mode number itself, which is
+ * right for YAML 1.1 octal `0750` (= 488). Unquoted `750` is decimal 750 (> 0o777) and refused; the
+ * loader warns about every YAML integer so a decimal `500` (= 0o764) is noticed too.
+ */
+export const asFileMode: Coerce<number> = (value) => {
+  const expected = "an octal file mode like '0750'";
+  if (typeof value === 'number') {
+    return Number.isInteger(value) && value >= 0 && value <= 0o777
+      ? value
+      : invalid(`${expected} (quote it in YAML: unquoted 750 is the decimal number 750)`, value);
+  }
+  if (typeof value !== 'string') return invalid(expected, value);
+  const match = /^\s*(?:0o?)?([0-7]{1,4})\s*$/i.exec(value);
+  if (match === null) return invalid(expected, value);
+  return parseInt(match[1] ?? '', 8);
+};
+
+export const asAssignIds: Coerce<AssignIds> = (value) =>
+  value === 'galaxy' || value === 'uuid' ? value : invalid('galaxy or uuid', value);
+
+/** `*` means one worker per CPU (`os.availableParallelism()`). */
+export const asConcurrency: Coerce<number> = (value) => {
+  if (value === '*' || (typeof value === 'string' && value.trim() === '*')) return os.availableParallelism();
+  const parsed = integerFrom(value);
+  return parsed !== undefined && parsed >= 1 ? parsed : invalid('a whole number >= 1, or * for one per CPU', value);
+};
+
+export const asPositiveNumber: Coerce<number> = (value) => {
+  const expected = 'a number of seconds > 0';
+  let parsed: number | undefined;
+  if (typeof value === 'number') parsed = value;
+  else if (typeof value === 'string' && /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(value)) parsed = Number(value);
+  return parsed !== undefined && Number.isFinite(parsed) && parsed > 0 ? parsed : invalid(expected, value);
+};
+
+export const asMapping: Coerce<Readonly<Record<string, unknown>>> = (value) =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : invalid('a mapping (YAML dictionary)', value);
+
+export const asManagerType: Coerce<ManagerType> = (value) => {
+  if (value === 'queued_python' || value === 'unqueued') return value;
+  if (typeof value === 'string' && UNSUPPORTED_MANAGER_TYPES.includes(value)) {
+    return new Invalid(`manager type ${value} is not yet supported by magnetar (supported: ${SUPPORTED_MANAGER_TYPES.join(', ')})`);
+  }
+  return invalid(`a manager type: ${SUPPORTED_MANAGER_TYPES.join(' or ')}`, value);
+};
+
+/** `tmp_dir`: unset or true → per-job `<jobdir>/tmp`; any other string is shell, used verbatim. */
+export const asTmpDir: Coerce<string | undefined> = (value) => {
+  if (value === true) return undefined;
+  if (typeof value === 'string') {
+    const word = value.trim().toLowerCase();
+    if (word === '' || word === 'true') return undefined;
+    if (word !== 'false') return value;
+  }
+  return invalid('true (per-job tmp directory) or a directory / shell expression', value);
+};
+
+export const asEnvValue: Coerce<string> = (value) => {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  return invalid('a string or number (quote booleans in YAML)', value);
+};
+
+// ------------------------------------------------------------------------------------------------
+// Option sets
+
+export const serverOptionsSchema = z
+  .object({
+    host: option(asHost),
+    port: option(asPort),
+    ssl_pem: option(asOptionalText),
+  })
+  .strict();
+
+export const appOptionsSchema = z
+  .object({
+    private_token: option(asOptionalText),
+    staging_directory: option(asPath),
+    persistence_directory: option(asPath),
+    assign_ids: option(asAssignIds),
+    job_directory_mode: option(asFileMode),
+    maximum_stream_size: option(asCount),
+    debug: option(asBoolean),
+    max_upload_size: option(asByteSize),
+    max_job_upload_size: option(asByteSize),
+    allow_unsafe_env: option(asBoolean),
+    log_requests: option(asBoolean),
+    galaxy_home: option(asOptionalText),
+    galaxy_virtual_env: option(asOptionalText),
+    galaxy_config_file: option(asOptionalText),
+    galaxy_dataset_files_path: option(asOptionalText),
+    galaxy_datatypes_config_file: option(asOptionalText),
+    job_managers_config: option(asPath),
+    managers: option(asMapping),
+    manager: option(asMapping),
+  })
+  .strict();
+
+export const managerOptionsSchema = z
+  .object({
+    type: option(asManagerType),
+    num_concurrent_jobs: option(asConcurrency),
+    max_concurrent_jobs: option(asConcurrency),
+    staging_directory: option(asPath),
+    assign_ids: option(asAssignIds),
+    job_directory_mode: option(asFileMode),
+    maximum_stream_size: option(asCount),
+    debug: option(asBoolean),
+    tmp_dir: option(asTmpDir),
+    galaxy_home: option(asOptionalText),
+    galaxy_virtual_env: option(asOptionalText),
+    galaxy_config_file: option(asOptionalText),
+    galaxy_dataset_files_path: option(asOptionalText),
+    galaxy_datatypes_config_file: option(asOptionalText),
+    min_polling_interval: option(asPositiveNumber),
+  })
+  .strict();
+
+/** Options of upstream manager types magnetar does not run: say so instead of "unknown". */
+export const FOREIGN_MANAGER_OPTION_RE =
+  /^(?:native_specification|submit_.+|job_plugin|shell_.+|job_.+|production|chown_working_directory_script|drmaa_kill_script|drmaa_launch_script|monitor|gateway_.+|user_map|remote_.+)$/;
+
+export const SERVER_OPTION_NAMES: ReadonlySet<string> = new Set(Object.keys(serverOptionsSchema.shape));
+export const APP_OPTION_NAMES: ReadonlySet<string> = new Set(Object.keys(appOptionsSchema.shape));
+export const MANAGER_OPTION_NAMES: ReadonlySet<string> = new Set(Object.keys(managerOptionsSchema.shape));
+
+export type ServerOptions = z.output<typeof serverOptionsSchema>;
+export type AppOptions = z.output<typeof appOptionsSchema>;
+export type ManagerOptions = z.output<typeof managerOptionsSchema>;

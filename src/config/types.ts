@@ -1,0 +1,66 @@
+/** The typed, frozen configuration the rest of the server receives. Built by `config/load.ts`. */
+
+export type AssignIds = 'galaxy' | 'uuid';
+export type ManagerType = 'queued_python' | 'unqueued';
+
+export interface ManagerConfig {
+  readonly name: string;
+  readonly type: ManagerType;
+  /** Absolute. */
+  readonly stagingDirectory: string;
+  readonly assignIds: AssignIds;
+  /** queued_python worker count (`num_concurrent_jobs` or `max_concurrent_jobs`; `*` = CPU count). */
+  readonly numConcurrentJobs: number;
+  readonly debug: boolean;
+  /** Bytes of stdout/stderr returned in the status document; 0 = unlimited. */
+  readonly maximumStreamSize: number;
+  /** Mode for job directories, e.g. 0o750; undefined = umask. */
+  readonly jobDirectoryMode: number | undefined;
+  /** `env_<NAME>` options: extra environment for every job. */
+  readonly env: Readonly<Record<string, string>>;
+  /** `tmp_dir`: undefined = per-job `<jobdir>/tmp`. */
+  readonly tmpDir: string | undefined;
+  readonly galaxyHome: string | undefined;
+  readonly galaxyVirtualEnv: string | undefined;
+  readonly galaxyConfigFile: string | undefined;
+  readonly galaxyDatasetFilesPath: string | undefined;
+  readonly galaxyDatatypesConfigFile: string | undefined;
+  readonly minPollingInterval: number;
+}
+
+export interface ServerSection {
+  readonly host: string;
+  readonly port: number;
+  /** Absolute path of a PEM holding key and certificate; undefined = plain HTTP. */
+  readonly sslPem: string | undefined;
+}
+
+export interface AppSection {
+  readonly privateToken: string | undefined;
+  /** Absolute. */
+  readonly stagingDirectory: string;
+  /** Absolute, or undefined when `__none__` (no restart recovery). */
+  readonly persistenceDirectory: string | undefined;
+  readonly assignIds: AssignIds;
+  readonly maximumStreamSize: number;
+  readonly jobDirectoryMode: number | undefined;
+  readonly debug: boolean;
+  /** Largest single upload in bytes (0 = no limit). */
+  readonly maxUploadSize: number;
+  /** Largest total of uploads into one job in bytes (0 = no limit). */
+  readonly maxJobUploadSize: number;
+  /** Accept `execute`, `file` and `raw` env entries from clients. */
+  readonly allowUnsafeEnv: boolean;
+  /** Keep request logs (one line per request). */
+  readonly logRequests: boolean;
+  readonly managers: readonly ManagerConfig[];
+}
+
+export interface Config {
+  /** Absolute path of the file the configuration came from, if any. */
+  readonly configFile: string | undefined;
+  /** Directory relative paths in the configuration are resolved against. */
+  readonly configDir: string;
+  readonly server: ServerSection;
+  readonly app: AppSection;
+}

@@ -1,0 +1,402 @@
+import { constants as fsc, type Stats } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { BadRequest, Forbidden, NotFound } from '../errors.js';
+
+/** File types of PROTOCOL §4.2. */
+export const FILE_TYPES = [
+  'input', 'unstructured', 'config', 'tool', 'jobdir', 'workdir', 'metadata',
+  'output', 'output_workdir', 'output_metadata', 'output_jobdir',
+] as const;
+export type FileType = (typeof FILE_TYPES)[number];
+
+interface TypeRule { readonly base: string; readonly nested: boolean }
+const RULES: Readonly<Record<FileType, TypeRule>> = {
+  input: { base: 'inputs', nested: true },
+  unstructured: { base: 'unstructured', nested: true },
+  config: { base: 'configs', nested: false },
+  tool: { base: 'tool_files', nested: true },
+  jobdir: { base: '', nested: false },
+  workdir: { base: 'working', nested: false },
+  metadata: { base: 'metadata', nested: true },
+  output: { base: 'outputs', nested: true },
+  output_workdir: { base: 'working', nested: true },
+  output_metadata: { base: 'metadata', nested: true },
+  output_jobdir: { base: '', nested: false },
+};
+
+/** Types a client may upload into (the output types only ever flow back to the client). */
+const UPLOAD_TYPES: ReadonlySet<FileType> = new Set(['input', 'unstructured', 'config', 'tool', 'jobdir', 'workdir', 'metadata']);
+
+/** The directories setup creates (PROTOCOL §4.1). */
+export const SETUP_DIRECTORIES = ['inputs', 'working', 'outputs', 'configs', 'tool_files', 'metadata'] as const;
+
+/**
+ * Names in `<jobdir>` that belong to the server or to upstream's bookkeeping (PROTOCOL §4.6) and
+ * the job directory's own sub-directories: a `jobdir` upload may never replace them and an
+ * `output_jobdir` download never serves the control files.
+ */
+const RESERVED_JOBDIR_NAMES: ReadonlySet<string> = new Set([
+  'tool_id', 'tool_version', 'launch_config', 'preprocessed', 'preprocessing_failed', 'stderr',
+  'return_code', 'running', 'final_status', 'postprocessed', 'cancelled', 'submitted', 'pid',
+  'command_line', 'command.sh', 'external_id', 'job.condor.submit', 'job_condor.log', 'jt.json',
+  'status.lock', '.state.lock', 'job_stdout', 'job_stderr',
+  ...SETUP_DIRECTORIES, 'unstructured', 'home', 'tmp', 'working.orig', 'outputs.orig', 'configs.orig',
+]);
+
+export function isFileType(value: string): value is FileType {
+  return (FILE_TYPES as readonly string[]).includes(value);
+}
+
+/** Split a client-supplied relative name into safe components, or throw. */
+function nameComponents(name: string): string[] {
+  if (name.length === 0) throw new BadRequest('file name is empty');
+  if (name.length > 4096) throw new BadRequest('file name is too long');
+  if (name.includes('\0')) throw new BadRequest('file name contains a NUL byte');
+  if (name.includes('\\')) throw new BadRequest('file name contains a backslash');
+  if (name.startsWith('/')) throw new Forbidden('absolute file names are not allowed');
+  const parts = name.split('/');
+  for (const part of parts) {
+    if (part === '' || part === '.' || part === '..') {
+      throw new Forbidden(`file name "${name}" has an empty, "." or ".." component`);
+    }
+    if (Buffer.byteLength(part) > 255) throw new BadRequest('file name component is too long');
+  }
+  return parts;
+}
+
+const GLOB_CHARS = /[*?[]/;
+
+/** fnmatch-style component pattern (`*`, `?`, `[...]`) → RegExp; `*` never crosses `/`. */
+function globToRegExp(pattern: string): RegExp {
+  let out = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '*') out += '[^/]*';
+    else if (c === '?') out += '[^/]';
+    else if (c === '[') {
+      const end = pattern.indexOf(']', i + 2);
+      if (end === -1) { out += '\\['; continue; }
+      let body = pattern.slice(i + 1, end).replace(/\\/g, '\\\\');
+      if (body.startsWith('!')) body = '^' + body.slice(1);
+      out += `[${body}]`;
+      i = end;
+    } else out += c.replace(/[.+^${}()|\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${out}$`);
+}
+
+/** Is `child` (a real path) equal to or below `parent` (a real path)? */
+export function isInside(parent: string, child: string): boolean {
+  return child === parent || child.startsWith(parent.endsWith('/') ? parent : parent + '/');
+}
+
+async function realPathOfFd(fd: number): Promise<string> {
+  return fs.readlink(`/proc/self/fd/${fd}`);
+}
+
+export interface ByteBudget {
+  /** Called for every chunk before it is written; throws (PayloadTooLarge) to refuse the upload. */
+  readonly take: (bytes: number) => void;
+}
+
+export interface OpenedDownload {
+  readonly handle: fs.FileHandle;
+  readonly size: number;
+}
+
+/**
+ * A job's directory: the only place that turns a client-supplied name into a server path.
+ * Every name is validated, parents are created without following symlinks, and every opened file
+ * is checked (through /proc/self/fd) to really lie inside the directory it was meant for.
+ */
+export class JobDirectory {
+  readonly root: string;
+  readonly #mode: number | undefined;
+
+  constructor(stagingDirectory: string, jobId: string, mode?: number) {
+    this.root = path.join(stagingDirectory, jobId);
+    this.#mode = mode;
+  }
+
+  get working(): string { return path.join(this.root, 'working'); }
+  get metadata(): string { return path.join(this.root, 'metadata'); }
+  get outputs(): string { return path.join(this.root, 'outputs'); }
+  get configs(): string { return path.join(this.root, 'configs'); }
+  get toolFiles(): string { return path.join(this.root, 'tool_files'); }
+  get inputs(): string { return path.join(this.root, 'inputs'); }
+  get unstructured(): string { return path.join(this.root, 'unstructured'); }
+  get scriptPath(): string { return path.join(this.root, 'command.sh'); }
+  get returnCodePath(): string { return path.join(this.root, 'return_code'); }
+  get jobStdoutPath(): string { return path.join(this.metadata, 'job_stdout'); }
+  get jobStderrPath(): string { return path.join(this.metadata, 'job_stderr'); }
+
+  async exists(): Promise<boolean> {
+    try {
+      return (await fs.lstat(this.root)).isDirectory();
+    } catch {
+      return false;
+    }
+  }
+
+  /** Create the job directory and its six sub-directories; an existing directory is removed first. */
+  async create(): Promise<void> {
+    await this.remove();
+    const mode = this.#mode;
+    await fs.mkdir(this.root, mode === undefined ? {} : { mode });
+    await Promise.all(SETUP_DIRECTORIES.map((d) => fs.mkdir(path.join(this.root, d), mode === undefined ? {} : { mode })));
+    if (mode !== undefined) {
+      // mkdir's mode is filtered by the umask; the administrator asked for exactly this mode.
+      await Promise.all([this.root, ...SETUP_DIRECTORIES.map((d) => path.join(this.root, d))].map((p) => fs.chmod(p, mode)));
+    }
+  }
+
+  async remove(): Promise<void> {
+    await fs.rm(this.root, { recursive: true, force: true, maxRetries: 3 });
+  }
+
+  /** Base directory and relative components a (name, type) pair designates, after validation. */
+  #locate(name: string, type: FileType): { base: string; parts: string[] } {
+    const rule = RULES[type];
+    let parts = nameComponents(name);
+    if (!rule.nested) parts = [parts[parts.length - 1]!];
+    const base = rule.base === '' ? this.root : path.join(this.root, rule.base);
+    if (rule.base === '' && RESERVED_JOBDIR_NAMES.has(parts[0]!)) {
+      throw new Forbidden(`"${parts[0]}" is a reserved name in the job directory`);
+    }
+    return { base, parts };
+  }
+
+  /**
+   * Make sure every parent directory of `parts` exists below `base` as a real directory (never a
+   * symlink) and return the absolute parent path.
+   */
+  async #ensureParents(base: string, parts: readonly string[], create: boolean): Promise<string> {
+    let current = base;
+    if (create) await fs.mkdir(current, { recursive: false }).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'EEXIST') throw e; });
+    await this.#assertRealDirectory(current);
+    for (const part of parts.slice(0, -1)) {
+      current = path.join(current, part);
+      if (create) {
+        try {
+          await fs.mkdir(current, this.#mode === undefined ? {} : { mode: this.#mode });
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        }
+      }
+      await this.#assertRealDirectory(current);
+    }
+    return current;
+  }
+
+  async #assertRealDirectory(p: string): Promise<void> {
+    let st: Stats;
+    try {
+      st = await fs.lstat(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound('no such job directory or sub-directory', { cause: e });
+      throw e;
+    }
+    if (st.isSymbolicLink()) throw new Forbidden('a directory on this path is a symbolic link');
+    if (!st.isDirectory()) throw new Forbidden('a path component is not a directory');
+  }
+
+  /** `GET files/path` and the upload response: where the file of this name and type lives. */
+  async pathFor(name: string, type: FileType, createParents: boolean): Promise<string> {
+    const { base, parts } = this.#locate(name, type);
+    if (type.startsWith('output')) {
+      // Output paths are answered without creating anything (PROTOCOL §4.4).
+      return path.join(base, ...parts);
+    }
+    const parent = await this.#ensureParents(base, parts, createParents);
+    return path.join(parent, parts[parts.length - 1]!);
+  }
+
+  /**
+   * Stream `body` into the file for (name, type): a temp file created next to the destination
+   * with O_EXCL|O_NOFOLLOW, verified to be inside the job directory, then renamed over it.
+   */
+  async writeUpload(name: string, type: FileType, body: Readable, budget: ByteBudget): Promise<{ path: string; bytes: number }> {
+    if (!UPLOAD_TYPES.has(type)) throw new BadRequest(`files of type "${type}" cannot be uploaded`);
+    const { base, parts } = this.#locate(name, type);
+    const parent = await this.#ensureParents(base, parts, RULES[type].nested);
+    const finalPath = path.join(parent, parts[parts.length - 1]!);
+    await this.#refuseNonRegularTarget(finalPath);
+    const tmpPath = path.join(parent, `.upload-${randomBytes(8).toString('hex')}.part`);
+    const handle = await fs.open(tmpPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+    let bytes = 0;
+    let streaming = false;
+    try {
+      const real = await realPathOfFd(handle.fd);
+      if (!isInside(await fs.realpath(this.root), real)) throw new Forbidden('upload target escapes the job directory');
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          try {
+            budget.take(chunk.length);
+          } catch (error) {
+            cb(error as Error);
+            return;
+          }
+          bytes += chunk.length;
+          cb(null, chunk);
+        },
+      });
+      // The stream owns the handle from here and closes it (a FileHandle with a live stream on it
+      // cannot be closed by hand: close() would wait for the stream forever).
+      const sink = handle.createWriteStream({ highWaterMark: 1 << 20 });
+      streaming = true;
+      await pipeline(body, counter, sink);
+      if (!sink.closed) await once(sink, 'close');
+      await fs.rename(tmpPath, finalPath);
+    } catch (e) {
+      if (!streaming) await handle.close().catch(() => undefined);
+      await fs.rm(tmpPath, { force: true });
+      throw e;
+    }
+    return { path: finalPath, bytes };
+  }
+
+  /** Create an empty file (or keep an existing one) for `touch_outputs`. */
+  async touchOutput(name: string): Promise<void> {
+    const { base, parts } = this.#locate(name, 'output');
+    const parent = await this.#ensureParents(base, parts, true);
+    const target = path.join(parent, parts[parts.length - 1]!);
+    const handle = await fs.open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_APPEND | fsc.O_NOFOLLOW, 0o644);
+    await handle.close();
+  }
+
+  async #refuseNonRegularTarget(p: string): Promise<void> {
+    try {
+      const st = await fs.lstat(p);
+      if (!st.isFile()) throw new Forbidden('upload target exists and is not a regular file');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+
+  /** Open an output for download (PROTOCOL §4.4); symlinks are followed only if they stay inside. */
+  async openDownload(name: string, type: string): Promise<OpenedDownload> {
+    const effective: FileType = type === 'output_workdir' || type === 'output_metadata' || type === 'output_jobdir' ? type : 'output';
+    let { base, parts } = this.#locate(name, effective);
+    if (effective === 'output_workdir' && GLOB_CHARS.test(name)) {
+      parts = await this.#expandGlob(base, parts);
+    }
+    const target = path.join(base, ...parts);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(target, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new NotFound(`no ${effective} file named "${name}"`, { cause: e });
+      if (code === 'ELOOP' || code === 'EACCES') throw new Forbidden(`file "${name}" cannot be read`, { cause: e });
+      throw e;
+    }
+    try {
+      const [real, realBase, st] = await Promise.all([realPathOfFd(handle.fd), fs.realpath(base), handle.stat()]);
+      if (!isInside(realBase, real) || real === realBase) throw new Forbidden(`file "${name}" resolves outside its directory`);
+      if (!st.isFile()) throw new NotFound(`"${name}" is not a regular file`);
+      return { handle, size: st.size };
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+
+  async #expandGlob(base: string, parts: string[]): Promise<string[]> {
+    const pattern = parts.join('/');
+    const re = globToRegExp(pattern);
+    const depth = parts.length;
+    const candidates = (await listFiles(base, depth)).sort();
+    const match = candidates.find((c) => re.test(c));
+    if (match === undefined) throw new NotFound(`no working-directory file matches "${pattern}"`);
+    return match.split('/');
+  }
+
+  /** Read at most `limit` bytes (0 = all) of a file inside the job directory, never through a symlink. */
+  async readSmall(relative: string, limit: number): Promise<string | undefined> {
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(path.join(this.root, relative), fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    } catch {
+      return undefined;
+    }
+    try {
+      const st = await handle.stat();
+      if (!st.isFile()) return undefined;
+      const size = limit > 0 ? Math.min(st.size, limit) : st.size;
+      const buf = Buffer.alloc(size);
+      let off = 0;
+      while (off < size) {
+        const { bytesRead } = await handle.read(buf, off, size - off, off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return buf.subarray(0, off).toString('utf8');
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * A dynamic file source (`galaxy.json`) below `working/`, if it exists there as a regular file
+   * and does not resolve outside `working/` (PROTOCOL §14 item 6).
+   */
+  async readWorkingFile(name: string, limit: number): Promise<string | undefined> {
+    let parts: string[];
+    try {
+      parts = nameComponents(name);
+    } catch {
+      return undefined;
+    }
+    return this.readSmall(path.join('working', ...parts), limit);
+  }
+
+  /** Recursive list of regular files (symlinks to files included) below `sub`, `/`-joined. */
+  async contents(sub: 'working' | 'metadata' | 'outputs'): Promise<string[]> {
+    return listFiles(path.join(this.root, sub), 64);
+  }
+
+  /** Names (files and directories) directly in the job directory. */
+  async topLevelNames(): Promise<string[]> {
+    try {
+      return (await fs.readdir(this.root)).filter((n) => !n.startsWith('.upload-'));
+    } catch {
+      return [];
+    }
+  }
+}
+
+const MAX_LISTED = 100_000;
+
+async function listFiles(dir: string, maxDepth: number): Promise<string[]> {
+  const out: string[] = [];
+  async function walk(abs: string, rel: string, depth: number): Promise<void> {
+    let entries;
+    try {
+      entries = await fs.readdir(abs, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const entry of entries) {
+      if (out.length >= MAX_LISTED) return;
+      if (entry.name.startsWith('.upload-') && entry.name.endsWith('.part')) continue;
+      const childRel = rel === '' ? entry.name : `${rel}/${entry.name}`;
+      if (entry.isFile()) out.push(childRel);
+      else if (entry.isDirectory()) {
+        if (depth < maxDepth) await walk(path.join(abs, entry.name), childRel, depth + 1);
+      } else if (entry.isSymbolicLink()) {
+        try {
+          if ((await fs.stat(path.join(abs, entry.name))).isFile()) out.push(childRel);
+        } catch {
+          // dangling link: not listed
+        }
+      }
+    }
+  }
+  await walk(dir, '', 1);
+  return out;
+}

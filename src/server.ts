@@ -1,0 +1,81 @@
+import * as http from 'node:http';
+import * as https from 'node:https';
+import * as fs from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config/types.js';
+import { ConfigError } from './errors.js';
+import { JobService, jobEnvironment } from './jobs/service.js';
+import type { Logger } from './log.js';
+import { LocalBackend } from './managers/local.js';
+import { createApp } from './web/app.js';
+
+/** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
+const MAX_HEADER_SIZE = 16 * 1024 * 1024;
+
+export interface RunningServer {
+  readonly url: string;
+  readonly server: http.Server;
+  readonly services: ReadonlyMap<string, JobService>;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly log: Logger;
+  /** The server's own environment; jobs get HOME, PATH and TMPDIR from it. */
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Override the configured port (tests use 0). */
+  readonly port?: number;
+}
+
+/** Build every manager's JobService, recover their jobs, then listen. */
+export async function startServer(config: Config, options: StartOptions): Promise<RunningServer> {
+  const { log } = options;
+  const jobEnv = jobEnvironment(options.env);
+  const services = new Map<string, JobService>();
+  for (const manager of config.app.managers) {
+    services.set(manager.name, new JobService(manager, config.app, new LocalBackend(), log, jobEnv));
+  }
+  if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
+  for (const service of services.values()) await service.start();
+
+  const app = createApp(config.app, services, log);
+  const serverOptions: http.ServerOptions = { maxHeaderSize: MAX_HEADER_SIZE, requestTimeout: 0, headersTimeout: 120_000, keepAliveTimeout: 30_000 };
+  let server: http.Server;
+  let scheme = 'http';
+  if (config.server.sslPem !== undefined) {
+    let pem: Buffer;
+    try {
+      pem = await fs.readFile(config.server.sslPem);
+    } catch (error) {
+      throw new ConfigError(config.configFile ?? 'server.ini', 'ssl_pem', `cannot read ${config.server.sslPem}: ${(error as Error).message}`, { cause: error });
+    }
+    server = https.createServer({ ...serverOptions, key: pem, cert: pem }, app);
+    scheme = 'https';
+  } else {
+    server = http.createServer(serverOptions, app);
+  }
+  const port = options.port ?? config.server.port;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, config.server.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `${scheme}://${host}:${address.port}/`;
+  log.info({ url, managers: [...services.keys()] }, 'magnetar listening');
+  return {
+    url,
+    server,
+    services,
+    async close() {
+      for (const service of services.values()) await service.shutdown();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}

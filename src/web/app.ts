@@ -1,0 +1,35 @@
+import express, { type Express } from 'express';
+import helmet from 'helmet';
+import type { AppSection } from '../config/types.js';
+import { loggableUrl, type Logger } from '../log.js';
+import { requireToken } from './auth.js';
+import { errorHandler, notFoundHandler } from './errors.js';
+import { jobRoutes, type Services } from './routes.js';
+
+/** The express application: helmet, request log, the routes twice (plain and per manager), errors. */
+export function createApp(app: AppSection, services: Services, log: Logger): Express {
+  const web = express();
+  web.disable('x-powered-by');
+  web.set('etag', false);
+  // Parameters are read by `web/params.ts` from the raw query string (last value wins).
+  web.set('query parser', false);
+  web.use(helmet());
+  if (app.logRequests) {
+    web.use((req, res, next) => {
+      const start = process.hrtime.bigint();
+      res.on('finish', () => {
+        log.info(
+          { method: req.method, url: loggableUrl(req.originalUrl), status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6 },
+          'request',
+        );
+      });
+      next();
+    });
+  }
+  const routes = jobRoutes(services, requireToken(app.privateToken));
+  web.use('/managers/:manager', routes);
+  web.use('/', routes);
+  web.use(notFoundHandler);
+  web.use(errorHandler(log));
+  return web;
+}

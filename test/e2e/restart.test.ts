@@ -1,0 +1,108 @@
+import test from 'ava';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { request, qs, waitForJob } from '../helpers/client.js';
+import { makeRoot } from '../helpers/server.js';
+import { spawnServer, writeServerIni } from '../helpers/process.js';
+
+async function setupAndSubmit(url: string, id: string, command: (outputs: string) => string): Promise<void> {
+  const setup = await request(url, 'POST', `/jobs?${qs({ job_id: id })}`);
+  if (setup.status !== 200) throw new Error(setup.text);
+  const outputs = setup.json().outputs_directory as string;
+  const up = await request(url, 'POST', `/jobs/${id}/files?${qs({ job_id: id, name: 'in.txt', type: 'input' })}`, { body: `input of ${id}\n` });
+  if (up.status !== 200) throw new Error(up.text);
+  const submit = await request(url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command(outputs) })}`);
+  if (submit.text !== 'OK') throw new Error(submit.text);
+}
+
+async function statusOf(url: string, id: string): Promise<string> {
+  return (await request(url, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('kill -9 of the server loses no job: finished, running, ending-while-down and queued jobs all complete', async (t) => {
+  const root = await makeRoot();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 2\n');
+  const ini = await writeServerIni(root, [
+    `staging_directory = ${root}/staging`,
+    `persistence_directory = ${root}/persisted`,
+    `job_managers_config = ${root}/job_managers.ini`,
+  ]);
+  let server = await spawnServer(ini);
+  t.teardown(() => server.kill('SIGKILL'));
+  const copy = (id: string, delay: number) => (outputs: string) => `sleep ${delay}; cat ../inputs/in.txt > '${outputs}/out.txt'; echo ${id}`;
+
+  await setupAndSubmit(server.url, 'finished', copy('finished', 0));
+  await waitForJob(server.url, 'finished');
+  await setupAndSubmit(server.url, 'long', copy('long', 3));
+  await setupAndSubmit(server.url, 'short', copy('short', 1));
+  await setupAndSubmit(server.url, 'queued1', copy('queued1', 0));
+  await setupAndSubmit(server.url, 'queued2', copy('queued2', 0));
+  await until('two running jobs', async () => (await statusOf(server.url, 'long')) === 'running' && (await statusOf(server.url, 'short')) === 'running');
+  t.is(await statusOf(server.url, 'queued1'), 'queued');
+
+  await server.kill('SIGKILL');
+  const longPid = Number((await fs.readFile(path.join(root, 'staging', 'long', 'pid'), 'utf8')).trim());
+  t.true(alive(longPid), 'the running job survives the server');
+  // "short" ends while no server is watching.
+  await until('short to finish while the server is down', async () => {
+    try {
+      await fs.access(path.join(root, 'staging', 'short', 'return_code'));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+
+  server = await spawnServer(ini);
+  for (const id of ['finished', 'long', 'short', 'queued1', 'queued2']) {
+    const doc = await waitForJob(server.url, id, '', '', 30_000);
+    t.is(doc.status, 'complete', `${id}: ${JSON.stringify(doc)}`);
+    t.is(doc.returncode, 0, id);
+    t.is(doc.job_stdout, `${id}\n`, id);
+    const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'out.txt', type: 'output' })}`);
+    t.is(out.status, 200, id);
+    t.is(out.text, `input of ${id}\n`, id);
+  }
+});
+
+test('a server killed while jobs are only queued runs them all after the restart', async (t) => {
+  const root = await makeRoot();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 1\n');
+  const ini = await writeServerIni(root, [
+    `staging_directory = ${root}/staging`,
+    `persistence_directory = ${root}/persisted`,
+    `job_managers_config = ${root}/job_managers.ini`,
+  ]);
+  let server = await spawnServer(ini);
+  t.teardown(() => server.kill('SIGKILL'));
+  await setupAndSubmit(server.url, 'blocker', () => 'sleep 1.5');
+  await until('blocker running', async () => (await statusOf(server.url, 'blocker')) === 'running');
+  for (const id of ['q1', 'q2', 'q3']) await setupAndSubmit(server.url, id, (o) => `cat ../inputs/in.txt > '${o}/out.txt'`);
+  await server.kill('SIGKILL');
+  server = await spawnServer(ini);
+  for (const id of ['blocker', 'q1', 'q2', 'q3']) {
+    const doc = await waitForJob(server.url, id, '', '', 30_000);
+    t.is(doc.status, 'complete', id);
+  }
+  const out = await request(server.url, 'GET', `/jobs/q3/files?${qs({ job_id: 'q3', name: 'out.txt' })}`);
+  t.is(out.text, 'input of q3\n');
+});

@@ -1,0 +1,59 @@
+import * as http from 'node:http';
+
+export interface Reply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Buffer;
+  readonly text: string;
+  json<T = any>(): T;
+}
+
+/** One raw HTTP request (no client-side URL normalisation): what a test sends is what arrives. */
+export function request(
+  base: string,
+  method: string,
+  target: string,
+  options: { body?: Buffer | string; headers?: Record<string, string> } = {},
+): Promise<Reply> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: url.hostname, port: url.port, method, path: target, headers: options.headers ?? {}, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body,
+            text: body.toString('utf8'),
+            json: () => JSON.parse(body.toString('utf8')),
+          });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    if (options.body !== undefined) req.end(options.body);
+    else req.end();
+  });
+}
+
+export function qs(params: Record<string, string>): string {
+  return new URLSearchParams(params).toString();
+}
+
+/** Poll status until the job is finished; returns the full status document. */
+export async function waitForJob(base: string, jobId: string, prefix = '', extra = '', timeoutMs = 60_000): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const reply = await request(base, 'GET', `${prefix}/jobs/${jobId}/status?job_id=${jobId}${extra}`);
+    if (reply.status !== 200) throw new Error(`status answered ${reply.status}: ${reply.text}`);
+    const doc = reply.json();
+    if (doc.complete === 'true') return doc;
+    if (Date.now() > deadline) throw new Error(`job ${jobId} still ${doc.status} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
