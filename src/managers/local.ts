@@ -20,6 +20,8 @@ export class LocalBackend implements Backend {
   async submit(spec: LaunchSpec): Promise<string> {
     const [out, err] = await Promise.all([fs.open(spec.stdoutPath, 'a'), fs.open(spec.stderrPath, 'a')]);
     let child: ChildProcess;
+    let exit: Promise<{ exitCode: number | null }>;
+    let started: Promise<Error | undefined>;
     try {
       child = spawn('/bin/bash', [spec.scriptPath], {
         cwd: spec.workingDirectory,
@@ -27,20 +29,26 @@ export class LocalBackend implements Backend {
         env: spec.env,
         stdio: ['ignore', out.fd, err.fd],
       });
+      // Listen before anything is awaited: a short job can exit during the next await, and an
+      // 'exit' event with no listener is lost for good.
+      exit = new Promise((resolve) => {
+        child.once('exit', (code, signal) => {
+          resolve({ exitCode: code ?? (signal === null ? null : 128 + signalNumber(signal)) });
+        });
+      });
+      started = new Promise((resolve) => {
+        child.once('spawn', () => resolve(undefined));
+        child.once('error', resolve);
+      });
     } finally {
       await Promise.all([out.close(), err.close()]);
     }
+    const failure = await started;
     const pid = child.pid;
-    if (pid === undefined) {
-      const error = await new Promise<Error>((resolve) => child.once('error', resolve));
-      throw error;
-    }
-    const exit = new Promise<{ exitCode: number | null }>((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.#children.delete(pid);
-        this.#scripts.delete(pid);
-        resolve({ exitCode: code ?? (signal === null ? null : 128 + signalNumber(signal)) });
-      });
+    if (failure !== undefined || pid === undefined) throw failure ?? new Error('the job script could not be started');
+    void exit.then(() => {
+      this.#children.delete(pid);
+      this.#scripts.delete(pid);
     });
     child.unref();
     this.#children.set(pid, { child, exit });
@@ -69,12 +77,15 @@ export class LocalBackend implements Backend {
 
   async kill(externalId: string): Promise<void> {
     const pid = Number(externalId);
+    const own = this.#children.get(pid);
     const script = this.#scripts.get(pid);
-    if (!this.#children.has(pid) && (script === undefined || !(await runsScript(pid, script)))) return;
+    if (own === undefined && (script === undefined || !(await runsScript(pid, script)))) return;
     signalGroup(pid, 'SIGTERM');
-    // After the grace period, whatever is left of the group (the leader may be gone while children
-    // it started still run) is killed for good.
-    void sleep(KILL_GRACE_MS).then(() => signalGroup(pid, 'SIGKILL'));
+    // Whatever is left of the group gets SIGKILL: at once when the leader ends (children it started
+    // may ignore SIGTERM), or after the grace period. Never later: once the leader is gone and its
+    // group empty, the pid may be recycled, and a delayed group kill could hit an unrelated job.
+    const leaderGone = own !== undefined ? own.exit.then(() => undefined) : waitUntilGone(pid, script!);
+    void Promise.race([leaderGone, sleep(KILL_GRACE_MS)]).then(() => signalGroup(pid, 'SIGKILL'));
   }
 
   async recover(spec: LaunchSpec): Promise<string | undefined> {
@@ -97,6 +108,10 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
   } catch {
     // already gone
   }
+}
+
+async function waitUntilGone(pid: number, scriptPath: string): Promise<void> {
+  while (await runsScript(pid, scriptPath)) await sleep(REATTACH_POLL_MS / 4);
 }
 
 /** Is `pid` alive and still running this job's script (not a recycled pid)? */

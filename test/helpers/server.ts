@@ -75,6 +75,7 @@ export async function startTestServer(
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
       logLines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''));
+      if (process.env['MAGNETAR_TEST_LOG'] === '1') process.stderr.write(chunk);
       cb();
     },
   });
