@@ -6,7 +6,7 @@ import type { Config } from './config/types.js';
 import { ConfigError } from './errors.js';
 import { JobService, jobEnvironment } from './jobs/service.js';
 import type { Logger } from './log.js';
-import { LocalBackend } from './managers/local.js';
+import { createBackend } from './managers/index.js';
 import { createApp } from './web/app.js';
 
 /** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
@@ -33,7 +33,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   const jobEnv = jobEnvironment(options.env);
   const services = new Map<string, JobService>();
   for (const manager of config.app.managers) {
-    services.set(manager.name, new JobService(manager, config.app, new LocalBackend(), log, jobEnv));
+    services.set(manager.name, new JobService(manager, config.app, createBackend(manager), log, jobEnv));
   }
   if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
   for (const service of services.values()) await service.start();

@@ -158,7 +158,7 @@ export function buildJobScript(spec: ScriptSpec): string {
     `cd ${q(`${dir}/working`)} || exit 1`,
     `_magnetar_metadata=${q(`${dir}/metadata`)}`,
     'echo "$GALAXY_SLOTS" > "$_magnetar_metadata/__instrument_core_galaxy_slots"',
-    'echo "${GALAXY_MEMORY_MB:-0}" > "$_magnetar_metadata/__instrument_core_galaxy_memory_mb"',
+    'echo "$GALAXY_MEMORY_MB" > "$_magnetar_metadata/__instrument_core_galaxy_memory_mb"',
     'echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_start"',
     '(',
     spec.commandLine,

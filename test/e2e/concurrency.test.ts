@@ -49,9 +49,10 @@ test('an unqueued manager runs jobs immediately, side by side', async (t) => {
   const ids = ['u1', 'u2', 'u3', 'u4'];
   for (const id of ids) {
     await request(server.url, 'POST', `/jobs?${qs({ job_id: id })}`);
-    await request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: 'sleep 1' })}`);
+    await request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: 'sleep 3' })}`);
   }
-  await new Promise((r) => setTimeout(r, 300));
-  t.is(server.services.get('_default_')!.runningCount, 4);
+  const deadline = Date.now() + 2500;
+  while (server.services.get('_default_')!.runningCount < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.is(server.services.get('_default_')!.runningCount, 4, 'all four run at the same time');
   for (const id of ids) t.is((await waitForJob(server.url, id)).status, 'complete');
 });
