@@ -116,11 +116,26 @@ export interface OpenedDownload {
  */
 export class JobDirectory {
   readonly root: string;
+  readonly #staging: string;
+  readonly #jobId: string;
   readonly #mode: number | undefined;
+  #realRoot: Promise<string> | undefined;
 
   constructor(stagingDirectory: string, jobId: string, mode?: number) {
     this.root = path.join(stagingDirectory, jobId);
+    this.#staging = stagingDirectory;
+    this.#jobId = jobId;
     this.#mode = mode;
+  }
+
+  /**
+   * Where the job directory really is: the staging directory resolved (an administrator may
+   * point it through a symlink) joined with the id — never the job directory resolved, so a job
+   * directory or sub-directory replaced by a symlink can never widen what counts as inside.
+   */
+  async #trustedRoot(): Promise<string> {
+    this.#realRoot ??= fs.realpath(this.#staging).then((s) => path.join(s, this.#jobId));
+    return this.#realRoot;
   }
 
   get working(): string { return path.join(this.root, 'working'); }
@@ -176,6 +191,7 @@ export class JobDirectory {
    * symlink) and return the absolute parent path.
    */
   async #ensureParents(base: string, parts: readonly string[], create: boolean): Promise<string> {
+    await this.#assertRealDirectory(this.root);
     let current = base;
     if (create) await fs.mkdir(current, { recursive: false }).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'EEXIST') throw e; });
     await this.#assertRealDirectory(current);
@@ -232,7 +248,8 @@ export class JobDirectory {
     let streaming = false;
     try {
       const real = await realPathOfFd(handle.fd);
-      if (!isInside(await fs.realpath(this.root), real)) throw new Forbidden('upload target escapes the job directory');
+      const expectedBase = path.join(await this.#trustedRoot(), RULES[type].base);
+      if (!isInside(expectedBase, real)) throw new Forbidden('upload target escapes the job directory');
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           try {
@@ -296,7 +313,8 @@ export class JobDirectory {
       throw e;
     }
     try {
-      const [real, realBase, st] = await Promise.all([realPathOfFd(handle.fd), fs.realpath(base), handle.stat()]);
+      const [real, root, st] = await Promise.all([realPathOfFd(handle.fd), this.#trustedRoot(), handle.stat()]);
+      const realBase = path.join(root, RULES[effective].base);
       if (!isInside(realBase, real) || real === realBase) throw new Forbidden(`file "${name}" resolves outside its directory`);
       if (!st.isFile()) throw new NotFound(`"${name}" is not a regular file`);
       return { handle, size: st.size };
@@ -325,8 +343,9 @@ export class JobDirectory {
       return undefined;
     }
     try {
-      const st = await handle.stat();
-      if (!st.isFile()) return undefined;
+      const [st, real, root] = await Promise.all([handle.stat(), realPathOfFd(handle.fd), this.#trustedRoot()]);
+      // Exactly the file asked for: no directory on the way may have been a symlink.
+      if (!st.isFile() || real !== path.join(root, relative)) return undefined;
       const size = limit > 0 ? Math.min(st.size, limit) : st.size;
       const buf = Buffer.alloc(size);
       let off = 0;
@@ -357,6 +376,12 @@ export class JobDirectory {
 
   /** Recursive list of regular files (symlinks to files included) below `sub`, `/`-joined. */
   async contents(sub: 'working' | 'metadata' | 'outputs'): Promise<string[]> {
+    try {
+      await this.#assertRealDirectory(this.root);
+      await this.#assertRealDirectory(path.join(this.root, sub));
+    } catch {
+      return [];
+    }
     return listFiles(path.join(this.root, sub), 64);
   }
 
