@@ -8,6 +8,7 @@ import { JobService, jobEnvironment } from './jobs/service.js';
 import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
 import { createApp } from './web/app.js';
+import { fastStatus } from './web/fast-status.js';
 
 /** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
 const MAX_HEADER_SIZE = 16 * 1024 * 1024;
@@ -38,7 +39,11 @@ export async function startServer(config: Config, options: StartOptions): Promis
   if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
   for (const service of services.values()) await service.start();
 
-  const app = createApp(config.app, services, log);
+  const web = createApp(config.app, services, log);
+  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
+  const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    if (!status(req, res)) web(req, res);
+  };
   const serverOptions: http.ServerOptions = { maxHeaderSize: MAX_HEADER_SIZE, requestTimeout: 0, headersTimeout: 120_000, keepAliveTimeout: 30_000 };
   let server: http.Server;
   let scheme = 'http';

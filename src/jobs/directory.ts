@@ -121,11 +121,13 @@ export class JobDirectory {
   readonly #mode: number | undefined;
   #realRoot: Promise<string> | undefined;
 
-  constructor(stagingDirectory: string, jobId: string, mode?: number) {
+  /** `realStaging`, when known, is `realpath(stagingDirectory)` (saves resolving it per request). */
+  constructor(stagingDirectory: string, jobId: string, mode?: number, realStaging?: string) {
     this.root = path.join(stagingDirectory, jobId);
     this.#staging = stagingDirectory;
     this.#jobId = jobId;
     this.#mode = mode;
+    if (realStaging !== undefined) this.#realRoot = Promise.resolve(path.join(realStaging, jobId));
   }
 
   /**

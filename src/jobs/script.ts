@@ -153,7 +153,8 @@ export function buildJobScript(spec: ScriptSpec): string {
     'TMP="${TMP:-$TEMP}"',
     'TMPDIR="${TMPDIR:-$TEMP}"',
     'export TEMP TMP TMPDIR',
-    'GALAXY_PYTHON=$(command -v python || command -v python3)',
+    // `hash` finds the interpreter without forking a subshell for $(command -v ...).
+    'if hash python 2>/dev/null; then GALAXY_PYTHON="${BASH_CMDS[python]}"; elif hash python3 2>/dev/null; then GALAXY_PYTHON="${BASH_CMDS[python3]}"; fi',
     'export GALAXY_PYTHON',
     `cd ${q(`${dir}/working`)} || exit 1`,
     `_magnetar_metadata=${q(`${dir}/metadata`)}`,

@@ -56,6 +56,7 @@ export class JobService {
   readonly #systemProperties: SystemProperties;
   readonly #maxConcurrent: number;
   #closing = false;
+  #realStaging: string | undefined;
 
   readonly #jobEnv: Readonly<Record<string, string>>;
 
@@ -83,12 +84,13 @@ export class JobService {
   }
 
   #dir(id: string): JobDirectory {
-    return new JobDirectory(this.manager.stagingDirectory, id, this.manager.jobDirectoryMode);
+    return new JobDirectory(this.manager.stagingDirectory, id, this.manager.jobDirectoryMode, this.#realStaging);
   }
 
   /** Create directories, then recover every job the store remembers (PROTOCOL §5.4). */
   async start(): Promise<void> {
     await fs.mkdir(this.manager.stagingDirectory, { recursive: true });
+    this.#realStaging = await fs.realpath(this.manager.stagingDirectory);
     const records = await this.#store.open();
     records.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     for (const record of records) {
@@ -110,9 +112,6 @@ export class JobService {
         if (!(await dir.exists())) await this.#store.delete(record.id);
         return;
       case 'queued':
-        log.info('re-queued after restart');
-        this.#queue.push(record.id);
-        return;
       case 'running':
       case 'postprocessing': {
         const spec = this.#launchSpec(record, dir);
@@ -120,19 +119,23 @@ export class JobService {
         if (externalId !== undefined && (await this.#backend.status(externalId)) === 'running') {
           log.info({ externalId }, 're-attached to running job');
           record.externalId = externalId;
+          if (record.state === 'queued') await this.#transition(record, 'running');
           this.#active.add(record.id);
           void this.#watch(record, externalId);
           return;
         }
-        if ((await readReturnCode(dir)) !== undefined || externalId !== undefined) {
+        if (externalId !== undefined || (await readReturnCode(dir)) !== undefined) {
           // It ran and ended while the server was away.
+          record.state = 'running';
           await this.#finish(record, null);
           return;
         }
-        // The server stopped between recording the start and the script starting: run it now.
-        log.info('never started before the restart; re-queued');
-        record.state = 'queued';
-        await this.#store.save(record);
+        // Never started: queue it (again).
+        log.info('queued after restart');
+        if (record.state !== 'queued') {
+          record.state = 'queued';
+          await this.#store.save(record);
+        }
         this.#queue.push(record.id);
         return;
       }
@@ -143,6 +146,7 @@ export class JobService {
 
   async shutdown(): Promise<void> {
     this.#closing = true;
+    this.#backend.close();
   }
 
   // ---------------------------------------------------------------- setup
@@ -368,14 +372,8 @@ export class JobService {
     const dir = this.#dir(record.id);
     let externalId: string;
     try {
-      await Promise.all([
-        fs.rm(path.join(dir.root, 'pid'), { force: true }),
-        fs.rm(dir.returnCodePath, { force: true }),
-        fs.mkdir(path.join(dir.root, 'tmp'), { recursive: true }),
-        fs.mkdir(path.join(dir.root, 'home'), { recursive: true }),
-      ]);
-      // Write-ahead: a restart that finds "running" without a live process re-queues the job.
-      await this.#transition(record, 'running');
+      // Made here rather than by the script: two mkdir syscalls cost less than two mkdir processes.
+      await Promise.all(['tmp', 'home'].map((d) => fs.mkdir(path.join(dir.root, d), { recursive: true })));
       externalId = await this.#backend.submit(this.#launchSpec(record, dir));
     } catch (error) {
       this.#active.delete(record.id);
@@ -383,8 +381,11 @@ export class JobService {
       this.#pump();
       return;
     }
+    // Recorded once the process exists. A restart in between finds the record "queued" and then
+    // looks for the pid file the script writes first thing (see #recover), so the job is
+    // re-attached rather than started twice.
     record.externalId = externalId;
-    await this.#store.save(record);
+    await this.#transition(record, 'running');
     await this.#watch(record, externalId);
   }
 

@@ -27,4 +27,6 @@ export interface Backend {
   kill(externalId: string): Promise<void>;
   /** Find a job again after a restart (PROTOCOL §5.4): the external id of the spec, if it is still known. */
   recover(spec: LaunchSpec): Promise<string | undefined>;
+  /** Release what the backend holds (helper processes); running jobs are not affected. */
+  close(): void;
 }

@@ -1,59 +1,49 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Backend, BackendState, LaunchSpec } from './backend.js';
+import { Launcher } from './launcher.js';
 
 const KILL_GRACE_MS = 2000;
 const REATTACH_POLL_MS = 200;
 
 /**
- * Runs job scripts as detached local processes, each the leader of its own process group, with
- * stdout/stderr written straight to files. The server can die and come back: the job keeps
+ * Runs job scripts as local processes, each the leader of its own session and process group
+ * (started through the `Launcher`), with stdout/stderr written straight to files. The server can die and come back: the job keeps
  * running, writes its own return code, and `recover` finds it again by pid (checking that the pid
  * still runs this job's script, so a recycled pid is never mistaken for the job).
  */
 export class LocalBackend implements Backend {
   readonly kind = 'local';
-  readonly #children = new Map<number, { child: ChildProcess; exit: Promise<{ exitCode: number | null }> }>();
+  /** Jobs this server started: their exit is reported by the launcher. */
+  readonly #children = new Map<number, Promise<{ exitCode: number | null }>>();
   readonly #scripts = new Map<number, string>();
+  #launcher: Launcher | undefined;
+  #launcherEnv: Readonly<Record<string, string>> | undefined;
 
   async submit(spec: LaunchSpec): Promise<string> {
-    const [out, err] = await Promise.all([fs.open(spec.stdoutPath, 'a'), fs.open(spec.stderrPath, 'a')]);
-    let child: ChildProcess;
-    let exit: Promise<{ exitCode: number | null }>;
-    let started: Promise<Error | undefined>;
-    try {
-      child = spawn('/bin/bash', [spec.scriptPath], {
-        cwd: spec.workingDirectory,
-        detached: true,
-        env: spec.env,
-        stdio: ['ignore', out.fd, err.fd],
-      });
-      // Listen before anything is awaited: a short job can exit during the next await, and an
-      // 'exit' event with no listener is lost for good.
-      exit = new Promise((resolve) => {
-        child.once('exit', (code, signal) => {
-          resolve({ exitCode: code ?? (signal === null ? null : 128 + signalNumber(signal)) });
-        });
-      });
-      started = new Promise((resolve) => {
-        child.once('spawn', () => resolve(undefined));
-        child.once('error', resolve);
-      });
-    } finally {
-      await Promise.all([out.close(), err.close()]);
+    if (!Launcher.canLaunch(spec)) throw new Error('job paths must not contain newlines');
+    if (this.#launcher === undefined || !this.#launcher.alive || this.#launcherEnv !== spec.env) {
+      this.#launcher?.stop();
+      this.#launcher = Launcher.start(spec.env);
+      this.#launcherEnv = spec.env;
     }
-    const failure = await started;
-    const pid = child.pid;
-    if (failure !== undefined || pid === undefined) throw failure ?? new Error('the job script could not be started');
-    void exit.then(() => {
+    const { pid, exit } = await this.#launcher.launch(spec);
+    if (!Number.isSafeInteger(pid) || pid <= 1) throw new Error('the job launcher reported no pid');
+    this.#scripts.set(pid, spec.scriptPath);
+    const exited = exit.then(async (status) => {
+      // The launcher went away before the job ended: watch the pid instead.
+      if (status === null) await waitUntilGone(pid, spec.scriptPath);
       this.#children.delete(pid);
       this.#scripts.delete(pid);
+      return { exitCode: status };
     });
-    child.unref();
-    this.#children.set(pid, { child, exit });
-    this.#scripts.set(pid, spec.scriptPath);
+    this.#children.set(pid, exited);
     return String(pid);
+  }
+
+  /** Stop the launcher (running jobs are not affected). */
+  close(): void {
+    this.#launcher?.stop();
   }
 
   async status(externalId: string): Promise<BackendState> {
@@ -67,7 +57,7 @@ export class LocalBackend implements Backend {
   async waitForExit(externalId: string): Promise<{ exitCode: number | null }> {
     const pid = Number(externalId);
     const own = this.#children.get(pid);
-    if (own !== undefined) return own.exit;
+    if (own !== undefined) return own;
     const script = this.#scripts.get(pid);
     if (script === undefined) return { exitCode: null };
     while (await runsScript(pid, script)) await sleep(REATTACH_POLL_MS);
@@ -84,7 +74,7 @@ export class LocalBackend implements Backend {
     // Whatever is left of the group gets SIGKILL: at once when the leader ends (children it started
     // may ignore SIGTERM), or after the grace period. Never later: once the leader is gone and its
     // group empty, the pid may be recycled, and a delayed group kill could hit an unrelated job.
-    const leaderGone = own !== undefined ? own.exit.then(() => undefined) : waitUntilGone(pid, script!);
+    const leaderGone = own !== undefined ? own.then(() => undefined) : waitUntilGone(pid, script!);
     void Promise.race([leaderGone, sleep(KILL_GRACE_MS)]).then(() => signalGroup(pid, 'SIGKILL'));
   }
 
@@ -125,9 +115,4 @@ async function runsScript(pid: number, scriptPath: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 };
-function signalNumber(signal: NodeJS.Signals): number {
-  return SIGNALS[signal] ?? 0;
 }

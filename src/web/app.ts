@@ -5,6 +5,7 @@ import { loggableUrl, type Logger } from '../log.js';
 import { requireToken } from './auth.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { jobRoutes, type Services } from './routes.js';
+import { queryOf } from './params.js';
 
 /** The express application: helmet, request log, the routes twice (plain and per manager), errors. */
 export function createApp(app: AppSection, services: Services, log: Logger): Express {
@@ -26,7 +27,7 @@ export function createApp(app: AppSection, services: Services, log: Logger): Exp
       next();
     });
   }
-  const routes = jobRoutes(services, requireToken(app.privateToken));
+  const routes = jobRoutes(services, requireToken(app.privateToken, queryOf));
   web.use('/managers/:manager', routes);
   web.use('/', routes);
   web.use(notFoundHandler);

@@ -239,3 +239,37 @@ test('HTTPS with ssl_pem serves the same API; a missing pem file stops startup',
   });
 });
 
+
+async function launcherPids(): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid !== process.pid) continue;
+      if ((await fs.readFile(`/proc/${entry}/cmdline`, 'utf8')).includes('read -r tok')) pids.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+test.serial('a job outlives a crashed launcher and still reports its result; the next job gets a new launcher', async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  await setup(server.url, 'outlive');
+  await submit(server.url, 'outlive', 'sleep 1; echo survived > ../outputs/o');
+  await until(async () => (await status(server.url, 'outlive')).status === 'running', 'running');
+  const launchers = await launcherPids();
+  t.true(launchers.length >= 1);
+  for (const pid of launchers) process.kill(pid, 'SIGKILL');
+  const doc = await waitForJob(server.url, 'outlive');
+  t.is(doc.status, 'complete');
+  t.is(doc.returncode, 0);
+  t.is((await request(server.url, 'GET', `/jobs/outlive/files?${qs({ job_id: 'outlive', name: 'o' })}`)).text, 'survived\n');
+  await setup(server.url, 'next');
+  await submit(server.url, 'next', 'exit 5');
+  t.is((await waitForJob(server.url, 'next')).returncode, 5);
+});

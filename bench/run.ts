@@ -1,0 +1,294 @@
+/**
+ * `npm run bench`: start magnetar as a child process (`bin/magnetar.js serve --config <tmp>`),
+ * drive it over 127.0.0.1 with three workloads and print ONE JSON object on stdout (progress goes
+ * to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
+ */
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { runLifecycle, runOneJob, type LifecycleFailure, type LifecycleResult } from './lifecycle.js';
+import { Client } from './client.js';
+import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type Window } from './profile.js';
+import { ServerProcess } from './server-process.js';
+import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSection } from './status.js';
+import { MIB, log, round } from './stats.js';
+import { runTransfer, type TransferResult } from './transfer.js';
+
+const SECTIONS = ['lifecycle', 'transfer', 'status'] as const;
+type Section = (typeof SECTIONS)[number];
+
+function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  return value;
+}
+
+function selectedSections(): Set<Section> {
+  const raw = process.env['BENCH_ONLY'];
+  if (raw === undefined || raw.trim() === '') return new Set(SECTIONS);
+  const chosen = new Set<Section>();
+  for (const part of raw.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+    if (!(SECTIONS as readonly string[]).includes(part)) throw new Error(`BENCH_ONLY: unknown section "${part}" (use ${SECTIONS.join(',')})`);
+    chosen.add(part as Section);
+  }
+  return chosen;
+}
+
+/** Aggregate CPU jiffies from /proc/stat: [busy, steal, total]. */
+async function cpuJiffies(): Promise<[number, number, number] | undefined> {
+  try {
+    const line = (await fs.readFile('/proc/stat', 'utf8')).split('\n')[0] ?? '';
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+    const idle = (f[3] ?? 0) + (f[4] ?? 0);
+    return [total - idle - (f[7] ?? 0), f[7] ?? 0, total];
+  } catch {
+    return undefined;
+  }
+}
+
+interface Target {
+  readonly target: string;
+  readonly value: number | null;
+  readonly pass: boolean;
+  readonly note?: string;
+}
+
+interface Failed {
+  readonly error: string;
+}
+
+function isFailed(value: unknown): value is Failed {
+  return typeof value === 'object' && value !== null && 'error' in value;
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+interface Context {
+  readonly root: string;
+  readonly cpuProfDir: string | undefined;
+  readonly profiles: ProfileSummary[];
+  readonly serverLogLevel: string | undefined;
+  readonly serverEntry: string | undefined;
+  /** The last server started, so SIGINT can stop it. */
+  current: ServerProcess | undefined;
+  servers: { label: string; pid: number; rss_at_start_mib: number }[];
+}
+
+/**
+ * Run one measurement against a fresh server process (its own staging directory), so a failure or
+ * leftover state in one measurement cannot distort the next. Errors become `{ error }`.
+ */
+async function withServer<T>(ctx: Context, label: string, fn: (server: ServerProcess, phase: Phase) => Promise<T>): Promise<T | Failed> {
+  const dir = path.join(ctx.root, label);
+  await fs.mkdir(dir);
+  const windows: Window[] = [];
+  const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
+  const phase: Phase = async (name, f) => {
+    const startUs = nowUs();
+    try {
+      return await f();
+    } finally {
+      windows.push({ name, startUs, endUs: nowUs() });
+    }
+  };
+  let server: ServerProcess;
+  try {
+    server = await ServerProcess.start({ root: dir, numConcurrentJobs: NUM_CONCURRENT_JOBS, cpuProfDir: ctx.cpuProfDir, logLevel: ctx.serverLogLevel, entry: ctx.serverEntry });
+  } catch (error) {
+    log(`${label}: server did not start: ${message(error)}`);
+    return { error: `server did not start: ${message(error)}` };
+  }
+  ctx.current = server;
+  ctx.servers.push({ label, pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1) });
+  let result: T | Failed;
+  try {
+    result = await fn(server, phase);
+  } catch (error) {
+    log(`${label} FAILED: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    log(`server log tail:\n${await server.logTail(15)}`);
+    result = { error: message(error) };
+  }
+  if (isFailed(result)) log(`${label}: server log kept in ${server.logFile}`);
+  const exit = await server.stop();
+  ctx.current = undefined;
+  log(`${label}: server stopped (${exit.signal ?? `exit ${String(exit.code)}`})`);
+  if (ctx.cpuProfDir !== undefined) {
+    const file = await findProfile(ctx.cpuProfDir, server.pid);
+    if (file === undefined) log(`${label}: no CPU profile found for pid ${server.pid}`);
+    else {
+      const summaries = await summariseProfile(file, label, windows);
+      for (const s of summaries) process.stderr.write(`${formatSummary(s)}\n`);
+      ctx.profiles.push(...summaries.map((s) => ({ ...s, name: `${s.name} [${path.basename(file)}]` })));
+    }
+  }
+  // Free the disk (the transfer leaves GiBs in staging) unless a failure needs inspecting.
+  if (!isFailed(result) && process.env['BENCH_KEEP'] !== '1') await fs.rm(dir, { recursive: true, force: true });
+  return result;
+}
+
+const NUM_CONCURRENT_JOBS = 8;
+
+async function main(): Promise<number> {
+  const only = selectedSections();
+  const sizeMiB = envInt('BENCH_SIZE_MIB', 1024);
+  const transferRounds = envInt('BENCH_TRANSFER_ROUNDS', 3);
+  const lifecycleMs = envInt('BENCH_LIFECYCLE_MS', 8000);
+  const jobCounts = (process.env['BENCH_LIFECYCLE_JOBS'] ?? '100,400,600').split(',').map(Number);
+  const statusMs = envInt('BENCH_STATUS_MS', 5000);
+  const statusConnections = envInt('BENCH_STATUS_CONNECTIONS', 64);
+  const cpus = os.availableParallelism();
+  const statusWorkers = envInt('BENCH_STATUS_WORKERS', cpus >= 4 ? 2 : 1);
+  const statusMode = process.env['BENCH_STATUS_CLIENT'] === 'http' ? 'http' : 'raw';
+  const profArg = process.env['BENCH_CPU_PROF'];
+  const cpuProfDir = profArg === undefined || profArg === '' || profArg === '0' ? undefined : path.resolve(profArg === '1' ? 'bench-profiles' : profArg);
+  if (cpuProfDir !== undefined) await fs.mkdir(cpuProfDir, { recursive: true });
+
+  const jiffies0 = await cpuJiffies();
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-bench-'));
+  log(`temp dir ${root}; sections: ${[...only].join(', ')}`);
+  const ctx: Context = { root, cpuProfDir, profiles: [], serverLogLevel: process.env['BENCH_SERVER_LOG_LEVEL'], serverEntry: process.env['BENCH_SERVER_ENTRY'] || undefined, current: undefined, servers: [] };
+  process.once('SIGINT', () => {
+    if (ctx.current !== undefined) void ctx.current.stop();
+    process.exitCode = 130;
+    setTimeout(() => process.exit(130), 2000).unref();
+  });
+
+  const out: Record<string, unknown> = {
+    machine: {
+      cpus,
+      node: process.version,
+      cpu_model: os.cpus()[0]?.model ?? 'unknown',
+      mem_gib: round(os.totalmem() / 2 ** 30, 1),
+      platform: `${os.platform()} ${os.release()}`,
+    },
+  };
+  let lifecycle: Record<string, LifecycleResult | LifecycleFailure | Failed> | undefined;
+  let transfer: TransferResult | Failed | undefined;
+  let status: StatusSection | Failed | undefined;
+  let failures = 0;
+  try {
+    if (only.has('lifecycle')) {
+      lifecycle = {};
+      const levels: [string, number, number][] = [
+        ['c1', 1, jobCounts[0] ?? 100],
+        ['c8', 8, jobCounts[1] ?? 400],
+        ['c32', 32, jobCounts[2] ?? 600],
+      ];
+      for (const [key, clients, jobs] of levels) {
+        log(`== lifecycle ${key}: warm-up 10 jobs, then up to ${jobs} jobs or ${lifecycleMs} ms`);
+        lifecycle[key] = await withServer(ctx, `lifecycle-${key}`, async (server, phase) => {
+          const warm = new Client(server.host, server.port, 4);
+          let w = 0;
+          try {
+            await Promise.all(Array.from({ length: Math.min(4, clients) }, async () => {
+              while (w < 10) await runOneJob(warm, `bench_warm_${w++}`);
+            }));
+          } finally {
+            warm.close();
+          }
+          return phase(`lifecycle ${key}`, () => runLifecycle(server, { clients, maxJobs: jobs, maxMs: lifecycleMs, idPrefix: `bench_${key}_` }));
+        });
+        if (isFailed(lifecycle[key])) failures++;
+      }
+      out['lifecycle'] = lifecycle;
+    }
+
+    if (only.has('transfer')) {
+      log(`== transfer (${sizeMiB} MiB, ${transferRounds} rounds)`);
+      transfer = await withServer(ctx, 'transfer', (server, phase) => runTransfer(server, path.join(root, 'transfer'), sizeMiB, transferRounds, phase));
+      if (isFailed(transfer)) failures++;
+      out['transfer'] = transfer;
+    }
+
+    if (only.has('status')) {
+      log(`== status: ${statusConnections} connections in ${statusWorkers} worker thread(s), ${statusMode} client, ${statusMs} ms each`);
+      status = await withServer(ctx, 'status', (server, phase) =>
+        runStatus(server, { connections: statusConnections, workers: statusWorkers, durationMs: statusMs, warmupMs: 500, mode: statusMode }, phase),
+      );
+      if (isFailed(status)) failures++;
+      let calibration: StatusResult | Failed | undefined;
+      if (process.env['BENCH_CALIBRATE'] !== '0') {
+        log('== status calibration: the same load against a bare node:http server (no framework)');
+        const body = isFailed(status) ? JSON.stringify({ complete: 'false', status: 'running', job_id: 'bench_status_running_1' }) : status.runningDoc;
+        try {
+          calibration = await runCalibration({ connections: statusConnections, workers: statusWorkers, durationMs: Math.min(statusMs, 3000), warmupMs: 500, mode: statusMode }, body);
+          log(`status calibration: ${JSON.stringify(calibration)}`);
+        } catch (error) {
+          calibration = { error: message(error) };
+        }
+      }
+      const { runningDoc: _doc, ...statusOut } = isFailed(status) ? { ...status, runningDoc: '' } : status;
+      out['status'] = {
+        ...statusOut,
+        ...(calibration === undefined ? {} : { calibration_bare_node_http: calibration }),
+        client: `${statusWorkers} worker_thread(s) in the bench process, ${statusConnections} keep-alive connections total, ${
+          statusMode === 'raw' ? 'raw net.Socket closed-loop client (pre-encoded request, minimal parser)' : 'node:http keep-alive Agent'
+        }, ${statusMs} ms after 500 ms warm-up; bench and server share ${cpus} CPU(s)`,
+      };
+    }
+  } finally {
+    if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);
+    else await fs.rm(root, { recursive: true, force: true });
+  }
+  const jiffies1 = await cpuJiffies();
+  if (jiffies0 !== undefined && jiffies1 !== undefined) {
+    const total = jiffies1[2] - jiffies0[2];
+    const machine = out['machine'] as Record<string, unknown>;
+    // Steal = time the hypervisor gave this VM's vCPUs to someone else: high values mean noisy numbers.
+    machine['cpu_busy_pct_during_bench'] = round(((jiffies1[0] - jiffies0[0]) / Math.max(1, total)) * 100, 1);
+    machine['cpu_steal_pct_during_bench'] = round(((jiffies1[1] - jiffies0[1]) / Math.max(1, total)) * 100, 1);
+  }
+  out['servers'] = ctx.servers.map((s) => ({ ...s, num_concurrent_jobs: NUM_CONCURRENT_JOBS, log_requests: false }));
+
+  // ---- targets (from the issue); reported, never asserted
+  const targets: Record<string, Target> = {};
+  const num = (v: unknown, key: string): number | null => {
+    if (typeof v !== 'object' || v === null || isFailed(v)) return null;
+    const x = (v as Record<string, unknown>)[key];
+    return typeof x === 'number' ? x : null;
+  };
+  const check = (target: string, value: number | null, ok: (v: number) => boolean, note?: string): Target =>
+    note === undefined ? { target, value, pass: value !== null && ok(value) } : { target, value, pass: value !== null && ok(value), note };
+  if (lifecycle !== undefined) {
+    targets['lifecycle_c8_jobs_per_s'] = check('>= 75 jobs/s at 8 clients', num(lifecycle['c8'], 'jobs_per_s'), (v) => v >= 75);
+    targets['lifecycle_c1_p50_ms'] = check('<= 50 ms p50 at 1 client', num(lifecycle['c1'], 'p50_ms'), (v) => v <= 50);
+  }
+  if (transfer !== undefined) {
+    const note = sizeMiB < 1024 ? `measured with ${sizeMiB} MiB, not 1 GiB (BENCH_SIZE_MIB)` : undefined;
+    targets['upload_mib_s'] = check('>= 400 MiB/s (1 GiB upload; median of the rounds)', num(transfer, 'upload_mib_s'), (v) => v >= 400, note);
+    targets['download_mib_s'] = check('>= 400 MiB/s (1 GiB download; median of the rounds)', num(transfer, 'download_mib_s'), (v) => v >= 400, note);
+    const peak = num(transfer, 'server_peak_rss_mib');
+    targets['server_rss_during_transfer'] = check(
+      '<= 150 MB (10^6 bytes) peak VmRSS during the transfer; value in MB',
+      peak === null ? null : round((peak * MIB) / 1e6, 1),
+      (v) => v <= 150,
+      note,
+    );
+  }
+  if (status !== undefined) {
+    for (const kind of ['running', 'finished'] as const) {
+      const s = isFailed(status) ? undefined : status[kind];
+      targets[`status_${kind}_req_per_s`] = check('>= 10000 req/s at 64 clients', s?.req_per_s ?? null, (v) => v >= 10_000);
+      targets[`status_${kind}_p99_ms`] = check('<= 20 ms p99 at 64 clients', s?.p99_ms ?? null, (v) => v <= 20);
+    }
+  }
+  out['targets'] = targets;
+  if (ctx.profiles.length > 0) out['profile'] = { dir: cpuProfDir, sections: ctx.profiles.map((s) => ({ ...s, top: s.top.slice(0, 8) })) };
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  return failures === 0 ? 0 : 1;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);
