@@ -60,3 +60,10 @@ export class ConfigError extends MagnetarError {
     this.key = key;
   }
 }
+
+/** A client sent more requests than its limit allows (failed authentications, setups). */
+export class TooManyRequests extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_RATE_LIMITED', 429, message);
+  }
+}

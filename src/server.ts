@@ -3,12 +3,15 @@ import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.js';
-import { ConfigError } from './errors.js';
 import { JobService, jobEnvironment } from './jobs/service.js';
 import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
+import { createAuthorizer } from './tools/index.js';
 import { createApp } from './web/app.js';
 import { fastStatus } from './web/fast-status.js';
+import { queryOf } from './web/params.js';
+import { rateLimits } from './web/rate-limit.js';
+import { tlsCredentials } from './web/tls.js';
 
 /** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
 const MAX_HEADER_SIZE = 16 * 1024 * 1024;
@@ -31,42 +34,45 @@ export interface StartOptions {
 /** Build every manager's JobService, recover their jobs, then listen. */
 export async function startServer(config: Config, options: StartOptions): Promise<RunningServer> {
   const { log } = options;
+  // Read (or generate) the certificate first: a TLS problem must stop startup before jobs start.
+  const tls = config.server.sslPem === undefined ? undefined : await tlsCredentials(config, log);
   const jobEnv = jobEnvironment(options.env);
+  const authorizer = await createAuthorizer(config, log);
   const services = new Map<string, JobService>();
   for (const manager of config.app.managers) {
-    services.set(manager.name, new JobService(manager, config.app, createBackend(manager), log, jobEnv));
+    services.set(manager.name, new JobService(manager, config.app, createBackend(manager), authorizer, log, jobEnv));
   }
   if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
   for (const service of services.values()) await service.start();
 
-  const web = createApp(config.app, services, log);
-  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
+  const limits = rateLimits(config.app, queryOf, log);
+  const web = createApp(config.app, services, log, limits);
+  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests, limits.isBlocked);
   const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (!status(req, res)) web(req, res);
   };
   const serverOptions: http.ServerOptions = { maxHeaderSize: MAX_HEADER_SIZE, requestTimeout: 0, headersTimeout: 120_000, keepAliveTimeout: 30_000 };
   let server: http.Server;
   let scheme = 'http';
-  if (config.server.sslPem !== undefined) {
-    let pem: Buffer;
-    try {
-      pem = await fs.readFile(config.server.sslPem);
-    } catch (error) {
-      throw new ConfigError(config.configFile ?? 'server.ini', 'ssl_pem', `cannot read ${config.server.sslPem}: ${(error as Error).message}`, { cause: error });
-    }
-    server = https.createServer({ ...serverOptions, key: pem, cert: pem }, app);
+  if (tls !== undefined) {
+    server = https.createServer({ ...serverOptions, key: tls.key, cert: tls.cert }, app);
     scheme = 'https';
   } else {
     server = http.createServer(serverOptions, app);
   }
   const port = options.port ?? config.server.port;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, config.server.host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, config.server.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (error) {
+    limits.close();
+    throw error;
+  }
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `${scheme}://${host}:${address.port}/`;
@@ -77,6 +83,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
     services,
     async close() {
       for (const service of services.values()) await service.shutdown();
+      limits.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -47,7 +47,7 @@ test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manage
   const { dir, config, warnings } = await load(t, {});
   t.is(config.configFile, undefined);
   t.is(config.configDir, dir);
-  t.deepEqual(config.server, { host: '127.0.0.1', port: 8913, sslPem: undefined });
+  t.deepEqual(config.server, { host: '127.0.0.1', port: 8913, sslPem: undefined, sslGenerate: false });
   t.is(config.app.stagingDirectory, path.join(dir, 'files/staging'));
   t.is(config.app.persistenceDirectory, path.join(dir, 'files/persisted_data'));
   t.is(config.app.privateToken, undefined);
@@ -81,7 +81,7 @@ test('server.ini with [server:main] and [app:main]', async (t) => {
   );
   t.is(config.configFile, path.join(dir, 'conf/server.ini'));
   t.is(config.configDir, path.join(dir, 'conf'));
-  t.deepEqual(config.server, { host: '0.0.0.0', port: 9001, sslPem: undefined });
+  t.deepEqual(config.server, { host: '0.0.0.0', port: 9001, sslPem: undefined, sslGenerate: false });
   t.is(config.app.privateToken, 'tok');
   t.is(config.app.stagingDirectory, '/srv/staging');
   t.is(config.app.persistenceDirectory, undefined);
@@ -95,14 +95,14 @@ test('server.ini with [server:main] and [app:main]', async (t) => {
 
 test('a file without [server:main] listens on localhost:8913', async (t) => {
   const { config } = await load(t, { 'server.ini': '[app:main]\nprivate_token = x\n' }, 'server.ini');
-  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined });
+  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined, sslGenerate: false });
 });
 
 test('upstream server.ini, app.yml and job_managers.ini load as Pulsar would read them', async (t) => {
   const dir = await tempDir(t);
   await cp(path.join(FIXTURES, 'upstream'), dir, { recursive: true });
   const { config, warnings } = await loadConfig({ cwd: dir, env: {}, configFile: 'server.ini' });
-  t.deepEqual(config.server, { host: '0.0.0.0', port: 8914, sslPem: undefined });
+  t.deepEqual(config.server, { host: '0.0.0.0', port: 8914, sslPem: undefined, sslGenerate: false });
   t.is(config.app.privateToken, 's3cret#not-a-comment;really', 'inline # and ; are part of the value, as in configparser');
   t.is(config.app.assignIds, 'uuid');
   t.true(config.app.debug);
@@ -192,7 +192,7 @@ test('an empty YAML file is {}', async (t) => {
 
 test('a YAML config file is read as app options and listens on localhost', async (t) => {
   const { dir, config } = await load(t, { 'cfg/app.yaml': 'private_token: t\nstaging_directory: stage\n' }, 'cfg/app.yaml');
-  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined });
+  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined, sslGenerate: false });
   t.is(config.configDir, path.join(dir, 'cfg'));
   t.is(config.app.stagingDirectory, path.join(dir, 'stage'), 'staging_directory is relative to the working directory, as upstream');
 });
@@ -335,16 +335,6 @@ test('unsupported and unknown manager types are refused', async (t) => {
   t.regex(typo.message, /expected a manager type/);
 });
 
-test('tool_config_files (toolbox authorization) makes loading fail', async (t) => {
-  for (const key of ['tool_config_files', 'tool_config_file']) {
-    const error = await loadError(t, { 'server.ini': INI_WITH_APP(`${key} = toolbox/conf.xml\n`) }, 'server.ini');
-    t.is(error.key, `[app:main] ${key}`);
-    t.regex(error.message, /public tool service mode .* not yet supported/);
-  }
-  const yaml = await loadError(t, { 'app.yml': 'tool_config_files: [a.xml]\nfile_cache_dir: x\n' }, 'app.yml');
-  t.is(yaml.key, 'tool_config_files');
-});
-
 test('not-yet-supported options load with one warning each', async (t) => {
   const { warnings } = await load(
     t,
@@ -427,14 +417,6 @@ test('duplicate manager names are refused', async (t) => {
   t.regex(none.message, /defines no manager/);
 });
 
-test('ssl_pem: "*" is not supported yet, a missing file is an error', async (t) => {
-  const star = await loadError(t, { 'server.ini': '[server:main]\nssl_pem = *\n' }, 'server.ini');
-  t.is(star.key, '[server:main] ssl_pem');
-  t.regex(star.message, /not yet supported/);
-  const missing = await loadError(t, { 'server.ini': '[server:main]\nssl_pem = host.pem\n' }, 'server.ini');
-  t.regex(missing.message, /file not found/);
-});
-
 test('sizes, file modes and env_ names', async (t) => {
   const { config, warnings } = await load(
     t,
@@ -488,7 +470,7 @@ test('the sample files load as shipped', async (t) => {
   await cp(path.join(REPO, 'app.yml.sample'), path.join(dir, 'app.yml'));
   await cp(path.join(REPO, 'job_managers.ini.sample'), path.join(dir, 'job_managers.ini'));
   const { config, warnings } = await loadConfig({ cwd: dir, env: {}, configFile: 'server.ini' });
-  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined });
+  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined, sslGenerate: false });
   t.deepEqual(warnings, []);
 });
 
@@ -524,7 +506,6 @@ test('server.ini.sample documents every option', async (t) => {
     ...schema.MANAGER_OPTION_NAMES,
     ...schema.NOT_YET_SUPPORTED_APP_OPTIONS,
     ...schema.NOT_YET_SUPPORTED_APP_PREFIXES.map((prefix) => `${prefix}*`),
-    ...schema.REFUSED_APP_OPTIONS.keys(),
     ...schema.IGNORED_MANAGER_OPTIONS,
     ...schema.UNSUPPORTED_MANAGER_TYPES,
     'max_concurrent_jobs',
@@ -533,4 +514,149 @@ test('server.ini.sample documents every option', async (t) => {
   ];
   const missing = names.filter((name) => !sample.includes(name));
   t.deepEqual(missing, []);
+});
+
+// ------------------------------------------------------------------------------------------------
+// Public tool service mode, TLS and rate-limit options
+
+const TOOLBOX = '<toolbox tool_path="."></toolbox>\n';
+
+test('no tool_config_files: not public, new options have their defaults', async (t) => {
+  const { config } = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n') }, 'server.ini');
+  t.deepEqual(config.app.toolConfigFiles, []);
+  t.false(config.app.allowInsecurePublic);
+  t.deepEqual(config.app.allowedSubmitParams, []);
+  t.is(config.app.rateLimitFailedAuth, 20);
+  t.is(config.app.rateLimitSetup, 60);
+  t.false(config.server.sslGenerate);
+  const defaults = defaultConfig('/tmp');
+  t.deepEqual(defaults.app.toolConfigFiles, []);
+  t.is(defaults.app.rateLimitFailedAuth, 20);
+});
+
+test('tool_config_files: comma list relative to the config dir, absolute allowed; public mode forces uuid and safe env', async (t) => {
+  const dir = await tempDir(t);
+  await writeFiles(dir, {
+    'etc/tools.xml': TOOLBOX,
+    'etc/more/shed.xml': TOOLBOX,
+    'abs/other.xml': TOOLBOX,
+    'etc/job_managers.ini': '[manager:a]\nassign_ids = galaxy\n[manager:b]\ntype = unqueued\n',
+    'etc/server.ini': INI_WITH_APP(
+      `tool_config_files = tools.xml, more/shed.xml ,${path.join(dir, 'abs/other.xml')},tools.xml\nassign_ids = galaxy\nallow_unsafe_env = true\njob_managers_config = job_managers.ini\n`,
+    ),
+  });
+  const { config, warnings } = await loadConfig({ cwd: dir, env: {}, configFile: 'etc/server.ini' });
+  t.deepEqual(config.app.toolConfigFiles, [path.join(dir, 'etc/tools.xml'), path.join(dir, 'etc/more/shed.xml'), path.join(dir, 'abs/other.xml')]);
+  t.is(config.app.assignIds, 'uuid');
+  t.deepEqual(config.app.managers.map((m) => m.assignIds), ['uuid', 'uuid']);
+  t.false(config.app.allowUnsafeEnv);
+  t.true(Object.isFrozen(config.app.toolConfigFiles));
+  t.deepEqual(warnings, [
+    'etc/server.ini: [app:main] assign_ids = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids',
+    'etc/server.ini: [app:main] allow_unsafe_env = true is overridden: public tool service mode (tool_config_files) never accepts execute, file or raw env entries',
+    'etc/job_managers.ini: [manager:a] assign_ids = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids',
+  ]);
+  t.regex(describeConfig(config), /public tool service, 3 toolbox files\)/);
+});
+
+test('tool_config_file alias, YAML lists and the environment; defaults are overridden silently', async (t) => {
+  const alias = await load(t, { 'tools.xml': TOOLBOX, 'server.ini': INI_WITH_APP('tool_config_file = tools.xml\n') }, 'server.ini');
+  t.deepEqual(alias.config.app.toolConfigFiles, [path.join(alias.dir, 'tools.xml')]);
+  t.is(alias.config.app.managers[0]?.assignIds, 'uuid');
+  t.false(alias.config.app.allowUnsafeEnv);
+  t.deepEqual(alias.warnings, [], 'nothing said galaxy or allow_unsafe_env: nothing to warn about');
+
+  const yaml = await load(t, { 'a.xml': TOOLBOX, 'b.xml': TOOLBOX, 'app.yml': 'tool_config_files: [a.xml, b.xml]\nmanagers:\n  m: {assign_ids: galaxy}\n' }, 'app.yml');
+  t.deepEqual(yaml.config.app.toolConfigFiles, [path.join(yaml.dir, 'a.xml'), path.join(yaml.dir, 'b.xml')]);
+  t.is(yaml.config.app.managers[0]?.assignIds, 'uuid');
+  t.deepEqual(yaml.warnings, ['app.yml: managers.m.assign_ids = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids']);
+
+  const env = await load(t, { 'tools.xml': TOOLBOX }, undefined, { env: { PULSAR_CONFIG_TOOL_CONFIG_FILES: 'tools.xml' } });
+  t.deepEqual(env.config.app.toolConfigFiles, [path.join(env.dir, 'tools.xml')]);
+
+  const empty = await load(t, { 'server.ini': INI_WITH_APP('tool_config_files =\n') }, 'server.ini');
+  t.deepEqual(empty.config.app.toolConfigFiles, [], 'an empty list is not public mode');
+  t.is(empty.config.app.assignIds, 'galaxy');
+});
+
+test('tool_config_files: a missing toolbox, a directory, both aliases and bad values are errors naming the key', async (t) => {
+  const missing = await loadError(t, { 'server.ini': INI_WITH_APP('tool_config_files = tools.xml, nope.xml\n'), 'tools.xml': TOOLBOX }, 'server.ini');
+  t.is(missing.key, '[app:main] tool_config_files');
+  t.regex(missing.message, /file not found: .*nope\.xml$/);
+
+  const directory = await loadError(t, { 'app.yml': 'tool_config_file: [sub]\n', 'sub/x': '' }, 'app.yml');
+  t.is(directory.key, 'tool_config_file');
+  t.regex(directory.message, /not a regular file/);
+
+  const both = await loadError(t, { 'app.yml': 'tool_config_files: a.xml\ntool_config_file: a.xml\n', 'a.xml': TOOLBOX }, 'app.yml');
+  t.is(both.key, 'tool_config_file');
+  t.regex(both.message, /not both/);
+
+  const notAList = await loadError(t, { 'app.yml': 'tool_config_files: {a: 1}\n' }, 'app.yml');
+  t.regex(notAList.message, /comma-separated list/);
+});
+
+test('public mode over plain HTTP on a non-loopback host is refused unless allow_insecure_public', async (t) => {
+  const files = (server: string, app = ''): Record<string, string> => ({
+    'tools.xml': TOOLBOX,
+    'server.ini': INI_WITH_APP(`private_token = x\ntool_config_files = tools.xml\n${app}`, server),
+    'host.pem': 'checked at startup by web/tls.ts',
+  });
+  const refused = await loadError(t, files('host = 0.0.0.0\n'), 'server.ini');
+  t.is(refused.key, '[server:main] host');
+  t.regex(refused.message, /public tool service mode .* plain HTTP on 0\.0\.0\.0/);
+  t.regex(refused.message, /allow_insecure_public/);
+  t.regex(refused.message, /ssl_pem/);
+  const named = await loadError(t, files('host = galaxy-worker.example.org\n'), 'server.ini');
+  t.regex(named.message, /allow_insecure_public/);
+
+  const allowed = await load(t, files('host = 0.0.0.0\n', 'allow_insecure_public = true\n'), 'server.ini');
+  t.true(allowed.config.app.allowInsecurePublic);
+  t.true(allowed.warnings.some((w) => /plain HTTP on 0\.0\.0\.0 \(allow_insecure_public is set\)/.test(w)));
+
+  for (const host of ['localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1']) {
+    const loopback = await load(t, files(`host = ${host}\n`), 'server.ini');
+    t.is(loopback.config.app.toolConfigFiles.length, 1, host);
+  }
+  const tls = await load(t, files('host = 0.0.0.0\nssl_pem = host.pem\n'), 'server.ini');
+  t.is(tls.config.server.sslPem, path.join(tls.dir, 'host.pem'));
+  const generated = await load(t, files('host = ::\nssl_pem = *\n'), 'server.ini');
+  t.true(generated.config.server.sslGenerate);
+
+  // Not public: plain HTTP on 0.0.0.0 stays allowed (with the token warning if no token).
+  const notPublic = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n', 'host = 0.0.0.0\n') }, 'server.ini');
+  t.deepEqual(notPublic.warnings, []);
+});
+
+test('allowed_submit_params, rate_limit_failed_auth, rate_limit_setup, allow_insecure_public', async (t) => {
+  const ini = await load(
+    t,
+    { 'server.ini': INI_WITH_APP('allowed_submit_params = native_specification, submit_request_memory\nrate_limit_failed_auth = 0\nrate_limit_setup = 5\nallow_insecure_public = yes\n') },
+    'server.ini',
+  );
+  t.deepEqual(ini.config.app.allowedSubmitParams, ['native_specification', 'submit_request_memory']);
+  t.is(ini.config.app.rateLimitFailedAuth, 0);
+  t.is(ini.config.app.rateLimitSetup, 5);
+  t.true(ini.config.app.allowInsecurePublic);
+
+  const yaml = await load(t, { 'app.yml': 'allowed_submit_params:\n  - native_specification\nrate_limit_failed_auth: 3\n' }, 'app.yml');
+  t.deepEqual(yaml.config.app.allowedSubmitParams, ['native_specification']);
+  t.is(yaml.config.app.rateLimitFailedAuth, 3);
+
+  const badName = await loadError(t, { 'app.yml': 'allowed_submit_params: "native_specification, user; rm"\n' }, 'app.yml');
+  t.is(badName.key, 'allowed_submit_params');
+  t.regex(badName.message, /parameter names/);
+  const badCount = await loadError(t, { 'app.yml': 'rate_limit_setup: -1\n' }, 'app.yml');
+  t.regex(badCount.message, /whole number >= 0/);
+  const badBool = await loadError(t, { 'app.yml': 'allow_insecure_public: maybe\n' }, 'app.yml');
+  t.regex(badBool.message, /true or false/);
+});
+
+test('ssl_pem = * asks for a generated certificate next to server.ini; an explicit pem must exist', async (t) => {
+  const { dir, config } = await load(t, { 'etc/server.ini': '[server:main]\nssl_pem = *\n' }, 'etc/server.ini');
+  t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: path.join(dir, 'etc', 'magnetar-selfsigned.pem'), sslGenerate: true });
+  t.regex(describeConfig(config), /^https:\/\/localhost:8913 /);
+  const missing = await loadError(t, { 'server.ini': '[server:main]\nssl_pem = host.pem\n' }, 'server.ini');
+  t.is(missing.key, '[server:main] ssl_pem');
+  t.regex(missing.message, /file not found/);
 });

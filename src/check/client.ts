@@ -2,6 +2,7 @@ import * as fs from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
+import { rootCertificates } from 'node:tls';
 import { Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
@@ -63,6 +64,14 @@ function describeBody(body: string): string {
   return `: ${oneLine.length > 200 ? `${oneLine.slice(0, 200)}...` : oneLine}`;
 }
 
+/** How an `https://` server's certificate is checked. */
+export interface ClientTls {
+  /** Extra trusted certificates (PEM), in addition to Node's bundled certificate authorities. */
+  readonly ca?: readonly string[] | undefined;
+  /** Do not verify the server's certificate at all (`--insecure`). */
+  readonly insecure?: boolean | undefined;
+}
+
 export interface ClientOptions {
   /** Base URL of the server, e.g. `http://127.0.0.1:8913/` (`http://` is assumed if missing). */
   readonly url: string;
@@ -71,6 +80,7 @@ export interface ClientOptions {
   readonly manager?: string | undefined;
   /** Aborts every request (the overall deadline). */
   readonly signal?: AbortSignal | undefined;
+  readonly tls?: ClientTls | undefined;
 }
 
 /** The job config `POST /jobs` answers (PROTOCOL §2.1). */
@@ -152,7 +162,7 @@ export class PulsarClient {
       : '';
     this.#signal = options.signal;
     this.#transport = base.protocol === 'https:' ? https : http;
-    this.#agent = base.protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+    this.#agent = base.protocol === 'https:' ? httpsAgent(options.tls) : new http.Agent({ keepAlive: true });
   }
 
   /** Drop the kept-alive connections. */
@@ -333,13 +343,37 @@ export class PulsarClient {
   }
 }
 
+function httpsAgent(tls: ClientTls | undefined): https.Agent {
+  const options: https.AgentOptions = { keepAlive: true };
+  if (tls?.insecure === true) options.rejectUnauthorized = false;
+  // `ca` replaces Node's bundled authorities: keep them, so --ca only adds trust.
+  if (tls?.ca !== undefined && tls.ca.length > 0) options.ca = [...rootCertificates, ...tls.ca];
+  return new https.Agent(options);
+}
+
+/** OpenSSL verification failures (`err.code`) that mean "this certificate is not trusted". */
+const CERTIFICATE_ERRORS: ReadonlyMap<string, string> = new Map([
+  ['DEPTH_ZERO_SELF_SIGNED_CERT', 'the server\'s certificate is self-signed and not trusted'],
+  ['SELF_SIGNED_CERT_IN_CHAIN', 'the server\'s certificate chain ends in an untrusted self-signed certificate'],
+  ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'the server\'s certificate is signed by an unknown authority'],
+  ['UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'the server\'s certificate is signed by an unknown authority'],
+  ['UNABLE_TO_GET_ISSUER_CERT', 'the server\'s certificate is signed by an unknown authority'],
+  ['CERT_HAS_EXPIRED', 'the server\'s certificate has expired'],
+  ['CERT_NOT_YET_VALID', 'the server\'s certificate is not valid yet'],
+  ['CERT_SIGNATURE_FAILURE', 'the server\'s certificate has an invalid signature'],
+  ['ERR_TLS_CERT_ALTNAME_INVALID', 'the server\'s certificate is not valid for this host name'],
+]);
+
 function connectionError(label: string, error: unknown): Error {
   if (error instanceof DeadlineError || error instanceof ProtocolError || error instanceof HttpError) return error;
   const e = error as NodeJS.ErrnoException;
   const code = typeof e.code === 'string' ? e.code : undefined;
-  const what = code === 'ECONNREFUSED' ? 'connection refused'
+  const certificate = code === undefined ? undefined : CERTIFICATE_ERRORS.get(code);
+  const what = certificate !== undefined ? `TLS certificate error: ${certificate} (${code}); pass --ca FILE with the server's certificate (e.g. magnetar-selfsigned.crt), or --insecure to skip verification`
+    : code === 'ECONNREFUSED' ? 'connection refused'
     : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'host name not found'
     : code === 'ECONNRESET' ? 'connection reset by the server'
+    : code === 'EPROTO' || code === 'ERR_SSL_WRONG_VERSION_NUMBER' ? `TLS handshake failed (is the server speaking http, not https?): ${e.message}`
     : e.message;
   return new ConnectionError(`${label}: ${what}${code !== undefined && !what.includes(code) ? ` (${code})` : ''}`, code, { cause: error });
 }

@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ConnectionError, DeadlineError, HttpError, PulsarClient,
-  type JobConfig, type StatusDocument, type UploadBody,
+  type ClientTls, type JobConfig, type StatusDocument, type UploadBody,
 } from './client.js';
 import { CONTENTS, TOOL_EXIT_CODE, TOOL_FAILED_CODE, toolScript } from './script.js';
 
@@ -24,6 +24,8 @@ export interface CheckRunOptions {
   readonly timeoutSeconds: number;
   readonly disableCleanup: boolean;
   readonly pollIntervalMs: number;
+  /** Certificate checks for an https:// server (`--ca`, `--insecure`). */
+  readonly tls?: ClientTls | undefined;
   /** One line of the report (without newline). */
   readonly out: (line: string) => void;
   /** One line for stderr (without newline): the reason of an exit with code 2. */
@@ -306,7 +308,7 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
   timer.unref();
   let client: PulsarClient;
   try {
-    client = new PulsarClient({ url: options.url, privateToken: options.privateToken, manager: options.manager, signal: deadline.signal });
+    client = new PulsarClient({ url: options.url, privateToken: options.privateToken, manager: options.manager, signal: deadline.signal, tls: options.tls });
   } catch (error) {
     clearTimeout(timer);
     options.err(`magnetar check: ${(error as Error).message}`);
@@ -527,7 +529,7 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     }
     if (setUp && !cleaned && !options.disableCleanup && code === EXIT_FAILED) {
       // Best effort, with its own short deadline (the main one may be what failed).
-      const cleaner = new PulsarClient({ url: options.url, privateToken: options.privateToken, manager: options.manager, signal: AbortSignal.timeout(10_000) });
+      const cleaner = new PulsarClient({ url: options.url, privateToken: options.privateToken, manager: options.manager, signal: AbortSignal.timeout(10_000), tls: options.tls });
       try {
         await cleaner.clean(jobId);
         out(`..  removed job ${jobId} from the server (use --disable-cleanup to keep it for inspection)`);

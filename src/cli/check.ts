@@ -1,4 +1,6 @@
-import { randomBytes } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { ClientTls } from '../check/client.js';
 import { EXIT_USAGE, runCheck } from '../check/run.js';
 
 export interface CheckOptions {
@@ -10,6 +12,10 @@ export interface CheckOptions {
   /** Seconds (a decimal number) the whole check may take. */
   readonly timeout: string;
   readonly disableCleanup?: boolean;
+  /** PEM file of a certificate (or CA) to trust besides the usual authorities (`--ca`). */
+  readonly ca?: string;
+  /** Do not verify the server's TLS certificate (`--insecure`). */
+  readonly insecure?: boolean;
   /** Milliseconds between status polls (default 250). */
   readonly pollInterval?: number;
   /** Receives each report line (default: stdout). */
@@ -19,6 +25,33 @@ export interface CheckOptions {
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----\r?\n[\s\S]*?-----END CERTIFICATE-----/g;
+const MAX_CA_FILE_BYTES = 1024 * 1024;
+
+/**
+ * The certificates in a PEM file (a private key in the same file, as in a server's ssl_pem, is
+ * ignored). Throws a one-line reason.
+ */
+async function readCertificates(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    const data = await readFile(file);
+    if (data.length > MAX_CA_FILE_BYTES) throw new Error(`larger than ${MAX_CA_FILE_BYTES} bytes`);
+    text = data.toString('utf8');
+  } catch (error) {
+    throw new Error(`--ca ${file}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { cause: error });
+  }
+  const certificates = text.match(PEM_CERTIFICATE) ?? [];
+  if (certificates.length === 0) throw new Error(`--ca ${file}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it`);
+  for (const pem of certificates) {
+    try {
+      new X509Certificate(pem);
+    } catch (error) {
+      throw new Error(`--ca ${file}: a certificate in it is not valid (${(error as Error).message})`, { cause: error });
+    }
+  }
+  return certificates;
+}
 
 /**
  * `magnetar check`: run one real job through a server the way Galaxy's Pulsar client does and
@@ -47,6 +80,18 @@ export async function check(options: CheckOptions): Promise<number> {
   if (!Number.isFinite(pollInterval) || pollInterval <= 0 || pollInterval > 500) {
     return usage('the poll interval must be between 0 and 500 ms');
   }
+  let tls: ClientTls | undefined;
+  if (options.ca !== undefined) {
+    try {
+      tls = { ca: await readCertificates(options.ca) };
+    } catch (error) {
+      return usage((error as Error).message);
+    }
+  }
+  if (options.insecure === true) {
+    err('magnetar check: warning: --insecure: the server\'s TLS certificate is not verified; anyone on the way can read the private token and impersonate the server');
+    tls = { ...tls, insecure: true };
+  }
   return runCheck({
     url: options.url,
     privateToken: options.privateToken,
@@ -55,6 +100,7 @@ export async function check(options: CheckOptions): Promise<number> {
     timeoutSeconds: timeout,
     disableCleanup: options.disableCleanup === true,
     pollIntervalMs: pollInterval,
+    tls,
     out,
     err,
   });

@@ -1,6 +1,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { serve } from './serve.js';
 import { check } from './check.js';
+import { lintToolbox } from './lint-toolbox.js';
+import { validateTool } from './validate-tool.js';
 
 function port(value: string): number {
   const n = Number(value);
@@ -35,8 +37,27 @@ export async function main(argv: readonly string[]): Promise<number> {
     .option('--job-id <id>', 'job id to use', '')
     .option('--timeout <seconds>', 'give up after this long', '120')
     .option('--disable-cleanup', 'keep the job directory on the server')
-    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean }) => {
+    .option('--ca <file>', 'also trust the certificate(s) in this PEM file (e.g. the server\'s magnetar-selfsigned.crt)')
+    .option('--insecure', 'do not verify the server\'s TLS certificate (prints a warning)')
+    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean; ca?: string; insecure?: boolean }) => {
       exitCode = await check(opts);
+    });
+
+  program
+    .command('validate-tool')
+    .description('run a tool\'s validators over fixture command lines and config files ($JOB = the job directory)')
+    .argument('<tool>', 'the tool XML')
+    .requiredOption('-f, --fixtures <file>', 'fixtures YAML: command: [{ line, expect: accept|reject }], configfiles: { NAME: [{ content, expect }] }')
+    .action(async (tool: string, opts: { fixtures: string }) => {
+      exitCode = await validateTool({ tool, fixtures: opts.fixtures });
+    });
+
+  program
+    .command('lint-toolbox')
+    .description('report toolbox tools that cannot run safely on a public server (missing or weak validators, load errors)')
+    .argument('<toolbox...>', 'toolbox files (tool_conf.xml / shed_tool_conf.xml form)')
+    .action(async (files: string[]) => {
+      exitCode = await lintToolbox({ files });
     });
 
   try {

@@ -5,7 +5,9 @@
  * the key and the expected form. Options that are accepted but have no effect yet come back as
  * `warnings` (one line each) for the caller to log.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { access, readFile, stat } from 'node:fs/promises';
+import { BlockList, isIP } from 'node:net';
 import path from 'node:path';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
@@ -21,6 +23,7 @@ import {
   ENV_NAME_RE,
   ENV_OPTION_PREFIX,
   FOREIGN_MANAGER_OPTION_RE,
+  GENERATED_PEM_NAME,
   IGNORED_MANAGER_OPTIONS,
   IGNORED_SERVER_OPTIONS,
   Invalid,
@@ -30,8 +33,8 @@ import {
   NOT_YET_SUPPORTED_APP_OPTIONS,
   NOT_YET_SUPPORTED_APP_PREFIXES,
   PERSISTENCE_DISABLED,
-  REFUSED_APP_OPTIONS,
   SERVER_OPTION_NAMES,
+  SSL_PEM_GENERATE,
   appOptionsSchema,
   asEnvValue,
   managerOptionsSchema,
@@ -86,13 +89,13 @@ export async function loadConfig(opts: LoadOptions = {}): Promise<LoadResult> {
   const settings = new Map<string, Setting>();
   let configFile: string | undefined;
   let configDir = cwd;
-  let server: ServerSection = { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined };
+  let server: ServerSection = { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false };
 
   if (opts.configFile !== undefined) {
     configFile = path.resolve(cwd, opts.configFile);
     configDir = path.dirname(configFile);
     if (/\.ya?ml$/i.test(configFile)) {
-      server = { host: DEFAULT_HOST, port: DEFAULT_PORT, sslPem: undefined };
+      server = { host: DEFAULT_HOST, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false };
       await readAppYaml(configFile, settings, ctx);
     } else {
       server = await readServerIni(configFile, settings, ctx);
@@ -100,10 +103,22 @@ export async function loadConfig(opts: LoadOptions = {}): Promise<LoadResult> {
   }
   applyEnvironment(settings, ctx);
   const app = await buildApp(settings, configDir, ctx);
+  const serverFile = configFile === undefined ? ENVIRONMENT : label(configFile, ctx);
 
+  if (app.toolConfigFiles.length > 0 && server.sslPem === undefined && !isLoopback(server.host)) {
+    // The private token and every launch parameter travel in the URL (PROTOCOL §14 item 20).
+    if (!app.allowInsecurePublic) {
+      throw new ConfigError(
+        serverFile,
+        `[${SERVER_SECTION}] host`,
+        `public tool service mode (tool_config_files) over plain HTTP on ${server.host}, which is reachable from other machines, would send the private token and every job in clear text; set ssl_pem (a PEM file, or * to generate a self-signed certificate), listen on a loopback host, or set allow_insecure_public = true if a TLS-terminating proxy is in front`,
+      );
+    }
+    ctx.warnings.push(`${serverFile}: public tool service mode over plain HTTP on ${server.host} (allow_insecure_public is set): make sure a TLS-terminating proxy is in front`);
+  }
   if (!isLoopback(server.host) && app.privateToken === undefined) {
     ctx.warnings.push(
-      `${configFile === undefined ? ENVIRONMENT : label(configFile, ctx)}: host ${server.host} is reachable from other machines and no private_token is set: anyone who can connect can run jobs`,
+      `${serverFile}: host ${server.host} is reachable from other machines and no private_token is set: anyone who can connect can run jobs`,
     );
   }
   const config: Config = { configFile, configDir, server, app };
@@ -135,7 +150,7 @@ export function defaultConfig(cwd: string): Config {
   return deepFreeze({
     configFile: undefined,
     configDir: base,
-    server: { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined },
+    server: { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false },
     app: {
       privateToken: undefined,
       stagingDirectory,
@@ -148,6 +163,11 @@ export function defaultConfig(cwd: string): Config {
       maxJobUploadSize: APP_DEFAULTS.maxJobUploadSize,
       allowUnsafeEnv: APP_DEFAULTS.allowUnsafeEnv,
       logRequests: APP_DEFAULTS.logRequests,
+      toolConfigFiles: [],
+      allowInsecurePublic: APP_DEFAULTS.allowInsecurePublic,
+      allowedSubmitParams: [],
+      rateLimitFailedAuth: APP_DEFAULTS.rateLimitFailedAuth,
+      rateLimitSetup: APP_DEFAULTS.rateLimitSetup,
       managers: [manager],
     },
   });
@@ -159,6 +179,8 @@ export function describeConfig(config: Config): string {
   const url = `${sslPem === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   const source = config.configFile === undefined ? 'no config file' : `config ${config.configFile}`;
   const auth = config.app.privateToken === undefined ? 'no private_token' : 'private_token set';
+  const toolboxes = config.app.toolConfigFiles.length;
+  const mode = toolboxes === 0 ? '' : `; public tool service, ${toolboxes} toolbox file${toolboxes === 1 ? '' : 's'}`;
   const managers = config.app.managers
     .map((m) =>
       m.type === 'queued_python'
@@ -166,7 +188,7 @@ export function describeConfig(config: Config): string {
         : `${m.name} (${m.type})`,
     )
     .join(', ');
-  return `${url} (${source}; ${auth}); managers: ${managers}`;
+  return `${url} (${source}; ${auth}${mode}); managers: ${managers}`;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -241,13 +263,18 @@ async function readServerIni(file: string, settings: Map<string, Setting>, ctx: 
 
   const server: Partial<ServerOptions> = serverSection === undefined ? {} : readServerSection(doc, serverSection, file, fileLabel, ctx);
   let sslPem: string | undefined;
+  let sslGenerate = false;
   if (server.ssl_pem !== undefined) {
     const where: Setting = { value: server.ssl_pem, file: fileLabel, key: `[${SERVER_SECTION}] ssl_pem` };
-    if (server.ssl_pem.trim() === '*') {
-      throw new ConfigError(where.file, where.key, 'generating a self-signed certificate ("*") is not yet supported; give the path of a PEM file holding key and certificate');
+    if (server.ssl_pem.trim() === SSL_PEM_GENERATE) {
+      // Generated (or reused) at startup by web/tls.ts.
+      sslPem = path.join(here, GENERATED_PEM_NAME);
+      sslGenerate = true;
+    } else {
+      // A configured certificate that cannot be read must stop the server, never fall back to HTTP.
+      sslPem = path.resolve(here, server.ssl_pem);
+      await readConfigText(sslPem, ctx, where);
     }
-    sslPem = path.resolve(here, server.ssl_pem);
-    await readConfigText(sslPem, ctx, where);
   }
 
   let appConfig: Setting | undefined;
@@ -279,6 +306,7 @@ async function readServerIni(file: string, settings: Map<string, Setting>, ctx: 
     host: server.host ?? DEFAULT_HOST,
     port: server.port ?? DEFAULT_PORT,
     sslPem,
+    sslGenerate,
   };
 }
 
@@ -386,13 +414,11 @@ interface ManagerDefaults {
   readonly galaxyConfigFile: string | undefined;
   readonly galaxyDatasetFilesPath: string | undefined;
   readonly galaxyDatatypesConfigFile: string | undefined;
+  /** Public tool service mode: every manager assigns uuid job ids. */
+  readonly publicMode: boolean;
 }
 
 async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: Context): Promise<AppSection> {
-  for (const [key, setting] of settings) {
-    const refusal = REFUSED_APP_OPTIONS.get(key);
-    if (refusal !== undefined) throw new ConfigError(setting.file, setting.key, refusal);
-  }
   const values: Record<string, unknown> = {};
   for (const [key, setting] of settings) {
     if (key === 'app_config') {
@@ -410,6 +436,9 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
   }
   const options = parseOrThrow(appOptionsSchema, values, settings);
   fileModeWarning(settings.get('job_directory_mode'), ctx);
+  const toolConfigFiles = await toolboxFiles(options, settings, configDir);
+  const publicMode = toolConfigFiles.length > 0;
+  if (publicMode) publicModeWarnings(options, settings, ctx);
 
   const fromCwd = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(ctx.cwd, p));
   const fromEnv = (name: string): string | undefined => {
@@ -420,7 +449,7 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
   const persistence = options.persistence_directory ?? APP_DEFAULTS.persistenceDirectory;
   const defaults: ManagerDefaults = {
     stagingDirectory,
-    assignIds: options.assign_ids ?? APP_DEFAULTS.assignIds,
+    assignIds: publicMode ? 'uuid' : options.assign_ids ?? APP_DEFAULTS.assignIds,
     jobDirectoryMode: options.job_directory_mode,
     maximumStreamSize: options.maximum_stream_size ?? APP_DEFAULTS.maximumStreamSize,
     debug: options.debug ?? APP_DEFAULTS.debug,
@@ -429,6 +458,7 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     galaxyConfigFile: fromCwd(options.galaxy_config_file),
     galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path),
     galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file),
+    publicMode,
   };
 
   const sources = await managerSources(options, settings, configDir, ctx);
@@ -444,10 +474,57 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     debug: defaults.debug,
     maxUploadSize: options.max_upload_size ?? APP_DEFAULTS.maxUploadSize,
     maxJobUploadSize: options.max_job_upload_size ?? APP_DEFAULTS.maxJobUploadSize,
-    allowUnsafeEnv: options.allow_unsafe_env ?? APP_DEFAULTS.allowUnsafeEnv,
+    allowUnsafeEnv: publicMode ? false : options.allow_unsafe_env ?? APP_DEFAULTS.allowUnsafeEnv,
     logRequests: options.log_requests ?? APP_DEFAULTS.logRequests,
+    toolConfigFiles,
+    allowInsecurePublic: options.allow_insecure_public ?? APP_DEFAULTS.allowInsecurePublic,
+    allowedSubmitParams: options.allowed_submit_params ?? [],
+    rateLimitFailedAuth: options.rate_limit_failed_auth ?? APP_DEFAULTS.rateLimitFailedAuth,
+    rateLimitSetup: options.rate_limit_setup ?? APP_DEFAULTS.rateLimitSetup,
     managers,
   };
+}
+
+/**
+ * `tool_config_files` (or its alias `tool_config_file`): toolbox XML files, relative to the config
+ * directory. Each must be a readable file now, so that a typo stops the server instead of leaving
+ * it without the tools the admin meant to offer. Their contents are the toolbox loader's business.
+ */
+async function toolboxFiles(options: AppOptions, settings: ReadonlyMap<string, Setting>, configDir: string): Promise<readonly string[]> {
+  const plural = settings.get('tool_config_files');
+  const singular = settings.get('tool_config_file');
+  if (options.tool_config_files !== undefined && options.tool_config_file !== undefined && singular !== undefined) {
+    throw new ConfigError(singular.file, singular.key, 'give either tool_config_files or its alias tool_config_file, not both');
+  }
+  const listed = options.tool_config_files ?? options.tool_config_file ?? [];
+  const setting = options.tool_config_files !== undefined ? plural : singular;
+  const files: string[] = [];
+  for (const entry of listed) {
+    const file = path.resolve(configDir, entry);
+    const fail = (message: string, cause?: unknown): ConfigError =>
+      new ConfigError(setting?.file ?? ENVIRONMENT, setting?.key ?? 'tool_config_files', `${message}: ${file}`, { cause });
+    try {
+      if (!(await stat(file)).isFile()) throw fail('not a regular file');
+      await access(file, fsConstants.R_OK);
+    } catch (error) {
+      if (error instanceof ConfigError) throw error;
+      throw fail(describeIoError(error), error);
+    }
+    if (!files.includes(file)) files.push(file);
+  }
+  return files;
+}
+
+/** Options public tool service mode overrides, said once each when the file asked otherwise. */
+function publicModeWarnings(options: AppOptions, settings: ReadonlyMap<string, Setting>, ctx: Context): void {
+  const assignIds = settings.get('assign_ids');
+  if (options.assign_ids === 'galaxy' && assignIds !== undefined) {
+    ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
+  }
+  const unsafeEnv = settings.get('allow_unsafe_env');
+  if (options.allow_unsafe_env === true && unsafeEnv !== undefined) {
+    ctx.warnings.push(`${unsafeEnv.file}: ${unsafeEnv.key} = true is overridden: public tool service mode (tool_config_files) never accepts execute, file or raw env entries`);
+  }
 }
 
 /** One manager's raw options and how to name them in errors. */
@@ -589,6 +666,10 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
   }
   const options = parseOrThrow(managerOptionsSchema, values, where);
   fileModeWarning(where.get('job_directory_mode'), ctx);
+  const assignIds = where.get('assign_ids');
+  if (defaults.publicMode && options.assign_ids === 'galaxy' && assignIds !== undefined) {
+    ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
+  }
 
   const type = options.type ?? MANAGER_DEFAULTS.type;
   const concurrency = options.num_concurrent_jobs ?? options.max_concurrent_jobs;
@@ -602,7 +683,7 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
     name: source.name,
     type,
     stagingDirectory: fromCwd(options.staging_directory) ?? defaults.stagingDirectory,
-    assignIds: options.assign_ids ?? defaults.assignIds,
+    assignIds: defaults.publicMode ? 'uuid' : options.assign_ids ?? defaults.assignIds,
     numConcurrentJobs: concurrency ?? MANAGER_DEFAULTS.numConcurrentJobs,
     debug: options.debug ?? defaults.debug,
     maximumStreamSize: options.maximum_stream_size ?? defaults.maximumStreamSize,
@@ -620,8 +701,15 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
 
 // ------------------------------------------------------------------------------------------------
 
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** localhost, 127.0.0.0/8 or ::1 (in any spelling, also IPv4-mapped). */
 function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127(?:\.\d{1,3}){3}$/.test(host);
+  if (host.toLowerCase() === 'localhost') return true;
+  const family = isIP(host);
+  return family !== 0 && LOOPBACK.check(host, family === 6 ? 'ipv6' : 'ipv4');
 }
 
 function deepFreeze<T>(value: T): T {

@@ -29,7 +29,15 @@ export const APP_DEFAULTS = {
   maxJobUploadSize: 1 * TiB,
   allowUnsafeEnv: true,
   logRequests: true,
+  allowInsecurePublic: false,
+  rateLimitFailedAuth: 20,
+  rateLimitSetup: 60,
 } as const;
+
+/** `ssl_pem` value asking magnetar to generate (once) and keep a self-signed certificate. */
+export const SSL_PEM_GENERATE = '*';
+/** Where a generated certificate is kept: next to the configuration file. */
+export const GENERATED_PEM_NAME = 'magnetar-selfsigned.pem';
 
 export const MANAGER_DEFAULTS = {
   type: 'queued_python' as ManagerType,
@@ -81,21 +89,6 @@ export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
 ]);
 
 export const NOT_YET_SUPPORTED_APP_PREFIXES: readonly string[] = ['amqp_', 'object_store_', 'relay_', 'conda_'];
-
-/**
- * Options whose absence of effect would be dangerous: upstream they *restrict* what may run, so
- * ignoring them would leave an admin believing commands are validated when they are not.
- */
-export const REFUSED_APP_OPTIONS: ReadonlyMap<string, string> = new Map([
-  [
-    'tool_config_files',
-    'public tool service mode (toolbox authorization of tools, commands and config files) is not yet supported by magnetar; remove the option to run without command validation, knowingly',
-  ],
-  [
-    'tool_config_file',
-    'public tool service mode (toolbox authorization of tools, commands and config files) is not yet supported by magnetar; remove the option to run without command validation, knowingly',
-  ],
-]);
 
 /** Hints for likely mistakes, appended to the "unknown option" error. */
 export const APP_OPTION_HINTS: ReadonlyMap<string, string> = new Map([
@@ -258,6 +251,28 @@ export const asFileMode: Coerce<number> = (value) => {
   return parseInt(match[1] ?? '', 8);
 };
 
+/**
+ * A comma-separated list (ini, environment) or a YAML list of non-empty strings; blanks around the
+ * commas are dropped. `''` is the empty list.
+ */
+export function asList(expectedItem: string, item: RegExp): Coerce<readonly string[]> {
+  const expected = `a comma-separated list (or a YAML list) of ${expectedItem}`;
+  return (value) => {
+    let items: unknown[];
+    if (typeof value === 'string') items = value.split(',').map((part) => part.trim()).filter((part) => part !== '');
+    else if (Array.isArray(value)) items = value.map((part: unknown) => (typeof part === 'string' ? part.trim() : part));
+    else return invalid(expected, value);
+    for (const entry of items) {
+      if (typeof entry !== 'string' || !item.test(entry)) return invalid(expected, entry);
+    }
+    return items as string[];
+  };
+}
+
+export const asPathList = asList('paths', /^[^\0]+$/);
+/** Submit parameter names as Galaxy's destination params spell them (`native_specification`). */
+export const asParamNameList = asList('parameter names like native_specification', /^[A-Za-z_][A-Za-z0-9_]*$/);
+
 export const asAssignIds: Coerce<AssignIds> = (value) =>
   value === 'galaxy' || value === 'uuid' ? value : invalid('galaxy or uuid', value);
 
@@ -330,6 +345,12 @@ export const appOptionsSchema = z
     max_job_upload_size: option(asByteSize),
     allow_unsafe_env: option(asBoolean),
     log_requests: option(asBoolean),
+    tool_config_files: option(asPathList),
+    tool_config_file: option(asPathList),
+    allow_insecure_public: option(asBoolean),
+    allowed_submit_params: option(asParamNameList),
+    rate_limit_failed_auth: option(asCount),
+    rate_limit_setup: option(asCount),
     galaxy_home: option(asOptionalText),
     galaxy_virtual_env: option(asOptionalText),
     galaxy_config_file: option(asOptionalText),

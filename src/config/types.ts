@@ -33,6 +33,11 @@ export interface ServerSection {
   readonly port: number;
   /** Absolute path of a PEM holding key and certificate; undefined = plain HTTP. */
   readonly sslPem: string | undefined;
+  /**
+   * `ssl_pem = *`: `sslPem` is where magnetar keeps a self-signed certificate it generates on the
+   * first start (and reuses afterwards).
+   */
+  readonly sslGenerate: boolean;
 }
 
 export interface AppSection {
@@ -53,6 +58,19 @@ export interface AppSection {
   readonly allowUnsafeEnv: boolean;
   /** Keep request logs (one line per request). */
   readonly logRequests: boolean;
+  /**
+   * Absolute paths of the toolbox XML files (`tool_config_files`). Non-empty = public tool
+   * service mode: only what the tools' validators allow may run.
+   */
+  readonly toolConfigFiles: readonly string[];
+  /** Public mode over plain HTTP on a non-loopback host (e.g. behind a TLS-terminating proxy). */
+  readonly allowInsecurePublic: boolean;
+  /** Submit parameter names a client may send in public mode (e.g. `native_specification`). */
+  readonly allowedSubmitParams: readonly string[];
+  /** Requests answered 401 per client IP per minute before it is refused with 429; 0 = no limit. */
+  readonly rateLimitFailedAuth: number;
+  /** `POST /jobs` per client IP per minute in public mode; 0 = no limit. */
+  readonly rateLimitSetup: number;
   readonly managers: readonly ManagerConfig[];
 }
 

@@ -1,7 +1,7 @@
 import { constants as fsc, type Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -238,7 +238,7 @@ export class JobDirectory {
    * Stream `body` into the file for (name, type): a temp file created next to the destination
    * with O_EXCL|O_NOFOLLOW, verified to be inside the job directory, then renamed over it.
    */
-  async writeUpload(name: string, type: FileType, body: Readable, budget: ByteBudget): Promise<{ path: string; bytes: number }> {
+  async writeUpload(name: string, type: FileType, body: Readable, budget: ByteBudget, expectedSha256?: string): Promise<{ path: string; bytes: number }> {
     if (!UPLOAD_TYPES.has(type)) throw new BadRequest(`files of type "${type}" cannot be uploaded`);
     const { base, parts } = this.#locate(name, type);
     const parent = await this.#ensureParents(base, parts, RULES[type].nested);
@@ -248,6 +248,7 @@ export class JobDirectory {
     const handle = await fs.open(tmpPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
     let bytes = 0;
     let streaming = false;
+    const hash = expectedSha256 === undefined ? undefined : createHash('sha256');
     try {
       const real = await realPathOfFd(handle.fd);
       const expectedBase = path.join(await this.#trustedRoot(), RULES[type].base);
@@ -261,6 +262,7 @@ export class JobDirectory {
             return;
           }
           bytes += chunk.length;
+          hash?.update(chunk);
           cb(null, chunk);
         },
       });
@@ -270,6 +272,9 @@ export class JobDirectory {
       streaming = true;
       await pipeline(body, counter, sink);
       if (!sink.closed) await once(sink, 'close');
+      if (hash !== undefined && hash.digest('hex') !== expectedSha256) {
+        throw new Forbidden(`"${name}" differs from the toolbox's copy of this tool file`);
+      }
       await fs.rename(tmpPath, finalPath);
     } catch (e) {
       if (!streaming) await handle.close().catch(() => undefined);

@@ -47,8 +47,11 @@ export function checkEnvName(name: unknown): string {
   return name;
 }
 
-/** Shell statements for the env entries; `allowUnsafe` admits `execute`, `file` and `raw` kinds. */
-export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean): string[] {
+/**
+ * Shell statements for the env entries; `allowUnsafe` admits `execute`, `file` and `raw` kinds.
+ * `literalValues` single-quotes values (no `$NAME` expansion either), as public servers do.
+ */
+export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean, literalValues = false): string[] {
   return entries.map((entry) => {
     if (entry.file !== undefined && entry.file !== null) {
       if (!allowUnsafe) throw new Forbidden('env entries of kind "file" are not allowed on this server');
@@ -64,7 +67,7 @@ export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean
       if (!allowUnsafe) throw new Forbidden('raw env entries are not allowed on this server');
       return `${name}=${value}; export ${name}`;
     }
-    return `${name}=${quoteEnvValue(value)}; export ${name}`;
+    return `${name}=${literalValues ? shellQuote(value) : quoteEnvValue(value)}; export ${name}`;
   });
 }
 

@@ -10,7 +10,8 @@ import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { JobDirectory, isFileType, type FileType, type OpenedDownload } from './directory.js';
 import { assignJobId, checkJobId } from './ids.js';
 import { KeyedMutex } from './lock.js';
-import { buildJobScript, envStatements, quoteEnvValue, type EnvEntry } from './script.js';
+import { buildJobScript, quoteEnvValue, type EnvEntry } from './script.js';
+import type { Authorizer } from '../tools/authorizer.js';
 import { isTerminal, canTransition, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
 import { JobStore, type JobRecord, type LaunchRecord } from './store.js';
@@ -60,9 +61,19 @@ export class JobService {
 
   readonly #jobEnv: Readonly<Record<string, string>>;
 
+  readonly #authorizer: Authorizer;
+
   /** `jobEnv` is the whole environment jobs start with (see `jobEnvironment`). */
-  constructor(manager: ManagerConfig, app: AppSection, backend: Backend, log: Logger, jobEnv: Readonly<Record<string, string>>) {
+  constructor(
+    manager: ManagerConfig,
+    app: AppSection,
+    backend: Backend,
+    authorizer: Authorizer,
+    log: Logger,
+    jobEnv: Readonly<Record<string, string>>,
+  ) {
     this.manager = manager;
+    this.#authorizer = authorizer;
     this.#jobEnv = jobEnv;
     this.#app = app;
     this.#backend = backend;
@@ -153,9 +164,11 @@ export class JobService {
 
   async setup(clientJobId: string, toolId: string | undefined, toolVersion: string | undefined, preserve?: boolean): Promise<object> {
     const id = assignJobId(this.manager.assignIds, clientJobId);
+    // Decided before anything touches the disk.
+    const tool = this.#authorizer.authorizeSetup(id, toolId, toolVersion);
     return this.#locks.run(id, async () => {
-      await this.#setupLocked(id, toolId, toolVersion);
-      return this.#jobConfig(id, toolId, toolVersion, preserve);
+      await this.#setupLocked(id, tool.toolId, tool.toolVersion);
+      return this.#jobConfig(id, tool.toolId, tool.toolVersion, preserve);
     });
   }
 
@@ -225,6 +238,7 @@ export class JobService {
     const fileType = checkFileType(type);
     if (cacheToken !== undefined) throw new NotFound('the file cache is not configured on this server (cache_token given)');
     const record = this.#requireStaging(id);
+    const decision = await this.#authorizer.authorizeUpload(id, record.toolId, record.toolVersion, name, fileType);
     const dir = this.#dir(id);
     const app = this.#app;
     let taken = 0;
@@ -245,7 +259,7 @@ export class JobService {
       else this.#inflightBytes.set(id, left);
     };
     try {
-      const result = await dir.writeUpload(name, fileType, body, { take });
+      const result = await dir.writeUpload(name, fileType, body, { take }, decision.expectedSha256);
       release();
       // Submit may have started while the body streamed in: the file then belongs to no job.
       if (this.#store.get(id) !== record || record.state !== 'setup') {
@@ -283,19 +297,28 @@ export class JobService {
 
   async submit(jobId: string, request: SubmitRequest): Promise<void> {
     const id = checkJobId(jobId);
-    // Render what can be refused before anything changes, so a bad request leaves no trace.
-    const clientEnv = envStatements(request.env, this.#app.allowUnsafeEnv);
     await this.#locks.run(id, async () => {
       let record = this.#store.get(id);
       if (record === undefined || (request.setupParams !== undefined && record.state !== 'setup' && !(await this.#dir(id).exists()))) {
         if (request.setupParams === undefined) throw new NotFound(`job ${id} has not been set up`);
         const sp = request.setupParams;
         if (sp.jobId !== undefined && sp.jobId !== id) throw new BadRequest('setup_params.job_id differs from the job id of the request');
-        record = await this.#setupLocked(id, sp.toolId, sp.toolVersion);
+        // Everything that can be refused is refused before the setup writes anything.
+        const tool = this.#authorizer.authorizeSetup(id, sp.toolId, sp.toolVersion, true);
+        this.#authorizer.authorizeEnv(id, tool.toolId, request.env);
+        record = await this.#setupLocked(id, tool.toolId, tool.toolVersion);
       }
       if (record.state !== 'setup') {
         this.#log.info({ jobId: id, state: record.state }, 'duplicate submit ignored');
         return;
+      }
+      // A malformed env entry is the client's error (400) and leaves the job as it was.
+      let clientEnv: string[];
+      try {
+        clientEnv = this.#authorizer.authorizeEnv(id, record.toolId, request.env);
+      } catch (error) {
+        if (error instanceof Forbidden) await this.#fail(record, error.message);
+        throw error;
       }
       await this.#launch(record, request, clientEnv);
     });
@@ -313,15 +336,34 @@ export class JobService {
       preserveGalaxyPythonEnvironment: request.setupParams?.preserveGalaxyPythonEnvironment ?? false,
     };
     record.launch = launch;
+    let commandLine = request.commandLine;
+    if (request.setupParams !== undefined) {
+      commandLine = commandLine.replaceAll('__PULSAR_JOBS_DIRECTORY__', this.manager.stagingDirectory);
+    }
+    try {
+      await this.#authorizer.authorizeSubmit(
+        {
+          jobId: record.id,
+          toolId: record.toolId,
+          toolVersion: record.toolVersion,
+          jobDirectory: dir.root,
+          commandLine,
+          submitParams: request.submitParams,
+          remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
+          hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
+        },
+        dir.configs,
+      );
+    } catch (error) {
+      // Refused: the job ends failed (its status says why) and the request answers 403.
+      if (error instanceof Forbidden) await this.#fail(record, error.message);
+      throw error;
+    }
     try {
       if ((request.remoteStaging.setup?.length ?? 0) > 0) {
         throw new Forbidden('server-side staging (remote_staging.setup, remote_* file actions) is not supported by this server yet; use the transfer action');
       }
       for (const name of request.touchOutputs) await dir.touchOutput(name);
-      let commandLine = request.commandLine;
-      if (request.setupParams !== undefined) {
-        commandLine = commandLine.replaceAll('__PULSAR_JOBS_DIRECTORY__', this.manager.stagingDirectory);
-      }
       const managerEnv = Object.entries(this.manager.env).map(([k, v]) => `${k}=${quoteEnvValue(v)}; export ${k}`);
       const galaxyHome = this.manager.galaxyHome;
       const script = buildJobScript({

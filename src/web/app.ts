@@ -4,13 +4,16 @@ import type { AppSection } from '../config/types.js';
 import { loggableUrl, type Logger } from '../log.js';
 import { requireToken } from './auth.js';
 import { errorHandler, notFoundHandler } from './errors.js';
+import type { RateLimits } from './rate-limit.js';
 import { jobRoutes, type Services } from './routes.js';
 import { queryOf } from './params.js';
 
-/** The express application: helmet, request log, the routes twice (plain and per manager), errors. */
-export function createApp(app: AppSection, services: Services, log: Logger): Express {
+/** The express application: helmet, request log, rate limits, the routes twice (plain and per manager), errors. */
+export function createApp(app: AppSection, services: Services, log: Logger, limits?: RateLimits): Express {
   const web = express();
   web.disable('x-powered-by');
+  // Rate limits key on the client address: it must be the socket's, never a header's.
+  web.set('trust proxy', false);
   web.set('etag', false);
   // Parameters are read by `web/params.ts` from the raw query string (last value wins).
   web.set('query parser', false);
@@ -27,6 +30,8 @@ export function createApp(app: AppSection, services: Services, log: Logger): Exp
       next();
     });
   }
+  if (limits?.failedAuth !== undefined) web.use(limits.failedAuth);
+  if (limits?.setup !== undefined) web.post(['/jobs', '/managers/:manager/jobs'], limits.setup);
   const routes = jobRoutes(services, requireToken(app.privateToken, queryOf));
   web.use('/managers/:manager', routes);
   web.use('/', routes);

@@ -32,7 +32,13 @@ function helmetHeaders(): OutgoingHttpHeaders {
  * body); any other request — including every error case — goes on to express, which answers it
  * the usual way. The answer is byte-for-byte what the express route would send.
  */
-export function fastStatus(services: Services, token: string | undefined, log: Logger, logRequests: boolean): (req: IncomingMessage, res: ServerResponse) => boolean {
+export function fastStatus(
+  services: Services,
+  token: string | undefined,
+  log: Logger,
+  logRequests: boolean,
+  isBlocked: (req: IncomingMessage) => boolean = () => false,
+): (req: IncomingMessage, res: ServerResponse) => boolean {
   const authorized = tokenMatcher(token);
   const base = { ...helmetHeaders(), 'content-type': 'application/json; charset=utf-8' };
   return (req, res) => {
@@ -52,7 +58,8 @@ export function fastStatus(services: Services, token: string | undefined, log: L
       return false;
     }
     const service: JobService | undefined = services.get(manager);
-    if (service === undefined || !isValidJobId(jobId) || !authorized(req, query)) return false;
+    // A client over its failed-authentication limit is refused by express (web/rate-limit.ts).
+    if (service === undefined || !isValidJobId(jobId) || !authorized(req, query) || isBlocked(req)) return false;
     const start = logRequests ? process.hrtime.bigint() : 0n;
     service.status(jobId).then(
       (body) => {

@@ -1,11 +1,15 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { check, type CheckOptions } from '../../src/cli/check.js';
+import { loadConfig } from '../../src/config/index.js';
+import { createLogger } from '../../src/log.js';
+import { startServer } from '../../src/server.js';
 import { managerConfig, startTestServer } from '../helpers/server.js';
 
 interface Run {
@@ -216,5 +220,69 @@ test('the real CLI: magnetar check --url passes with exit code 0', async (t) => 
   t.is(code, 0, `${stdout}\n${stderr}`);
   t.regex(stdout, /^check passed$/m);
   t.regex(stdout, /^ok {2}setup /m);
+  t.is(stderr, '');
+});
+
+// ------------------------------------------------------------------------------------------------
+// HTTPS with a generated certificate: --ca and --insecure
+
+/** A server started through the real config loader with `ssl_pem = *`. */
+async function generatedTlsServer(t: ExecutionContext): Promise<{ url: string; pem: string; crt: string }> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-check-tls-'));
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  await fs.writeFile(
+    path.join(root, 'server.ini'),
+    ['[server:main]', 'host = 127.0.0.1', 'ssl_pem = *', '[app:main]', `staging_directory = ${root}/staging`, `persistence_directory = ${root}/persisted`, ''].join('\n'),
+  );
+  const { config } = await loadConfig({ configFile: path.join(root, 'server.ini'), cwd: root, env: {} });
+  const server = await startServer(config, { log: createLogger({ level: 'silent' }), env: process.env, port: 0 });
+  t.teardown(() => server.close());
+  return { url: server.url, pem: path.join(root, 'magnetar-selfsigned.pem'), crt: path.join(root, 'magnetar-selfsigned.crt') };
+}
+
+test('check over HTTPS with a generated certificate: --ca passes, no --ca fails with a certificate error (exit 2), --insecure passes with a warning', async (t) => {
+  const server = await generatedTlsServer(t);
+  t.true(server.url.startsWith('https://127.0.0.1:'));
+
+  const trusted = await runCheck({ url: server.url, ca: server.pem });
+  t.is(trusted.code, 0, report(trusted));
+  t.is(trusted.lines[trusted.lines.length - 1], 'check passed');
+  t.deepEqual(trusted.errors, []);
+
+  const untrusted = await runCheck({ url: server.url });
+  t.is(untrusted.code, 2, report(untrusted));
+  t.is(untrusted.errors.length, 1, report(untrusted));
+  t.regex(untrusted.errors[0]!, /TLS certificate error: the server's certificate is self-signed and not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT\); pass --ca FILE/);
+  t.true(untrusted.lines.some((l) => l.startsWith('FAIL setup:')), report(untrusted));
+
+  const insecure = await runCheck({ url: server.url, insecure: true });
+  t.is(insecure.code, 0, report(insecure));
+  t.is(insecure.errors.length, 1);
+  t.regex(insecure.errors[0]!, /^magnetar check: warning: --insecure: the server's TLS certificate is not verified/);
+});
+
+test('check --ca with a file that is missing or holds no certificate exits 2', async (t) => {
+  const missing = await runCheck({ url: 'https://127.0.0.1:1/', ca: '/nonexistent/ca.pem' });
+  t.is(missing.code, 2);
+  t.regex(missing.errors[0]!, /--ca \/nonexistent\/ca\.pem: cannot read it \(ENOENT\)/);
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-check-ca-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  await fs.writeFile(path.join(dir, 'empty.pem'), 'not a certificate\n');
+  const empty = await runCheck({ url: 'https://127.0.0.1:1/', ca: path.join(dir, 'empty.pem') });
+  t.is(empty.code, 2);
+  t.regex(empty.errors[0]!, /no PEM certificate/);
+});
+
+test('the real CLI: magnetar check --ca <server certificate> passes over HTTPS', async (t) => {
+  const server = await generatedTlsServer(t);
+  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, 'check', '--url', server.url, '--ca', server.crt], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  t.is(code, 0, `${stdout}\n${stderr}`);
+  t.regex(stdout, /^check passed$/m);
   t.is(stderr, '');
 });

@@ -42,7 +42,7 @@ export function testConfig(root: string, app: Partial<AppSection> = {}, managers
   return {
     configFile: undefined,
     configDir: root,
-    server: { host: '127.0.0.1', port: 0, sslPem: undefined },
+    server: { host: '127.0.0.1', port: 0, sslPem: undefined, sslGenerate: false },
     app: {
       privateToken: undefined,
       stagingDirectory: path.join(root, 'staging'),
@@ -55,6 +55,12 @@ export function testConfig(root: string, app: Partial<AppSection> = {}, managers
       maxJobUploadSize: 0,
       allowUnsafeEnv: true,
       logRequests: false,
+      toolConfigFiles: [],
+      allowInsecurePublic: false,
+      allowedSubmitParams: [],
+      // Tests hammer the server (and check wrong tokens): no limits unless a test sets them.
+      rateLimitFailedAuth: 0,
+      rateLimitSetup: 0,
       managers: managers ?? [managerConfig(root)],
       ...app,
     },

@@ -1,0 +1,191 @@
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { Forbidden } from '../errors.js';
+import { envStatements, type EnvEntry } from '../jobs/script.js';
+import type { Logger } from '../log.js';
+import type { ToolDefinition } from './types.js';
+
+/** What the job service asks the authorizer about a submit (PROTOCOL §2.5, parsed). */
+export interface SubmitFacts {
+  readonly jobId: string;
+  readonly toolId: string | undefined;
+  readonly toolVersion: string | undefined;
+  /** The job directory as the client sees it (what paths in the command line start with). */
+  readonly jobDirectory: string;
+  readonly commandLine: string;
+  readonly submitParams: Readonly<Record<string, unknown>>;
+  readonly remoteStagingSetup: number;
+  readonly hasDependencies: boolean;
+}
+
+export interface UploadDecision {
+  /** When set, the upload must hash (SHA-256, hex) to exactly this. */
+  readonly expectedSha256?: string;
+}
+
+/**
+ * The one place that says whether something may happen (ARCHITECTURE: tools/authorizer).
+ * Chosen once at startup: `AllowAnyAuthorizer` without a toolbox, `ToolboxAuthorizer` with one.
+ * Every method throws `Forbidden` with a message naming the tool and the rule, or returns.
+ */
+export interface Authorizer {
+  readonly publicMode: boolean;
+  /**
+   * Setup: returns the tool id and version the job is for (the version resolved in a toolbox).
+   * `viaSubmit` marks a setup requested inside submit (`setup_params`).
+   */
+  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, viaSubmit?: boolean): { toolId: string | undefined; toolVersion: string | undefined };
+  authorizeUpload(jobId: string, toolId: string | undefined, toolVersion: string | undefined, name: string, type: string): Promise<UploadDecision>;
+  /** Rendered env statements for the job script, or a refusal. */
+  authorizeEnv(jobId: string, toolId: string | undefined, entries: readonly EnvEntry[]): string[];
+  /** Command line, config files (read from `configsDirectory`), submit params, staging. */
+  authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void>;
+}
+
+/** No toolbox: the token holder may run anything (Pulsar's trust model). */
+export class AllowAnyAuthorizer implements Authorizer {
+  readonly publicMode = false;
+  readonly #allowUnsafeEnv: boolean;
+
+  constructor(allowUnsafeEnv: boolean) {
+    this.#allowUnsafeEnv = allowUnsafeEnv;
+  }
+
+  authorizeSetup(_jobId: string, toolId: string | undefined, toolVersion: string | undefined) {
+    return { toolId, toolVersion };
+  }
+
+  async authorizeUpload(): Promise<UploadDecision> {
+    return {};
+  }
+
+  authorizeEnv(_jobId: string, _toolId: string | undefined, entries: readonly EnvEntry[]): string[] {
+    return envStatements(entries, this.#allowUnsafeEnv);
+  }
+
+  async authorizeSubmit(): Promise<void> {
+    // everything is allowed
+  }
+}
+
+/** The lookups the toolbox authorizer needs (implemented by tools/toolbox.ts and tools/tool-files.ts). */
+export interface ToolLookup {
+  get(id: string, version?: string): ToolDefinition | undefined;
+}
+export interface ToolFileDigests {
+  expectedDigest(tool: ToolDefinition, name: string): Promise<string | undefined>;
+}
+
+/**
+ * Variables a client may never set on a public server: they change how the shell, the dynamic
+ * loader or an interpreter behaves before the validated command even starts.
+ */
+const DENIED_ENV = new Set([
+  'PATH', 'LD_PRELOAD', 'LD_LIBRARY_PATH', 'LD_AUDIT', 'LD_DEBUG', 'LD_PROFILE', 'BASH_ENV', 'ENV', 'SHELLOPTS',
+  'BASHOPTS', 'PS4', 'IFS', 'CDPATH', 'GLOBIGNORE', 'PROMPT_COMMAND', 'HOME', 'TMPDIR', 'TMP', 'TEMP',
+  'PYTHONPATH', 'PYTHONSTARTUP', 'PYTHONHOME', 'PYTHONINSPECT', 'PERL5LIB', 'PERL5OPT', 'PERLLIB', 'RUBYOPT',
+  'RUBYLIB', 'NODE_OPTIONS', 'NODE_PATH', 'JAVA_TOOL_OPTIONS', '_JAVA_OPTIONS', 'R_PROFILE', 'R_PROFILE_USER',
+  'R_ENVIRON', 'R_ENVIRON_USER', 'GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_VIRTUAL_ENV', 'GALAXY_LIB',
+  'PRESERVE_GALAXY_ENVIRONMENT', 'GCONV_PATH', 'LOCPATH', 'NLSPATH', 'MALLOC_CHECK_', 'HOSTALIASES', 'RESOLV_HOST_CONF',
+]);
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+
+/** A toolbox decides: only its tools, their files, and what their validators accept may run. */
+export class ToolboxAuthorizer implements Authorizer {
+  readonly publicMode = true;
+  readonly #tools: ToolLookup;
+  readonly #files: ToolFileDigests;
+  readonly #allowedSubmitParams: ReadonlySet<string>;
+  readonly #log: Logger;
+
+  constructor(tools: ToolLookup, files: ToolFileDigests, allowedSubmitParams: readonly string[], log: Logger) {
+    this.#tools = tools;
+    this.#files = files;
+    this.#allowedSubmitParams = new Set(allowedSubmitParams);
+    this.#log = log.child({ audit: true });
+  }
+
+  #deny(jobId: string, toolId: string | undefined, step: string, reason: string): never {
+    this.#log.warn({ jobId, toolId, step, decision: 'deny', reason }, 'authorization');
+    throw new Forbidden(reason);
+  }
+
+  #allow(jobId: string, toolId: string | undefined, step: string, detail?: string): void {
+    this.#log.info({ jobId, toolId, step, decision: 'allow', ...(detail === undefined ? {} : { detail }) }, 'authorization');
+  }
+
+  #tool(jobId: string, toolId: string | undefined, toolVersion: string | undefined, step: string): ToolDefinition {
+    if (toolId === undefined || toolId === '') this.#deny(jobId, toolId, step, 'this server runs only the tools of its toolbox: tool_id is required');
+    const tool = this.#tools.get(toolId, toolVersion === '' ? undefined : toolVersion);
+    if (tool === undefined) {
+      this.#deny(jobId, toolId, step, `tool "${toolId}"${toolVersion ? ` version "${toolVersion}"` : ''} is not in this server's toolbox`);
+    }
+    if (tool.commandValidator === undefined) {
+      this.#deny(jobId, toolId, step, `tool "${toolId}" has no command_validator, so it cannot run on this server`);
+    }
+    return tool;
+  }
+
+  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, viaSubmit = false) {
+    if (viaSubmit) this.#deny(jobId, toolId, 'setup', 'setup inside submit (setup_params) is not available on a public server; call POST /jobs first');
+    const tool = this.#tool(jobId, toolId, toolVersion, 'setup');
+    this.#allow(jobId, tool.id, 'setup', `version ${tool.version}`);
+    return { toolId: tool.id, toolVersion: tool.version };
+  }
+
+  async authorizeUpload(jobId: string, toolId: string | undefined, toolVersion: string | undefined, name: string, type: string): Promise<UploadDecision> {
+    if (type !== 'tool') return {};
+    const tool = this.#tool(jobId, toolId, toolVersion, 'tool file');
+    const digest = await this.#files.expectedDigest(tool, name);
+    if (digest === undefined) this.#deny(jobId, tool.id, 'tool file', `"${name}" is not a file of tool "${tool.id}"`);
+    return { expectedSha256: digest };
+  }
+
+  authorizeEnv(jobId: string, toolId: string | undefined, entries: readonly EnvEntry[]): string[] {
+    for (const entry of entries) {
+      if (entry.execute !== undefined || entry.file !== undefined || entry.raw === true) {
+        this.#deny(jobId, toolId, 'env', `tool "${toolId}": env entries of kind execute, file or raw are not allowed on this server`);
+      }
+      const name = entry.name ?? '';
+      if (!ENV_NAME.test(name)) this.#deny(jobId, toolId, 'env', `tool "${toolId}": env name ${JSON.stringify(name)} is not a shell variable name`);
+      if (DENIED_ENV.has(name) || name.startsWith('LD_') || name.startsWith('_GALAXY') || name.startsWith('BASH_FUNC')) {
+        this.#deny(jobId, toolId, 'env', `tool "${toolId}": env variable ${name} may not be set on this server`);
+      }
+    }
+    return envStatements(entries, false, true);
+  }
+
+  async authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void> {
+    const { jobId } = facts;
+    const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'submit');
+    const deny: (step: string, reason: string) => never = (step, reason) => this.#deny(jobId, tool.id, step, `tool "${tool.id}": ${reason}`);
+    if (facts.remoteStagingSetup > 0) deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
+    for (const key of Object.keys(facts.submitParams)) {
+      if (!this.#allowedSubmitParams.has(key)) deny('submit params', `submit parameter "${key}" is not allowed on this server (allowed_submit_params)`);
+    }
+    // Config files: each must have its validator and satisfy it (PROTOCOL §14 item 17).
+    let names: string[];
+    try {
+      names = await fs.readdir(configsDirectory);
+    } catch {
+      names = [];
+    }
+    for (const name of names.sort()) {
+      const validator = tool.configfileValidators.get(name);
+      if (validator === undefined) deny('config file', `config file "${name}" has no configfile_validator`);
+      const full = path.join(configsDirectory, name);
+      const st = await fs.lstat(full);
+      if (!st.isFile()) deny('config file', `config file "${name}" is not a regular file`);
+      if (st.size > MAX_CONFIG_FILE_BYTES) deny('config file', `config file "${name}" is larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
+      const content = await fs.readFile(full, 'utf8');
+      const verdict = validator.validate(content, facts.jobDirectory);
+      if (!verdict.ok) deny('config file', `configfile_validator "${name}" rejected the file: ${verdict.reason}`);
+      this.#allow(jobId, tool.id, 'config file', name);
+    }
+    const verdict = tool.commandValidator!.validate(facts.commandLine, facts.jobDirectory);
+    if (!verdict.ok) deny('command line', `command_validator rejected the command line: ${verdict.reason}`);
+    if (facts.hasDependencies) this.#log.info({ jobId, toolId: tool.id, step: 'dependencies' }, 'dependencies_description ignored on a public server');
+    this.#allow(jobId, tool.id, 'command line');
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * Per-client request limits, composed around the routes (express-rate-limit):
+ * - failed authentications: every answer 401 counts against the client's address; a request with
+ *   a missing or wrong token beyond `rate_limit_failed_auth` in a minute is refused with 429 and
+ *   blocks the address: every request from it is refused — with a correct token too — until the
+ *   minute is over. Requests with a correct token are never counted, so many concurrent uploads
+ *   from Galaxy cannot trip the limit;
+ * - `POST /jobs` (setup) per address in public tool service mode (`rate_limit_setup`).
+ * The address is the socket's peer: `X-Forwarded-For` and `Forwarded` are never trusted (a client
+ * could name any address and escape its limit). IPv6 clients are grouped by /56, as one site.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { ipKeyGenerator, rateLimit, type ClientRateLimitInfo, type Store } from 'express-rate-limit';
+import type { AppSection } from '../config/types.js';
+import { TooManyRequests } from '../errors.js';
+import type { Logger } from '../log.js';
+import { tokenMatcher } from './auth.js';
+
+const WINDOW_MS = 60_000;
+const IPV6_SUBNET = 56;
+
+export interface RateLimits {
+  /** Express middleware for every request (before the routes); undefined = no limit. */
+  readonly failedAuth: RequestHandler | undefined;
+  /** Express middleware for `POST /jobs` (before the routes); undefined = no limit. */
+  readonly setup: RequestHandler | undefined;
+  /**
+   * For the status fast path, which answers before express: true when this client is over its
+   * failed-authentication limit, so the request must go through express to be refused there.
+   */
+  isBlocked(req: IncomingMessage): boolean;
+  /** Stop the stores' expiry timers. */
+  close(): void;
+}
+
+/** The limits `app` asks for. `queryOf` parses a request's query string (for the token). */
+export function rateLimits(
+  app: AppSection,
+  queryOf: (req: Request) => ReadonlyMap<string, string>,
+  log: Logger,
+): RateLimits {
+  const stores: WindowStore[] = [];
+  const logger = {
+    error: (error: unknown, message?: string) => log.error({ err: error }, message ?? 'rate limiter error'),
+    warn: (error: unknown, message?: string) => log.warn({ err: error }, message ?? 'rate limiter warning'),
+  };
+
+  let failedAuth: RequestHandler | undefined;
+  let isBlocked: (req: IncomingMessage) => boolean = () => false;
+  const failedLimit = app.rateLimitFailedAuth;
+  if (failedLimit > 0 && app.privateToken !== undefined) {
+    const store = new WindowStore(WINDOW_MS);
+    stores.push(store);
+    const refuse = (key: string): TooManyRequests =>
+      new TooManyRequests(`too many requests with a missing or invalid private_token from this address; try again in ${store.secondsLeft(key)} s`);
+    const counter = rateLimit({
+      windowMs: WINDOW_MS,
+      limit: failedLimit,
+      store,
+      keyGenerator: (req) => clientKey(req),
+      // Only 401 answers stay counted; a refusal (429) does not extend the block.
+      skipSuccessfulRequests: true,
+      requestWasSuccessful: (_req, res) => res.statusCode !== 401,
+      standardHeaders: false,
+      legacyHeaders: false,
+      handler: (req, res, next) => {
+        const key = clientKey(req);
+        if (store.block(key)) {
+          log.warn({ client: key, limit: failedLimit }, 'too many failed authentications: refusing this client for the rest of the minute');
+        }
+        res.setHeader('Retry-After', String(store.secondsLeft(key)));
+        next(refuse(key));
+      },
+      logger,
+    });
+    const authorized = tokenMatcher(app.privateToken);
+    isBlocked = (req) => store.isBlocked(clientKey(req));
+    failedAuth = (req: Request, res: Response, next: NextFunction) => {
+      if (!authorized(req, queryOf(req))) {
+        void counter(req, res, next);
+        return;
+      }
+      const key = clientKey(req);
+      if (store.isBlocked(key)) {
+        res.setHeader('Retry-After', String(store.secondsLeft(key)));
+        next(refuse(key));
+        return;
+      }
+      next();
+    };
+  }
+
+  let setup: RequestHandler | undefined;
+  if (app.rateLimitSetup > 0 && app.toolConfigFiles.length > 0) {
+    const store = new WindowStore(WINDOW_MS);
+    stores.push(store);
+    setup = rateLimit({
+      windowMs: WINDOW_MS,
+      limit: app.rateLimitSetup,
+      store,
+      keyGenerator: (req) => clientKey(req),
+      standardHeaders: false,
+      legacyHeaders: false,
+      handler: (req, res, next) => {
+        const key = clientKey(req);
+        res.setHeader('Retry-After', String(store.secondsLeft(key)));
+        next(new TooManyRequests(`too many job setups from this address (at most ${app.rateLimitSetup} a minute); try again in ${store.secondsLeft(key)} s`));
+      },
+      logger,
+    });
+  }
+
+  return {
+    failedAuth,
+    setup,
+    isBlocked: (req) => isBlocked(req),
+    close() {
+      for (const store of stores) store.shutdown();
+    },
+  };
+}
+
+/** The client's address as the socket sees it (never a forwarded-for header). */
+function clientKey(req: IncomingMessage): string {
+  return ipKeyGenerator(req.socket.remoteAddress ?? 'unknown', IPV6_SUBNET);
+}
+
+/**
+ * A fixed one-window-per-client counter in memory, like express-rate-limit's MemoryStore, but
+ * readable synchronously (the status fast path must decide before it answers).
+ */
+class WindowStore implements Store {
+  readonly localKeys = true;
+  readonly #windowMs: number;
+  readonly #clients = new Map<string, { hits: number; resetAt: number; blocked: boolean }>();
+  readonly #sweeper: NodeJS.Timeout;
+
+  constructor(windowMs: number) {
+    this.#windowMs = windowMs;
+    this.#sweeper = setInterval(() => this.#sweep(), windowMs);
+    this.#sweeper.unref();
+  }
+
+  /** Whether `key` was blocked in its current window. */
+  isBlocked(key: string): boolean {
+    const client = this.#clients.get(key);
+    return client !== undefined && client.blocked && client.resetAt > Date.now();
+  }
+
+  /** Whole seconds until `key`'s window ends (at least 1). */
+  secondsLeft(key: string): number {
+    const client = this.#clients.get(key);
+    const left = client === undefined ? 0 : client.resetAt - Date.now();
+    return Math.max(1, Math.ceil(left / 1000));
+  }
+
+  /** Block `key` for the rest of its window; true if it was not blocked yet (to log it once). */
+  block(key: string): boolean {
+    const client = this.#clients.get(key);
+    if (client === undefined || client.blocked) return false;
+    client.blocked = true;
+    return true;
+  }
+
+  get(key: string): ClientRateLimitInfo | undefined {
+    const client = this.#clients.get(key);
+    if (client === undefined || client.resetAt <= Date.now()) return undefined;
+    return { totalHits: client.hits, resetTime: new Date(client.resetAt) };
+  }
+
+  increment(key: string): ClientRateLimitInfo {
+    const now = Date.now();
+    let client = this.#clients.get(key);
+    if (client === undefined || client.resetAt <= now) {
+      client = { hits: 0, resetAt: now + this.#windowMs, blocked: false };
+      this.#clients.set(key, client);
+    }
+    client.hits += 1;
+    return { totalHits: client.hits, resetTime: new Date(client.resetAt) };
+  }
+
+  decrement(key: string): void {
+    const client = this.#clients.get(key);
+    if (client !== undefined && client.hits > 0) client.hits -= 1;
+  }
+
+  resetKey(key: string): void {
+    this.#clients.delete(key);
+  }
+
+  resetAll(): void {
+    this.#clients.clear();
+  }
+
+  shutdown(): void {
+    clearInterval(this.#sweeper);
+    this.#clients.clear();
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const [key, client] of this.#clients) if (client.resetAt <= now) this.#clients.delete(key);
+  }
+}

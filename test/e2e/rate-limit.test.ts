@@ -1,0 +1,109 @@
+import test, { type ExecutionContext } from 'ava';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { request, qs, type Reply } from '../helpers/client.js';
+import { makeRoot, startTestServer, type TestServer } from '../helpers/server.js';
+
+const TOKEN = 'the-right-token';
+
+async function tokenServer(t: ExecutionContext, limit: number): Promise<TestServer> {
+  const server = await startTestServer({ app: { privateToken: TOKEN, rateLimitFailedAuth: limit } });
+  t.teardown(() => server.stop());
+  return server;
+}
+
+const healthz = (server: TestServer, token: string, headers: Record<string, string> = {}): Promise<Reply> =>
+  request(server.url, 'GET', `/healthz?${qs({ private_token: token })}`, { headers });
+
+function assertLimited(t: ExecutionContext, reply: Reply, what: string): void {
+  t.is(reply.status, 429, `${what}: ${reply.text}`);
+  t.deepEqual(Object.keys(reply.json()).sort(), ['error', 'message']);
+  t.is(reply.json().error, 'MAG_ERR_RATE_LIMITED');
+  t.regex(reply.headers['content-type'] ?? '', /^application\/json/);
+  t.regex(String(reply.headers['retry-after']), /^\d+$/);
+}
+
+// Serial: it moves the clock (Date.now) forward, which concurrent tests in this file must not see.
+test.serial('a 401 beyond the limit blocks the address: every request from it is refused with 429 until the minute is over', async (t) => {
+  const server = await tokenServer(t, 3);
+  for (let i = 0; i < 3; i++) {
+    t.is((await healthz(server, `wrong-${i}`)).status, 401);
+    // Up to the limit, the right token still works (and is not counted).
+    t.is((await healthz(server, TOKEN)).status, 200);
+  }
+  assertLimited(t, await healthz(server, 'wrong-again'), 'a fourth wrong token');
+  assertLimited(t, await healthz(server, TOKEN), 'the right token from a blocked address');
+  assertLimited(t, await request(server.url, 'GET', `/jobs/j1/status?${qs({ job_id: 'j1', private_token: TOKEN })}`), 'status (fast path) with the right token');
+  assertLimited(t, await request(server.url, 'POST', `/jobs?${qs({ job_id: 'j2', private_token: TOKEN })}`), 'setup with the right token');
+  assertLimited(t, await request(server.url, 'GET', '/healthz', { headers: { authorization: `Bearer ${TOKEN}` } }), 'bearer token');
+  // X-Forwarded-For is not trusted: naming another address does not escape the block.
+  assertLimited(t, await healthz(server, TOKEN, { 'x-forwarded-for': '203.0.113.7' }), 'X-Forwarded-For');
+  assertLimited(t, await healthz(server, TOKEN, { forwarded: 'for=203.0.113.8' }), 'Forwarded');
+  t.true(server.logLines.some((l) => l.includes('too many failed authentications')));
+  t.is(server.logLines.filter((l) => l.includes('too many failed authentications')).length, 1, 'the block is logged once');
+
+  // Refusals do not extend the block: once the minute is over the right token works again.
+  const realNow = Date.now;
+  Date.now = () => realNow() + 61_000;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+  t.is((await healthz(server, TOKEN)).status, 200);
+  t.is((await request(server.url, 'GET', `/jobs/j1/status?${qs({ job_id: 'j1', private_token: TOKEN })}`)).status, 200);
+  t.is((await healthz(server, 'wrong')).status, 401, 'a fresh window counts from zero');
+  Date.now = realNow;
+});
+
+test('requests with the right token are never counted, even many at once', async (t) => {
+  const server = await tokenServer(t, 2);
+  const replies = await Promise.all(Array.from({ length: 30 }, () => healthz(server, TOKEN)));
+  t.deepEqual([...new Set(replies.map((r) => r.status))], [200]);
+  t.is((await healthz(server, 'wrong')).status, 401);
+  t.is((await healthz(server, 'wrong')).status, 401);
+  t.is((await healthz(server, TOKEN)).status, 200);
+  t.is((await healthz(server, 'wrong')).status, 429);
+  t.is((await healthz(server, TOKEN)).status, 429);
+});
+
+test('only 401 answers count: a wrong token on an unknown route (404) does not', async (t) => {
+  const server = await tokenServer(t, 1);
+  for (let i = 0; i < 5; i++) t.is((await request(server.url, 'GET', `/no/such/route?${qs({ private_token: 'wrong' })}`)).status, 404);
+  t.is((await healthz(server, TOKEN)).status, 200);
+  t.is((await healthz(server, 'wrong')).status, 401);
+  t.is((await healthz(server, TOKEN)).status, 200);
+  t.is((await healthz(server, 'wrong')).status, 429);
+  t.is((await healthz(server, TOKEN)).status, 429);
+});
+
+test('rate_limit_failed_auth = 0 disables the limit', async (t) => {
+  const server = await tokenServer(t, 0);
+  for (let i = 0; i < 30; i++) t.is((await healthz(server, 'wrong')).status, 401);
+  t.is((await healthz(server, TOKEN)).status, 200);
+});
+
+test('POST /jobs is limited per address in public mode (plain and per-manager routes share the count)', async (t) => {
+  const root = await makeRoot();
+  const toolbox = path.join(root, 'toolbox.xml');
+  await fs.writeFile(toolbox, '<toolbox tool_path="."></toolbox>\n');
+  const server = await startTestServer({
+    root,
+    app: { toolConfigFiles: [toolbox], assignIds: 'uuid', allowUnsafeEnv: false, rateLimitSetup: 3 },
+  });
+  t.teardown(() => server.stop());
+  const setup = (prefix: string, id: string): Promise<Reply> => request(server.url, 'POST', `${prefix}/jobs?${qs({ job_id: id, tool_id: 'no_such_tool' })}`);
+  for (const [prefix, id] of [['', 'a'], ['/managers/_default_', 'b'], ['', 'c']] as const) {
+    t.not((await setup(prefix, id)).status, 429, `setup ${id}`);
+  }
+  assertLimited(t, await setup('', 'd'), 'a fourth setup');
+  assertLimited(t, await setup('/managers/_default_', 'e'), 'a fifth setup through the manager route');
+  // Other routes are not affected.
+  t.is((await request(server.url, 'GET', '/healthz')).status, 200);
+});
+
+test('POST /jobs is not limited outside public mode', async (t) => {
+  const server = await startTestServer({ app: { rateLimitSetup: 2 } });
+  t.teardown(() => server.stop());
+  for (let i = 0; i < 6; i++) {
+    t.is((await request(server.url, 'POST', `/jobs?${qs({ job_id: `j${i}` })}`)).status, 200);
+  }
+});
