@@ -42,6 +42,8 @@ const OVERFLOW = -3;
 const NO_LABEL = -1;
 /** DFA transition cells (states × classes) allowed per automaton. */
 const MAX_DFA_CELLS = 4_000_000;
+/** NFA state ids held by all DFA states together (their sets and keys). */
+const MAX_DFA_MEMBERS = 2_000_000;
 
 class Builder {
   readonly kind: number[] = [];
@@ -129,6 +131,7 @@ export class Automaton {
   readonly #maxDfaStates: number;
   readonly #dfaSets: Int32Array[] = [];
   readonly #dfaKeys = new Map<string, number>();
+  #dfaMembers = 0;
   #accepting = new Uint8Array(16);
   #trans: Int32Array;
   // Scratch space for ε-closures.
@@ -258,6 +261,7 @@ export class Automaton {
   #addDfaState(states: Int32Array): number {
     const id = this.#dfaSets.length;
     this.#dfaSets.push(states);
+    this.#dfaMembers += states.length;
     this.#dfaKeys.set(states.join(','), id);
     if (id >= this.#accepting.length) {
       const accepting = new Uint8Array(this.#accepting.length * 2);
@@ -278,7 +282,7 @@ export class Automaton {
       const states = this.#closure(seeds);
       const known = this.#dfaKeys.get(states.join(','));
       if (known !== undefined) next = known;
-      else if (this.#dfaSets.length >= this.#maxDfaStates) return OVERFLOW;
+      else if (this.#dfaSets.length >= this.#maxDfaStates || this.#dfaMembers + states.length > MAX_DFA_MEMBERS) return OVERFLOW;
       else next = this.#addDfaState(states);
     }
     this.#trans[d * this.#classes + k] = next;
