@@ -3,6 +3,7 @@
  * drive it over 127.0.0.1 with three workloads and print ONE JSON object on stdout (progress goes
  * to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
  */
+import { validatorBench } from './validator.js';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -14,7 +15,7 @@ import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSe
 import { MIB, log, round } from './stats.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'transfer', 'status'] as const;
+const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -230,6 +231,11 @@ async function main(): Promise<number> {
           statusMode === 'raw' ? 'raw net.Socket closed-loop client (pre-encoded request, minimal parser)' : 'node:http keep-alive Agent'
         }, ${statusMs} ms after 500 ms warm-up; bench and server share ${cpus} CPU(s)`,
       };
+    }
+
+    if (only.has('validator')) {
+      log('== validator: validations/s of legitimate command lines, worst time for a 1 MB hostile line (in process)');
+      out['validator'] = await validatorBench();
     }
   } finally {
     if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);
