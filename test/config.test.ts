@@ -277,7 +277,6 @@ test('YAML managers: dict, each with its own options', async (t) => {
   t.is(config.app.managers[1]?.tmpDir, '$(mktemp -d)');
   t.deepEqual(warnings, [
     'app.yml: manager is ignored because managers (app.yml) takes precedence',
-    'app.yml: managers.fast.job_name_template has no effect for the supported manager types and is ignored',
   ]);
 });
 
@@ -326,9 +325,12 @@ test('a bad assign_ids is refused', async (t) => {
 });
 
 test('unsupported and unknown manager types are refused', async (t) => {
-  const drmaa = await loadError(t, { 'app.yml': 'manager:\n  type: queued_drmaa\n  native_specification: -q x\n' }, 'app.yml');
-  t.is(drmaa.key, 'manager.type');
-  t.regex(drmaa.message, /queued_drmaa is not yet supported/);
+  const xsede = await loadError(t, { 'app.yml': 'manager:\n  type: queued_drmaa_xsede\n' }, 'app.yml');
+  t.is(xsede.key, 'manager.type');
+  t.regex(xsede.message, /queued_drmaa_xsede is not yet supported/);
+
+  const local = await loadError(t, { 'app.yml': 'manager:\n  type: queued_python\n  native_specification: -q x\n' }, 'app.yml');
+  t.regex(local.message, /unknown manager option \(an option of DRMAA\/CLI\/condor managers only\)/);
 
   const typo = await loadError(t, { 'app.yml': 'managers:\n  m:\n    type: queued_pyton\n' }, 'app.yml');
   t.is(typo.key, 'managers.m.type');

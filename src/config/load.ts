@@ -9,6 +9,7 @@ import { constants as fsConstants } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import { BlockList, isIP } from 'node:net';
 import path from 'node:path';
+import { CLUSTER_MANAGER_TYPES } from './types.js';
 import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { interpolatedValue, parseIni, type IniDocument, type IniSection } from './ini-file.js';
@@ -146,6 +147,8 @@ export function defaultConfig(cwd: string): Config {
     galaxyDatasetFilesPath: undefined,
     galaxyDatatypesConfigFile: undefined,
     minPollingInterval: MANAGER_DEFAULTS.minPollingInterval,
+    jobNameTemplate: 'pulsar_$job_id',
+    backendOptions: {},
   };
   return deepFreeze({
     configFile: undefined,
@@ -622,6 +625,7 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
   const where = new Map<string, Setting>();
   const values: Record<string, unknown> = {};
   const env: Array<[string, string]> = [];
+  const backendOptions: Record<string, string> = {};
 
   // The type decides what else is meaningful: report an unsupported type before anything else.
   const rawType = source.options.find(([key]) => key === 'type');
@@ -652,9 +656,14 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
       continue;
     }
     if (key === 'name' && source.allowsName) continue;
+    if (!MANAGER_OPTION_NAMES.has(key) && FOREIGN_MANAGER_OPTION_RE.test(key) && isClusterType(rawType?.[1])) {
+      // Validated by the backend of this type when the server starts.
+      backendOptions[key] = typeof value === 'string' ? value : JSON.stringify(value);
+      continue;
+    }
     if (!MANAGER_OPTION_NAMES.has(key)) {
       const hint = FOREIGN_MANAGER_OPTION_RE.test(key)
-        ? ' (an option of DRMAA/CLI/condor managers, which magnetar does not support yet)'
+        ? ' (an option of DRMAA/CLI/condor managers only)'
         : '';
       throw new ConfigError(setting.file, setting.key, `unknown manager option${hint}`);
     }
@@ -696,7 +705,13 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
     galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path) ?? defaults.galaxyDatasetFilesPath,
     galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file) ?? defaults.galaxyDatatypesConfigFile,
     minPollingInterval: options.min_polling_interval ?? MANAGER_DEFAULTS.minPollingInterval,
+    jobNameTemplate: options.job_name_template ?? 'pulsar_$job_id',
+    backendOptions,
   };
+}
+
+function isClusterType(type: unknown): boolean {
+  return typeof type === 'string' && (CLUSTER_MANAGER_TYPES as readonly string[]).includes(type);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -51,18 +51,10 @@ export const PERSISTENCE_DISABLED = '__none__';
 // ------------------------------------------------------------------------------------------------
 // Catalogs
 
-export const SUPPORTED_MANAGER_TYPES: readonly ManagerType[] = ['queued_python', 'unqueued'];
+export const SUPPORTED_MANAGER_TYPES: readonly ManagerType[] = ['queued_python', 'unqueued', 'queued_drmaa', 'queued_external_drmaa', 'queued_cli', 'queued_condor'];
 
 /** Upstream manager types that magnetar does not run yet: refused by name, not as typos. */
-export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = [
-  'queued_drmaa',
-  'queued_drmaa_xsede',
-  'queued_external_drmaa',
-  'queued_condor',
-  'queued_cli',
-  'coexecution',
-  'queued_pbs',
-];
+export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = ['queued_drmaa_xsede', 'coexecution', 'queued_pbs'];
 
 /** Upstream app options accepted so existing files load; they have no effect yet (one warning each). */
 export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
@@ -122,7 +114,6 @@ const RETRY_SUFFIXES = ['max_retries', 'interval_start', 'interval_step', 'inter
 
 /** Manager options accepted for compatibility that do nothing for the supported manager types. */
 export const IGNORED_MANAGER_OPTIONS: ReadonlySet<string> = new Set([
-  'job_name_template',
   ...RETRY_SUFFIXES.map((suffix) => `preprocess_action_${suffix}`),
   ...RETRY_SUFFIXES.map((suffix) => `postprocess_action_${suffix}`),
 ]);
@@ -297,7 +288,7 @@ export const asMapping: Coerce<Readonly<Record<string, unknown>>> = (value) =>
     : invalid('a mapping (YAML dictionary)', value);
 
 export const asManagerType: Coerce<ManagerType> = (value) => {
-  if (value === 'queued_python' || value === 'unqueued') return value;
+  if (typeof value === 'string' && (SUPPORTED_MANAGER_TYPES as readonly string[]).includes(value)) return value as ManagerType;
   if (typeof value === 'string' && UNSUPPORTED_MANAGER_TYPES.includes(value)) {
     return new Invalid(`manager type ${value} is not yet supported by magnetar (supported: ${SUPPORTED_MANAGER_TYPES.join(', ')})`);
   }
@@ -379,6 +370,7 @@ export const managerOptionsSchema = z
     galaxy_dataset_files_path: option(asOptionalText),
     galaxy_datatypes_config_file: option(asOptionalText),
     min_polling_interval: option(asPositiveNumber),
+    job_name_template: option(asOptionalText),
   })
   .strict();
 

@@ -1,7 +1,10 @@
 /** The typed, frozen configuration the rest of the server receives. Built by `config/load.ts`. */
 
 export type AssignIds = 'galaxy' | 'uuid';
-export type ManagerType = 'queued_python' | 'unqueued';
+export type ManagerType = 'queued_python' | 'unqueued' | 'queued_drmaa' | 'queued_external_drmaa' | 'queued_cli' | 'queued_condor';
+
+/** Manager types whose jobs a cluster scheduler runs (their backend reads `backendOptions`). */
+export const CLUSTER_MANAGER_TYPES: readonly ManagerType[] = ['queued_drmaa', 'queued_external_drmaa', 'queued_cli', 'queued_condor'];
 
 export interface ManagerConfig {
   readonly name: string;
@@ -26,6 +29,14 @@ export interface ManagerConfig {
   readonly galaxyDatasetFilesPath: string | undefined;
   readonly galaxyDatatypesConfigFile: string | undefined;
   readonly minPollingInterval: number;
+  /** `job_name_template` for scheduler job names (`$job_id` is replaced). */
+  readonly jobNameTemplate: string;
+  /**
+   * Type-specific options of cluster managers (`native_specification`, `job_plugin`, `shell_*`,
+   * `job_*`, `submit_*`, `production`, helper script paths…), as strings; each backend validates
+   * its own at startup.
+   */
+  readonly backendOptions: Readonly<Record<string, string>>;
 }
 
 export interface ServerSection {

@@ -72,6 +72,8 @@ export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean
 }
 
 export interface ScriptSpec {
+  /** Scheduler directive lines (`#SBATCH …`), placed right after the shebang. */
+  readonly header?: readonly string[];
   readonly jobId: string;
   readonly jobDirectory: string;
   readonly commandLine: string;
@@ -123,6 +125,7 @@ export function buildJobScript(spec: ScriptSpec): string {
   const tmpStatement = spec.tmpDir === undefined ? q(`${dir}/tmp`) : spec.tmpDir;
   const lines = [
     '#!/bin/bash',
+    ...(spec.header ?? []),
     `# magnetar job ${spec.jobId}`,
     `echo $$ > ${q(`${dir}/pid`)}`,
     '',

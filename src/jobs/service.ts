@@ -79,7 +79,7 @@ export class JobService {
     this.#backend = backend;
     this.#log = log.child({ manager: manager.name });
     this.#store = new JobStore(app.persistenceDirectory, manager.name);
-    this.#maxConcurrent = manager.type === 'unqueued' ? Number.POSITIVE_INFINITY : manager.numConcurrentJobs;
+    this.#maxConcurrent = backend.maxConcurrent;
     const props: Record<string, string> = { separator: '/' };
     if (manager.galaxyHome !== undefined) props['galaxy_home'] = manager.galaxyHome;
     if (manager.galaxyVirtualEnv !== undefined) props['galaxy_virtual_env'] = manager.galaxyVirtualEnv;
@@ -126,11 +126,12 @@ export class JobService {
       case 'running':
       case 'postprocessing': {
         const spec = this.#launchSpec(record, dir);
-        const externalId = await this.#backend.recover(spec);
-        if (externalId !== undefined && (await this.#backend.status(externalId)) === 'running') {
-          log.info({ externalId }, 're-attached to running job');
+        const externalId = await this.#backend.recover(spec, record.externalId);
+        const state = externalId === undefined ? 'unknown' : await this.#backend.status(externalId);
+        if (externalId !== undefined && (state === 'running' || state === 'queued')) {
+          log.info({ externalId, state }, 're-attached to the job');
           record.externalId = externalId;
-          if (record.state === 'queued') await this.#transition(record, 'running');
+          await this.#store.save(record);
           this.#active.add(record.id);
           void this.#watch(record, externalId);
           return;
@@ -367,6 +368,7 @@ export class JobService {
       const managerEnv = Object.entries(this.manager.env).map(([k, v]) => `${k}=${quoteEnvValue(v)}; export ${k}`);
       const galaxyHome = this.manager.galaxyHome;
       const script = buildJobScript({
+        header: this.#backend.scriptHeader(this.#launchSpec(record, dir)),
         jobId: record.id,
         jobDirectory: dir.root,
         commandLine,
@@ -401,13 +403,33 @@ export class JobService {
   #launchSpec(record: JobRecord, dir: JobDirectory): LaunchSpec {
     return {
       jobId: record.id,
+      jobName: this.#jobName(record.id),
+      jobDirectory: dir.root,
       scriptPath: dir.scriptPath,
       pidPath: path.join(dir.root, 'pid'),
       workingDirectory: dir.working,
       stdoutPath: dir.jobStdoutPath,
       stderrPath: dir.jobStderrPath,
       env: this.#jobEnv,
+      submitParams: this.#allowedSubmitParams(record.id, record.launch?.submitParams ?? {}),
     };
+  }
+
+  /** `job_name_template` with `$job_id` / `${job_id}`; only safe characters survive. */
+  #jobName(id: string): string {
+    const name = this.manager.jobNameTemplate.replaceAll('${job_id}', id).replaceAll('$job_id', id);
+    return name.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 200) || `pulsar_${id}`;
+  }
+
+  /** Client submit params reach a backend only when the administrator allow-listed their names. */
+  #allowedSubmitParams(id: string, params: Readonly<Record<string, unknown>>): Readonly<Record<string, unknown>> {
+    const allowed = new Set(this.#app.allowedSubmitParams);
+    const kept: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(params)) {
+      if (allowed.has(key)) kept[key] = value;
+      else this.#log.info({ jobId: id, param: key }, 'submit parameter not in allowed_submit_params: ignored');
+    }
+    return kept;
   }
 
   async #run(record: JobRecord): Promise<void> {
@@ -423,33 +445,36 @@ export class JobService {
       this.#pump();
       return;
     }
-    // Recorded once the process exists. A restart in between finds the record "queued" and then
-    // looks for the pid file the script writes first thing (see #recover), so the job is
-    // re-attached rather than started twice.
+    // Recorded once the job exists. A restart in between finds the record "queued" and asks the
+    // backend (the pid file a local script writes first thing; the scheduler) before running it
+    // again, so the job is re-attached rather than started twice.
     record.externalId = externalId;
-    await this.#transition(record, 'running');
+    await this.#store.save(record);
     await this.#watch(record, externalId);
   }
 
   async #watch(record: JobRecord, externalId: string): Promise<void> {
     try {
-      const { exitCode } = await this.#backend.waitForExit(externalId);
-      await this.#finish(record, exitCode);
+      void this.#backend.waitForStart(externalId).then(async () => {
+        if (record.state === 'queued' && this.#store.get(record.id) === record) await this.#transition(record, 'running');
+      });
+      const report = await this.#backend.waitForExit(externalId);
+      await this.#finish(record, report.exitCode, report.reason);
     } finally {
       this.#active.delete(record.id);
       this.#pump();
     }
   }
 
-  async #finish(record: JobRecord, exitCode: number | null): Promise<void> {
+  async #finish(record: JobRecord, exitCode: number | null, reason?: string): Promise<void> {
     this.#finished.delete(record.id);
     if (this.#store.get(record.id) !== record || isTerminal(record.state)) return;
     const dir = this.#dir(record.id);
     const returnCode = await readReturnCode(dir);
-    if (returnCode === undefined) {
-      const detail = exitCode === null ? 'its process is gone' : `the job script exited with ${exitCode}`;
-      record.returnCode = exitCode;
-      await this.#fail(record, `the command did not record a return code (${detail})`);
+    if (returnCode === undefined || reason !== undefined) {
+      const detail = reason ?? (exitCode === null ? 'its process is gone' : `the job script exited with ${exitCode}`);
+      record.returnCode = returnCode ?? exitCode;
+      await this.#fail(record, returnCode === undefined ? `the command did not record a return code (${detail})` : detail);
       return;
     }
     record.returnCode = returnCode;

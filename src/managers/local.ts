@@ -1,6 +1,6 @@
 import * as fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Backend, BackendState, LaunchSpec } from './backend.js';
+import type { Backend, BackendState, ExitReport, LaunchSpec } from './backend.js';
 import { Launcher } from './launcher.js';
 
 const KILL_GRACE_MS = 2000;
@@ -14,11 +14,25 @@ const REATTACH_POLL_MS = 200;
  */
 export class LocalBackend implements Backend {
   readonly kind = 'local';
+  readonly maxConcurrent: number;
   /** Jobs this server started: their exit is reported by the launcher. */
-  readonly #children = new Map<number, Promise<{ exitCode: number | null }>>();
+  readonly #children = new Map<number, Promise<ExitReport>>();
   readonly #scripts = new Map<number, string>();
   #launcher: Launcher | undefined;
   #launcherEnv: Readonly<Record<string, string>> | undefined;
+
+  /** `maxConcurrent`: `num_concurrent_jobs` (queued_python) or Infinity (unqueued). */
+  constructor(maxConcurrent: number) {
+    this.maxConcurrent = maxConcurrent;
+  }
+
+  scriptHeader(): readonly string[] {
+    return [];
+  }
+
+  async waitForStart(): Promise<void> {
+    // A local job runs as soon as it is started.
+  }
 
   async submit(spec: LaunchSpec): Promise<string> {
     if (!Launcher.canLaunch(spec)) throw new Error('job paths must not contain newlines');
@@ -54,7 +68,7 @@ export class LocalBackend implements Backend {
     return 'exited';
   }
 
-  async waitForExit(externalId: string): Promise<{ exitCode: number | null }> {
+  async waitForExit(externalId: string): Promise<ExitReport> {
     const pid = Number(externalId);
     const own = this.#children.get(pid);
     if (own !== undefined) return own;
@@ -78,7 +92,8 @@ export class LocalBackend implements Backend {
     void Promise.race([leaderGone, sleep(KILL_GRACE_MS)]).then(() => signalGroup(pid, 'SIGKILL'));
   }
 
-  async recover(spec: LaunchSpec): Promise<string | undefined> {
+  /** The pid file the script writes first thing is the truth (the recorded pid may be missing). */
+  async recover(spec: LaunchSpec, _externalId: string | undefined): Promise<string | undefined> {
     let pidText: string;
     try {
       pidText = (await fs.readFile(spec.pidPath, 'utf8')).trim();

@@ -1,4 +1,5 @@
 import type { ManagerConfig } from '../config/types.js';
+import { ConfigError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { LocalBackend } from './local.js';
 
@@ -6,7 +7,10 @@ import { LocalBackend } from './local.js';
 export function createBackend(manager: ManagerConfig): Backend {
   switch (manager.type) {
     case 'queued_python':
+      return new LocalBackend(manager.numConcurrentJobs);
     case 'unqueued':
-      return new LocalBackend();
+      return new LocalBackend(Number.POSITIVE_INFINITY);
+    default:
+      throw new ConfigError('configuration', `manager ${manager.name} type`, `manager type ${manager.type} is not available in this build`);
   }
 }

@@ -34,6 +34,8 @@ export function managerConfig(root: string, overrides: Partial<ManagerConfig> = 
     galaxyDatasetFilesPath: undefined,
     galaxyDatatypesConfigFile: undefined,
     minPollingInterval: 0.5,
+    jobNameTemplate: 'pulsar_$job_id',
+    backendOptions: {},
     ...overrides,
   };
 }
