@@ -39,8 +39,9 @@ export async function startServer(config: Config, options: StartOptions): Promis
   const jobEnv = jobEnvironment(options.env);
   const authorizer = await createAuthorizer(config, log);
   const services = new Map<string, JobService>();
+  const backendContext = { log, serverEnv: options.env, configFile: config.configFile ?? 'configuration' };
   for (const manager of config.app.managers) {
-    services.set(manager.name, new JobService(manager, config.app, createBackend(manager), authorizer, log, jobEnv));
+    services.set(manager.name, new JobService(manager, config.app, createBackend(manager, backendContext), authorizer, log, jobEnv));
   }
   if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
   for (const service of services.values()) await service.start();

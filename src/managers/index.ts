@@ -1,2 +1,4 @@
-export type { Backend, BackendState, LaunchSpec } from './backend.js';
+export type { Backend, BackendState, ExitReport, LaunchSpec } from './backend.js';
+export type { BackendContext } from './context.js';
+export { PollingMonitor, type PolledState } from './monitor.js';
 export { createBackend } from './registry.js';
