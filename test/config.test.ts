@@ -494,8 +494,14 @@ test('the sample files load with every example line uncommented', async (t) => {
       ['_default_', 'queued_python'],
       ['example', 'queued_python'],
       ['immediate', 'unqueued'],
+      ['drmaa', 'queued_drmaa'],
+      ['as_user', 'queued_external_drmaa'],
+      ['torque_over_ssh', 'queued_cli'],
+      ['slurm', 'queued_cli'],
+      ['condor', 'queued_condor'],
     ],
   );
+  t.is(config.app.managers.find((m) => m.name === 'torque_over_ssh')?.backendOptions['shell_hostname'], 'headnode.example.org');
   t.true(warnings.some((w) => w.includes('file_cache_dir is not yet supported')));
   t.true(warnings.some((w) => w.includes('managers is ignored because')));
 });
@@ -661,4 +667,37 @@ test('ssl_pem = * asks for a generated certificate next to server.ini; an explic
   const missing = await loadError(t, { 'server.ini': '[server:main]\nssl_pem = host.pem\n' }, 'server.ini');
   t.is(missing.key, '[server:main] ssl_pem');
   t.regex(missing.message, /file not found/);
+});
+
+// ------------------------------------------------------------------------------------------------
+// tool_dependency_dir (galaxy_packages dependency resolution)
+
+test('tool_dependency_dir: off by default, relative to the working directory, empty means off', async (t) => {
+  const none = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n') }, 'server.ini');
+  t.is(none.config.app.toolDependencyDir, undefined);
+  t.is(defaultConfig('/tmp').app.toolDependencyDir, undefined);
+  t.false(none.warnings.some((w) => w.includes('tool_dependency_dir')));
+
+  const ini = await load(t, { 'etc/server.ini': INI_WITH_APP('tool_dependency_dir = deps\n') }, 'etc/server.ini');
+  t.is(ini.config.app.toolDependencyDir, path.join(ini.dir, 'deps'), 'relative to cwd, as staging_directory and upstream');
+  t.deepEqual(ini.warnings, []);
+
+  const yaml = await load(t, { 'app.yml': 'tool_dependency_dir: /srv/galaxy/deps\n' }, 'app.yml');
+  t.is(yaml.config.app.toolDependencyDir, '/srv/galaxy/deps');
+  const empty = await load(t, { 'app.yml': "tool_dependency_dir: ''\n" }, 'app.yml');
+  t.is(empty.config.app.toolDependencyDir, undefined);
+
+  const env = await load(t, {}, undefined, { env: { PULSAR_CONFIG_TOOL_DEPENDENCY_DIR: '/opt/deps' } });
+  t.is(env.config.app.toolDependencyDir, '/opt/deps');
+});
+
+test('tool_dependency_dir: a non-string or a NUL is refused naming the key', async (t) => {
+  const number = await loadError(t, { 'app.yml': 'tool_dependency_dir: 12\n' }, 'app.yml');
+  t.is(number.key, 'tool_dependency_dir');
+  t.regex(number.message, /a path/);
+  const list = await loadError(t, { 'app.yml': 'tool_dependency_dir: [a, b]\n' }, 'app.yml');
+  t.is(list.key, 'tool_dependency_dir');
+  const nul = await loadError(t, { 'app.yml': 'tool_dependency_dir: "a\\0b"\n' }, 'app.yml');
+  t.regex(nul.message, /NUL/);
+  t.false(schema.NOT_YET_SUPPORTED_APP_OPTIONS.has('tool_dependency_dir'));
 });

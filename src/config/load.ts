@@ -171,6 +171,7 @@ export function defaultConfig(cwd: string): Config {
       allowedSubmitParams: [],
       rateLimitFailedAuth: APP_DEFAULTS.rateLimitFailedAuth,
       rateLimitSetup: APP_DEFAULTS.rateLimitSetup,
+      toolDependencyDir: undefined,
       managers: [manager],
     },
   });
@@ -484,6 +485,8 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     allowedSubmitParams: options.allowed_submit_params ?? [],
     rateLimitFailedAuth: options.rate_limit_failed_auth ?? APP_DEFAULTS.rateLimitFailedAuth,
     rateLimitSetup: options.rate_limit_setup ?? APP_DEFAULTS.rateLimitSetup,
+    // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
+    toolDependencyDir: fromCwd(options.tool_dependency_dir),
     managers,
   };
 }

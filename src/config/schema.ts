@@ -67,7 +67,6 @@ export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
   'message_queue_username',
   'message_queue_password',
   'status_outbox_drain_interval',
-  'tool_dependency_dir',
   'dependency_resolvers_config_file',
   'dependency_resolution',
   'job_metrics_config_file',
@@ -182,6 +181,14 @@ export const asHost: Coerce<string> = (value) => {
   if (typeof value !== 'string') return invalid(expected, value);
   const host = value.trim().replace(/^\[(.*)\]$/, '$1');
   return /^[A-Za-z0-9._:%-]+$/.test(host) ? host : invalid(expected, value);
+};
+
+/** A path, or `''` for "not set". */
+export const asOptionalPath: Coerce<string | undefined> = (value) => {
+  if (typeof value !== 'string') return invalid('a path (or empty for none)', value);
+  if (value.trim() === '') return undefined;
+  if (value.includes('\0')) return invalid('a path without NUL characters', value);
+  return value;
 };
 
 export const asPath: Coerce<string> = (value) => {
@@ -342,6 +349,7 @@ export const appOptionsSchema = z
     allowed_submit_params: option(asParamNameList),
     rate_limit_failed_auth: option(asCount),
     rate_limit_setup: option(asCount),
+    tool_dependency_dir: option(asOptionalPath),
     galaxy_home: option(asOptionalText),
     galaxy_virtual_env: option(asOptionalText),
     galaxy_config_file: option(asOptionalText),

@@ -82,6 +82,13 @@ export interface AppSection {
   readonly rateLimitFailedAuth: number;
   /** `POST /jobs` per client IP per minute in public mode; 0 = no limit. */
   readonly rateLimitSetup: number;
+  /**
+   * `tool_dependency_dir`: absolute base directory of Galaxy "galaxy_packages"
+   * (`<dir>/<name>/<version>/env.sh`) that a job's `dependencies_description` may name.
+   * Undefined (the default, unlike upstream's `dependencies`) = dependency resolution is off:
+   * requirements are ignored and nothing is sourced.
+   */
+  readonly toolDependencyDir: string | undefined;
   readonly managers: readonly ManagerConfig[];
 }
 

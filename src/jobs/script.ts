@@ -84,13 +84,30 @@ export interface ScriptSpec {
   readonly galaxyLib: string | undefined;
   readonly galaxyVirtualEnv: string | undefined;
   readonly preserveGalaxyPythonEnvironment: boolean;
+  /**
+   * Statements that bring the tool's requirements into scope (`dependencyStatements` of
+   * `jobs/dependencies.ts`), run in the command's subshell right before the command line, as
+   * upstream prefixes them to it (PROTOCOL §6.3).
+   */
+  readonly dependencyStatements?: readonly string[];
 }
 
-/** Slot detection of Galaxy's job script (PROTOCOL §6.4 item 4). */
-const SLOTS_STATEMENT = `if [ -n "$SLURM_CPUS_ON_NODE" ]; then
+/**
+ * Slot detection of Galaxy's job script (PROTOCOL §6.4 item 4, Galaxy's
+ * `CLUSTER_SLOTS_STATEMENT.sh`): the first scheduler variable found wins, and
+ * `GALAXY_SLOTS_CONFIGURED=1` is exported exactly when one was found. Unlike upstream no process
+ * is started (`mapfile` counts the PBS node file, arithmetic multiplies the Slurm values) and a
+ * value that is not a positive whole number becomes 1, because later statements do arithmetic
+ * with it.
+ */
+const SLOTS_STATEMENT = `GALAXY_SLOTS_CONFIGURED=1
+if [ -n "$SLURM_CPUS_ON_NODE" ]; then
     GALAXY_SLOTS="$SLURM_CPUS_ON_NODE"
 elif [ -n "$SLURM_NTASKS" ] || [ -n "$SLURM_CPUS_PER_TASK" ]; then
-    GALAXY_SLOTS=$(( \${SLURM_NTASKS:-1} * \${SLURM_CPUS_PER_TASK:-1} ))
+    case "\${SLURM_NTASKS:-1}:\${SLURM_CPUS_PER_TASK:-1}" in
+        *[!0-9:]*|:*|*:) GALAXY_SLOTS= ;;
+        *) GALAXY_SLOTS=$(( 10#\${SLURM_NTASKS:-1} * 10#\${SLURM_CPUS_PER_TASK:-1} )) ;;
+    esac
 elif [ -n "$NSLOTS" ]; then
     GALAXY_SLOTS="$NSLOTS"
 elif [ -n "$NCPUS" ]; then
@@ -98,7 +115,9 @@ elif [ -n "$NCPUS" ]; then
 elif [ -n "$PBS_NCPUS" ]; then
     GALAXY_SLOTS="$PBS_NCPUS"
 elif [ -f "$PBS_NODEFILE" ]; then
-    GALAXY_SLOTS=$(wc -l < "$PBS_NODEFILE")
+    mapfile -t _magnetar_nodes < "$PBS_NODEFILE"
+    GALAXY_SLOTS="\${#_magnetar_nodes[@]}"
+    unset _magnetar_nodes
 elif [ -n "$LSB_DJOB_NUMPROC" ]; then
     GALAXY_SLOTS="$LSB_DJOB_NUMPROC"
 elif [ -n "$GALAXY_SLOTS" ]; then
@@ -106,13 +125,130 @@ elif [ -n "$GALAXY_SLOTS" ]; then
 elif [ -n "$PYTHON_CPU_COUNT" ]; then
     GALAXY_SLOTS="$PYTHON_CPU_COUNT"
 else
-    GALAXY_SLOTS="1"
+    GALAXY_SLOTS=1
     unset GALAXY_SLOTS_CONFIGURED
 fi
-case "$GALAXY_SLOTS" in ''|*[!0-9]*) GALAXY_SLOTS=1 ;; esac
-[ -n "\${GALAXY_SLOTS_CONFIGURED+x}" ] || [ "$GALAXY_SLOTS" = 1 ] || GALAXY_SLOTS_CONFIGURED=1
+GALAXY_SLOTS="\${GALAXY_SLOTS//[[:space:]]/}"
+case "$GALAXY_SLOTS" in ''|*[!0-9]*) GALAXY_SLOTS=1 ;; *) GALAXY_SLOTS=$(( 10#$GALAXY_SLOTS )); [ "$GALAXY_SLOTS" -gt 0 ] || GALAXY_SLOTS=1 ;; esac
 export GALAXY_SLOTS
 [ -z "\${GALAXY_SLOTS_CONFIGURED+x}" ] || export GALAXY_SLOTS_CONFIGURED`;
+
+/**
+ * Memory detection (PROTOCOL §6.4 item 9), after Galaxy's `MEMORY_STATEMENT_TEMPLATE.sh`:
+ * `GALAXY_MEMORY_MB` (the whole job) and `GALAXY_MEMORY_MB_PER_SLOT`, one derived from the other
+ * with `GALAXY_SLOTS`, then `GALAXY_MEMORY_GB` and `GALAXY_MEMORY_GB_PER_SLOT` (at least 1), each
+ * exported only when positive and unset otherwise.
+ *
+ * Sources, first found wins: values already set for the job (a destination `<env>`), then
+ * - Slurm: `SLURM_MEM_PER_NODE` (job total, MB), else `SLURM_MEM_PER_CPU` (per slot, MB), else
+ *   `Mem=` of `scontrol -do show job $SLURM_JOB_ID` as upstream (the one command ever run here,
+ *   only inside a Slurm job that has neither variable, and only if scontrol is on the PATH);
+ * - Grid Engine: `SGE_HGR_h_vmem` (per slot; `4G`, `4.5G`, `4096M`, bytes when bare; upper-case
+ *   suffixes are powers of 1024, lower-case ones of 1000, as `sge_types(1)` says — upstream
+ *   instead reads a bare number as MB and ignores other suffixes);
+ * - PBS: `PBS_RESC_MEM` (job total; bytes when bare, `kb`/`mb`/`gb`/`tb` of 1024);
+ * - LSF: `LSB_MAX_MEM_RUSAGE` (job total; KB when bare).
+ * `GALAXY_MEMORY_MB_OVERHEAD` is subtracted from the total, not below `GALAXY_MEMORY_MB_FLOOR`
+ * (default 256), as upstream. Values are matched against a pattern before any arithmetic (bash
+ * arithmetic would evaluate `a[$(cmd)]`), and one that does not parse is reported in
+ * `metadata/memory_statement.log`. Outside a scheduler nothing here starts a process.
+ */
+const MEMORY_FUNCTIONS = `_magnetar_memory_note() {
+    printf 'magnetar: %s=%s %s\\n' "$1" "$2" "$3" >> "$_magnetar_memory_log" 2>/dev/null
+}
+_magnetar_mb() {
+    # $1 name, $2 value, $3 bytes per unit of a bare number, $4 "si": lower-case suffixes are powers of 1000
+    _magnetar_mb_out=
+    local re='^[[:space:]]*([0-9]{1,12})(\\.([0-9]{1,6}))?[[:space:]]*([KkMmGgTt]?)([Bb]?)[[:space:]]*$'
+    if ! [[ $2 =~ $re ]]; then
+        _magnetar_memory_note "$1" "$2" 'is not a memory amount: ignored'
+        return 1
+    fi
+    local whole="\${BASH_REMATCH[1]}" fraction="\${BASH_REMATCH[3]}" suffix="\${BASH_REMATCH[4]}" unit="$3" scale=1
+    case "$suffix" in
+        K) unit=1024 ;; M) unit=1048576 ;; G) unit=1073741824 ;; T) unit=1099511627776 ;;
+        k) if [ "$4" = si ]; then unit=1000; else unit=1024; fi ;;
+        m) if [ "$4" = si ]; then unit=1000000; else unit=1048576; fi ;;
+        g) if [ "$4" = si ]; then unit=1000000000; else unit=1073741824; fi ;;
+        t) if [ "$4" = si ]; then unit=1000000000000; else unit=1099511627776; fi ;;
+    esac
+    local part=0
+    if [ -n "$fraction" ]; then
+        scale=$(( 10 ** \${#fraction} ))
+        part=$(( 10#$fraction * unit / scale ))
+    fi
+    # whole * unit / 2^20 without overflowing 64 bits (whole < 10^12, unit <= 2^40)
+    local n=$(( 10#$whole ))
+    _magnetar_mb_out=$(( n / 1048576 * unit + (n % 1048576 * unit + part) / 1048576 ))
+    if [ "$_magnetar_mb_out" -le 0 ]; then
+        _magnetar_memory_note "$1" "$2" 'is less than 1 MB: ignored'
+        _magnetar_mb_out=
+        return 1
+    fi
+}
+_magnetar_whole() {
+    # $1 name, $2 value: a whole number (leading zeros are decimal), else empty
+    _magnetar_mb_out=
+    case "$2" in
+        ''|*[!0-9]*) _magnetar_memory_note "$1" "$2" 'is not a whole number: ignored'; return 1 ;;
+    esac
+    [ \${#2} -le 15 ] || { _magnetar_memory_note "$1" "$2" 'is too large: ignored'; return 1; }
+    _magnetar_mb_out=$(( 10#$2 ))
+}
+_magnetar_memory() {
+    local total= per_slot= slots="$GALAXY_SLOTS" gb= gb_per_slot=
+    case "$slots" in ''|*[!0-9]*) slots=1 ;; esac
+    slots=$(( 10#$slots )); [ "$slots" -gt 0 ] || slots=1
+    if [ -n "$GALAXY_MEMORY_MB" ] && _magnetar_whole GALAXY_MEMORY_MB "$GALAXY_MEMORY_MB"; then total=$_magnetar_mb_out; fi
+    if [ -n "$GALAXY_MEMORY_MB_PER_SLOT" ] && _magnetar_whole GALAXY_MEMORY_MB_PER_SLOT "$GALAXY_MEMORY_MB_PER_SLOT"; then per_slot=$_magnetar_mb_out; fi
+    if [ -z "$total" ] && [ -z "$per_slot" ]; then
+        if [ -n "$SLURM_MEM_PER_NODE" ]; then
+            _magnetar_mb SLURM_MEM_PER_NODE "$SLURM_MEM_PER_NODE" 1048576 && total=$_magnetar_mb_out
+        elif [ -n "$SLURM_MEM_PER_CPU" ]; then
+            _magnetar_mb SLURM_MEM_PER_CPU "$SLURM_MEM_PER_CPU" 1048576 && per_slot=$_magnetar_mb_out
+        elif [ -n "$SLURM_JOB_ID" ] && hash scontrol 2>/dev/null; then
+            local line
+            line=$(scontrol -do show job "$SLURM_JOB_ID" 2>>"$_magnetar_memory_log")
+            if [[ $line =~ (^|[[:space:]])Mem=([0-9]{1,12})([[:space:]]|$) ]]; then
+                total=$(( 10#\${BASH_REMATCH[2]} ))
+            else
+                _magnetar_memory_note SLURM_JOB_ID "$SLURM_JOB_ID" 'has no Mem= in scontrol show job'
+            fi
+        elif [ -n "$SGE_HGR_h_vmem" ]; then
+            _magnetar_mb SGE_HGR_h_vmem "$SGE_HGR_h_vmem" 1 si && per_slot=$_magnetar_mb_out
+        elif [ -n "$PBS_RESC_MEM" ]; then
+            _magnetar_mb PBS_RESC_MEM "$PBS_RESC_MEM" 1 && total=$_magnetar_mb_out
+        elif [ -n "$LSB_MAX_MEM_RUSAGE" ]; then
+            _magnetar_mb LSB_MAX_MEM_RUSAGE "$LSB_MAX_MEM_RUSAGE" 1024 && total=$_magnetar_mb_out
+        fi
+    fi
+    if [ -n "$total" ] && [ -n "$GALAXY_MEMORY_MB_OVERHEAD" ] && _magnetar_whole GALAXY_MEMORY_MB_OVERHEAD "$GALAXY_MEMORY_MB_OVERHEAD"; then
+        local overhead=$_magnetar_mb_out floor=256
+        if [ -n "$GALAXY_MEMORY_MB_FLOOR" ] && _magnetar_whole GALAXY_MEMORY_MB_FLOOR "$GALAXY_MEMORY_MB_FLOOR"; then floor=$_magnetar_mb_out; fi
+        total=$(( total - overhead ))
+        [ "$total" -gt "$floor" ] || total=$floor
+    fi
+    if [ -z "$per_slot" ] && [ -n "$total" ]; then
+        per_slot=$(( total / slots ))
+    elif [ -z "$total" ] && [ -n "$per_slot" ]; then
+        total=$(( per_slot * slots ))
+    fi
+    if [ -n "$GALAXY_MEMORY_GB" ] && _magnetar_whole GALAXY_MEMORY_GB "$GALAXY_MEMORY_GB"; then
+        gb=$_magnetar_mb_out
+    elif [ -n "$total" ]; then
+        gb=$(( total / 1024 )); [ "$gb" -gt 0 ] || gb=1
+    fi
+    if [ -n "$GALAXY_MEMORY_GB_PER_SLOT" ] && _magnetar_whole GALAXY_MEMORY_GB_PER_SLOT "$GALAXY_MEMORY_GB_PER_SLOT"; then
+        gb_per_slot=$_magnetar_mb_out
+    elif [ -n "$gb" ]; then
+        gb_per_slot=$(( gb / slots )); [ "$gb_per_slot" -gt 0 ] || gb_per_slot=1
+    fi
+    if [ -n "$total" ] && [ "$total" -gt 0 ]; then GALAXY_MEMORY_MB=$total; export GALAXY_MEMORY_MB; else unset GALAXY_MEMORY_MB; fi
+    if [ -n "$per_slot" ] && [ "$per_slot" -gt 0 ]; then GALAXY_MEMORY_MB_PER_SLOT=$per_slot; export GALAXY_MEMORY_MB_PER_SLOT; else unset GALAXY_MEMORY_MB_PER_SLOT; fi
+    if [ -n "$gb" ] && [ "$gb" -gt 0 ]; then GALAXY_MEMORY_GB=$gb; export GALAXY_MEMORY_GB; else unset GALAXY_MEMORY_GB; fi
+    if [ -n "$gb_per_slot" ] && [ "$gb_per_slot" -gt 0 ]; then GALAXY_MEMORY_GB_PER_SLOT=$gb_per_slot; export GALAXY_MEMORY_GB_PER_SLOT; else unset GALAXY_MEMORY_GB_PER_SLOT; fi
+    unset _magnetar_mb_out
+}`;
 
 /**
  * The job script (PROTOCOL §6.4): the one shell text magnetar executes. Every server-chosen value
@@ -164,10 +300,15 @@ export function buildJobScript(spec: ScriptSpec): string {
     'export GALAXY_PYTHON',
     `cd ${q(`${dir}/working`)} || exit 1`,
     `_magnetar_metadata=${q(`${dir}/metadata`)}`,
+    '_magnetar_memory_log="$_magnetar_metadata/memory_statement.log"',
+    MEMORY_FUNCTIONS,
+    '_magnetar_memory',
+    'unset -f _magnetar_memory _magnetar_mb _magnetar_whole _magnetar_memory_note',
     'echo "$GALAXY_SLOTS" > "$_magnetar_metadata/__instrument_core_galaxy_slots"',
     'echo "$GALAXY_MEMORY_MB" > "$_magnetar_metadata/__instrument_core_galaxy_memory_mb"',
     'echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_start"',
     '(',
+    ...(spec.dependencyStatements ?? []),
     spec.commandLine,
     ')',
     'return_code=$?',

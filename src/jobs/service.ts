@@ -12,6 +12,7 @@ import { assignJobId, checkJobId } from './ids.js';
 import { KeyedMutex } from './lock.js';
 import { buildJobScript, quoteEnvValue, type EnvEntry } from './script.js';
 import type { Authorizer } from '../tools/authorizer.js';
+import { describeDependencies, resolveDependencies } from './dependencies.js';
 import { isTerminal, canTransition, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
 import { JobStore, type JobRecord, type LaunchRecord } from './store.js';
@@ -367,8 +368,16 @@ export class JobService {
       for (const name of request.touchOutputs) await dir.touchOutput(name);
       const managerEnv = Object.entries(this.manager.env).map(([k, v]) => `${k}=${quoteEnvValue(v)}; export ${k}`);
       const galaxyHome = this.manager.galaxyHome;
+      let dependencies: string[] = [];
+      if (this.#authorizer.resolvesDependencies) {
+        const resolution = resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);
+        dependencies = resolution.resolved.map((d) => d.statement);
+        const summary = describeDependencies(resolution);
+        if (summary !== undefined) this.#log.info({ jobId: record.id }, summary);
+      }
       const script = buildJobScript({
         header: this.#backend.scriptHeader(this.#launchSpec(record, dir)),
+        dependencyStatements: dependencies,
         jobId: record.id,
         jobDirectory: dir.root,
         commandLine,
@@ -526,7 +535,8 @@ export class JobService {
   async #cancelLocked(id: string): Promise<string | undefined> {
     const record = this.#store.get(id);
     if (record === undefined || isTerminal(record.state)) return undefined;
-    const externalId = record.state === 'running' ? record.externalId : undefined;
+    // A queued job with an external id already waits in a scheduler's queue: it must be removed there too.
+    const externalId = record.state === 'running' || record.state === 'queued' ? record.externalId : undefined;
     if (record.state === 'postprocessing') return undefined;
     record.state = 'cancelled';
     await this.#store.save(record);

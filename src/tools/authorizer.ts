@@ -30,6 +30,8 @@ export interface UploadDecision {
  */
 export interface Authorizer {
   readonly publicMode: boolean;
+  /** May a client's `dependencies_description` make the job source tool dependency packages? */
+  readonly resolvesDependencies: boolean;
   /**
    * Setup: returns the tool id and version the job is for (the version resolved in a toolbox).
    * `viaSubmit` marks a setup requested inside submit (`setup_params`).
@@ -45,6 +47,7 @@ export interface Authorizer {
 /** No toolbox: the token holder may run anything (Pulsar's trust model). */
 export class AllowAnyAuthorizer implements Authorizer {
   readonly publicMode = false;
+  readonly resolvesDependencies = true;
   readonly #allowUnsafeEnv: boolean;
 
   constructor(allowUnsafeEnv: boolean) {
@@ -94,6 +97,8 @@ const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
 /** A toolbox decides: only its tools, their files, and what their validators accept may run. */
 export class ToolboxAuthorizer implements Authorizer {
   readonly publicMode = true;
+  /** Client-named packages never run on a public server (PROTOCOL §14 item 12). */
+  readonly resolvesDependencies = false;
   readonly #tools: ToolLookup;
   readonly #files: ToolFileDigests;
   readonly #allowedSubmitParams: ReadonlySet<string>;

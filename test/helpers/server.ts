@@ -63,6 +63,7 @@ export function testConfig(root: string, app: Partial<AppSection> = {}, managers
       // Tests hammer the server (and check wrong tokens): no limits unless a test sets them.
       rateLimitFailedAuth: 0,
       rateLimitSetup: 0,
+      toolDependencyDir: undefined,
       managers: managers ?? [managerConfig(root)],
       ...app,
     },
