@@ -483,7 +483,7 @@ export class JobService {
     if (returnCode === undefined || reason !== undefined) {
       const detail = reason ?? (exitCode === null ? 'its process is gone' : `the job script exited with ${exitCode}`);
       record.returnCode = returnCode ?? exitCode;
-      await this.#fail(record, returnCode === undefined ? `the command did not record a return code (${detail})` : detail);
+      await this.#fail(record, reason ?? `the command did not record a return code (${detail})`);
       return;
     }
     record.returnCode = returnCode;
