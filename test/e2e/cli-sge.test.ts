@@ -1,29 +1,33 @@
 import type { ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import type { ManagerConfig } from '../../src/config/types.js';
+import {
+  cliManager,
+  exec,
+  expectCopiesComplete,
+  outputText,
+  restartableServerIni,
+  setupAndSubmit,
+  statusOf,
+  submitAndTimeStart,
+  submitLongAndShort,
+  until,
+  untilReturnCode,
+} from '../helpers/cli-e2e.js';
 import { clusterTest, SGE_ENV } from '../helpers/cluster.js';
-import { request, qs, waitForJob } from '../helpers/client.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
-import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
+import { request, waitForJob } from '../helpers/client.js';
+import { spawnServer } from '../helpers/process.js';
+import { startTestServer } from '../helpers/server.js';
 
 // queued_cli + GridEngine plugin against the real single-node Grid Engine of scripts/ci/start-sge.sh.
 
 const sgeTest = await clusterTest('sge');
-const exec = promisify(execFile);
 /** Unique per run: job names must not match an earlier run's. */
 const RUN = `ge${Date.now().toString(36)}${process.pid}`;
 
 function sgeManager(root: string, name: string, options: Record<string, string>): ManagerConfig {
-  return managerConfig(root, {
-    name,
-    type: 'queued_cli',
-    stagingDirectory: path.join(root, `staging-${name}`),
-    minPollingInterval: 0.25,
-    backendOptions: { job_plugin: 'GridEngine', ...options },
-  });
+  return cliManager(root, name, { job_plugin: 'GridEngine', ...options });
 }
 
 function managers(root: string): ManagerConfig[] {
@@ -32,29 +36,6 @@ function managers(root: string): ManagerConfig[] {
     sgeManager(root, 'held', { job_plugin: 'sge', job_hold: 'true' }),
     sgeManager(root, 'bad', { job_destination: 'no_such.q' }),
   ];
-}
-
-async function setupAndSubmit(base: string, id: string, command: string, prefix = ''): Promise<{ submittedAt: number }> {
-  const setup = await request(base, 'POST', `${prefix}/jobs?${qs({ job_id: id })}`);
-  if (setup.status !== 200) throw new Error(setup.text);
-  const up = await request(base, 'POST', `${prefix}/jobs/${id}/files?${qs({ job_id: id, name: 'in.txt', type: 'input' })}`, { body: `input of ${id}\n` });
-  if (up.status !== 200) throw new Error(up.text);
-  const submittedAt = Date.now();
-  const submit = await request(base, 'POST', `${prefix}/jobs/${id}/submit?${qs({ job_id: id, command_line: command })}`);
-  if (submit.text !== 'OK') throw new Error(`submit answered ${submit.status}: ${submit.text}`);
-  return { submittedAt };
-}
-
-async function statusOf(base: string, id: string, prefix = ''): Promise<string> {
-  return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Grid Engine's view of the jobs named `pulsar_<id>` (finished jobs leave qstat at once). */
@@ -83,15 +64,14 @@ sgeTest('a Grid Engine job runs: outputs, exit code 3, stdout/stderr files, #$ h
   t.teardown(() => server.stop());
   const id = `${RUN}-ok`;
   qdelOnTeardown(t, id);
-  const { submittedAt } = await setupAndSubmit(
+  await submitAndTimeStart(
+    t,
     server.url,
     id,
     'cat ../inputs/in.txt > ../outputs/o; echo hi >> ../outputs/o; echo to-stdout; echo to-stderr >&2; exit 3',
+    'Grid Engine',
+    'Grid Engine (LocalShell)',
   );
-  await until('running', async () => (await statusOf(server.url, id)) !== 'queued');
-  const toRunning = Date.now() - submittedAt;
-  t.log(`Grid Engine submit→running: ${toRunning} ms`);
-  console.log(`# Grid Engine (LocalShell) submit→running: ${toRunning} ms`);
 
   const doc = await waitForJob(server.url, id, '', '', 60_000);
   t.is(doc.status, 'complete', JSON.stringify(doc));
@@ -99,8 +79,7 @@ sgeTest('a Grid Engine job runs: outputs, exit code 3, stdout/stderr files, #$ h
   t.is(doc.job_stdout, 'to-stdout\n');
   t.is(doc.job_stderr, 'to-stderr\n');
   t.deepEqual(doc.outputs_directory_contents, ['o']);
-  const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'o', type: 'output' })}`);
-  t.is(out.text, `input of ${id}\nhi\n`);
+  t.is(await outputText(server.url, id, 'o'), `input of ${id}\nhi\n`);
 
   const script = await fs.readFile(path.join(server.root, 'staging-_default_', id, 'command.sh'), 'utf8');
   const header = script.split('\n').slice(0, 6);
@@ -125,8 +104,7 @@ sgeTest('a job with exit 0 completes; several jobs are watched by one qstat per 
     const doc = await waitForJob(server.url, id, '', '', 60_000);
     t.is(doc.status, 'complete', JSON.stringify(doc));
     t.is(doc.returncode, 0);
-    const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'o', type: 'output' })}`);
-    t.is(out.text, `${id}\n`);
+    t.is(await outputText(server.url, id, 'o'), `${id}\n`);
   }
 });
 
@@ -226,45 +204,23 @@ sgeTest('a job Grid Engine rejects (unknown queue) fails with qsub\'s message; t
 });
 
 sgeTest('kill -9 of the server mid-job: the Grid Engine jobs are re-attached after the restart, outputs intact', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(
-    path.join(root, 'job_managers.ini'),
-    ['[manager:_default_]', 'type = queued_cli', 'job_plugin = GridEngine', 'job_resource_list = h_rt=600', 'min_polling_interval = 0.25', ''].join('\n'),
-  );
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { root, ini } = await restartableServerIni(t, ['job_plugin = GridEngine', 'job_resource_list = h_rt=600']);
   let server = await spawnServer(ini);
   t.teardown(() => server.kill('SIGKILL'));
   const long = `${RUN}-long`;
   const short = `${RUN}-short`;
   for (const id of [long, short]) qdelOnTeardown(t, id);
-  const copy = (id: string, delay: number): string => `sleep ${delay}; cat ../inputs/in.txt > ../outputs/out.txt; echo ${id}`;
-  await setupAndSubmit(server.url, long, copy(long, 8));
-  await setupAndSubmit(server.url, short, copy(short, 3));
-  await until('both running', async () => (await statusOf(server.url, long)) === 'running' && (await statusOf(server.url, short)) === 'running');
+  await submitLongAndShort(server.url, long, short);
   const script = await fs.readFile(path.join(root, 'staging', long, 'command.sh'), 'utf8');
   t.true(script.includes('#$ -l h_rt=600\n'), 'job_Resource_List from job_managers.ini');
 
   await server.kill('SIGKILL');
   // "short" ends while no server watches it.
-  await until('short to finish while the server is down', async () =>
-    fs.access(path.join(root, 'staging', short, 'return_code')).then(() => true, () => false),
-  );
+  await untilReturnCode(root, short);
   t.is((await sgeJobs(long))[0]?.state, 'r', 'the long job still runs in Grid Engine');
 
   server = await spawnServer(ini);
-  for (const id of [long, short]) {
-    const doc = await waitForJob(server.url, id, '', '', 40_000);
-    t.is(doc.status, 'complete', `${id}: ${JSON.stringify(doc)}`);
-    t.is(doc.returncode, 0, id);
-    t.is(doc.job_stdout, `${id}\n`, id);
-    const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'out.txt', type: 'output' })}`);
-    t.is(out.text, `input of ${id}\n`, id);
-  }
+  await expectCopiesComplete(t, server.url, [long, short]);
   for (const id of [long, short]) {
     // Accounting records every run: each job ran once (not submitted again after the restart).
     let runs = 0;

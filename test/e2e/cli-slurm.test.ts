@@ -1,29 +1,34 @@
-import type { ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import type { ManagerConfig } from '../../src/config/types.js';
+import {
+  cliManager,
+  exec,
+  expectCopiesComplete,
+  outputText,
+  restartableServerIni,
+  scancelOnTeardown,
+  setupAndSubmit,
+  slurmJobs,
+  statusOf,
+  submitAndTimeStart,
+  submitLongAndShort,
+  until,
+  untilReturnCode,
+} from '../helpers/cli-e2e.js';
 import { clusterTest } from '../helpers/cluster.js';
-import { request, qs, waitForJob } from '../helpers/client.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
-import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
+import { request, waitForJob } from '../helpers/client.js';
+import { spawnServer } from '../helpers/process.js';
+import { startTestServer } from '../helpers/server.js';
 
 // queued_cli + Slurm plugin against the real single-node Slurm of scripts/ci/start-slurm.sh.
 
 const slurmTest = await clusterTest('slurm');
-const exec = promisify(execFile);
 /** Unique per run: Slurm remembers finished jobs (by name) for MinJobAge. */
 const RUN = `sl${Date.now().toString(36)}${process.pid}`;
 
 function slurmManager(root: string, name: string, options: Record<string, string>): ManagerConfig {
-  return managerConfig(root, {
-    name,
-    type: 'queued_cli',
-    stagingDirectory: path.join(root, `staging-${name}`),
-    minPollingInterval: 0.25,
-    backendOptions: { job_plugin: 'Slurm', ...options },
-  });
+  return cliManager(root, name, { job_plugin: 'Slurm', ...options });
 }
 
 function managers(root: string): ManagerConfig[] {
@@ -34,62 +39,19 @@ function managers(root: string): ManagerConfig[] {
   ];
 }
 
-async function setupAndSubmit(base: string, id: string, command: string, prefix = ''): Promise<{ submittedAt: number }> {
-  const setup = await request(base, 'POST', `${prefix}/jobs?${qs({ job_id: id })}`);
-  if (setup.status !== 200) throw new Error(setup.text);
-  const up = await request(base, 'POST', `${prefix}/jobs/${id}/files?${qs({ job_id: id, name: 'in.txt', type: 'input' })}`, { body: `input of ${id}\n` });
-  if (up.status !== 200) throw new Error(up.text);
-  const submittedAt = Date.now();
-  const submit = await request(base, 'POST', `${prefix}/jobs/${id}/submit?${qs({ job_id: id, command_line: command })}`);
-  if (submit.text !== 'OK') throw new Error(`submit answered ${submit.status}: ${submit.text}`);
-  return { submittedAt };
-}
-
-async function statusOf(base: string, id: string, prefix = ''): Promise<string> {
-  return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Slurm's view of the jobs named `pulsar_<id>` (all states, for MinJobAge after they end). */
-async function slurmJobs(id: string): Promise<{ id: string; state: string }[]> {
-  const { stdout } = await exec('squeue', ['-h', '-a', '-t', 'all', '-n', `pulsar_${id}`, '-o', '%A %t']);
-  return stdout
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => {
-      const [jobId = '', state = ''] = l.trim().split(/\s+/);
-      return { id: jobId, state };
-    });
-}
-
-/** Teardown: no test leaves a job behind in the shared cluster. */
-function scancelOnTeardown(t: ExecutionContext, id: string): void {
-  t.teardown(async () => {
-    await exec('scancel', ['-n', `pulsar_${id}`]).catch(() => undefined);
-  });
-}
-
 slurmTest('a Slurm job runs: outputs, exit code 3, stdout/stderr files, #SBATCH header; submit→running measured', async (t) => {
   const server = await startTestServer({ managers });
   t.teardown(() => server.stop());
   const id = `${RUN}-ok`;
   scancelOnTeardown(t, id);
-  const { submittedAt } = await setupAndSubmit(
+  await submitAndTimeStart(
+    t,
     server.url,
     id,
     'cat ../inputs/in.txt > ../outputs/o; echo hi >> ../outputs/o; echo to-stdout; echo to-stderr >&2; exit 3',
+    'Slurm',
+    'Slurm (LocalShell)',
   );
-  await until('running', async () => (await statusOf(server.url, id)) !== 'queued');
-  const toRunning = Date.now() - submittedAt;
-  t.log(`Slurm submit→running: ${toRunning} ms`);
-  console.log(`# Slurm (LocalShell) submit→running: ${toRunning} ms`);
 
   const doc = await waitForJob(server.url, id, '', '', 60_000);
   t.is(doc.status, 'complete', JSON.stringify(doc));
@@ -97,8 +59,7 @@ slurmTest('a Slurm job runs: outputs, exit code 3, stdout/stderr files, #SBATCH 
   t.is(doc.job_stdout, 'to-stdout\n');
   t.is(doc.job_stderr, 'to-stderr\n');
   t.deepEqual(doc.outputs_directory_contents, ['o']);
-  const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'o', type: 'output' })}`);
-  t.is(out.text, `input of ${id}\nhi\n`);
+  t.is(await outputText(server.url, id, 'o'), `input of ${id}\nhi\n`);
 
   const script = await fs.readFile(path.join(server.root, 'staging-_default_', id, 'command.sh'), 'utf8');
   const header = script.split('\n').slice(0, 5);
@@ -126,8 +87,7 @@ slurmTest('a job with exit 0 completes; several jobs are watched by one squeue p
     const doc = await waitForJob(server.url, id, '', '', 60_000);
     t.is(doc.status, 'complete', JSON.stringify(doc));
     t.is(doc.returncode, 0);
-    const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'o', type: 'output' })}`);
-    t.is(out.text, `${id}\n`);
+    t.is(await outputText(server.url, id, 'o'), `${id}\n`);
   }
 });
 
@@ -216,44 +176,23 @@ slurmTest('a job Slurm rejects (bad partition) fails with sbatch\'s message; the
 });
 
 slurmTest('kill -9 of the server mid-job: the Slurm jobs are re-attached after the restart, outputs intact', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(
-    path.join(root, 'job_managers.ini'),
-    ['[manager:_default_]', 'type = queued_cli', 'job_plugin = Slurm', 'job_time = 10', 'min_polling_interval = 0.25', ''].join('\n'),
-  );
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { root, ini } = await restartableServerIni(t, ['job_plugin = Slurm', 'job_time = 10']);
   let server = await spawnServer(ini);
   t.teardown(() => server.kill('SIGKILL'));
   const long = `${RUN}-long`;
   const short = `${RUN}-short`;
   for (const id of [long, short]) scancelOnTeardown(t, id);
-  const copy = (id: string, delay: number): string => `sleep ${delay}; cat ../inputs/in.txt > ../outputs/out.txt; echo ${id}`;
-  await setupAndSubmit(server.url, long, copy(long, 8));
-  await setupAndSubmit(server.url, short, copy(short, 3));
-  await until('both running', async () => (await statusOf(server.url, long)) === 'running' && (await statusOf(server.url, short)) === 'running');
+  await submitLongAndShort(server.url, long, short);
   const script = await fs.readFile(path.join(root, 'staging', long, 'command.sh'), 'utf8');
   t.true(script.includes('#SBATCH -t 10\n'), 'job_time from job_managers.ini');
 
   await server.kill('SIGKILL');
   // "short" ends while no server watches it.
-  await until('short to finish while the server is down', async () =>
-    fs.access(path.join(root, 'staging', short, 'return_code')).then(() => true, () => false),
-  );
+  await untilReturnCode(root, short);
   t.is((await slurmJobs(long))[0]?.state, 'R', 'the long job still runs in Slurm');
 
   server = await spawnServer(ini);
-  for (const id of [long, short]) {
-    const doc = await waitForJob(server.url, id, '', '', 40_000);
-    t.is(doc.status, 'complete', `${id}: ${JSON.stringify(doc)}`);
-    t.is(doc.returncode, 0, id);
-    t.is(doc.job_stdout, `${id}\n`, id);
-    const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'out.txt', type: 'output' })}`);
-    t.is(out.text, `input of ${id}\n`, id);
+  await expectCopiesComplete(t, server.url, [long, short], async (id) => {
     t.is((await slurmJobs(id)).length, 1, `${id} was submitted once`);
-  }
+  });
 });

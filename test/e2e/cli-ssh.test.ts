@@ -1,16 +1,24 @@
-import test, { type ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
+import test from 'ava';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import type { ManagerConfig } from '../../src/config/types.js';
 import { createLogger } from '../../src/log.js';
 import { CliBackend } from '../../src/managers/cli/cli-backend.js';
 import { parseCliOptions } from '../../src/managers/cli/options.js';
+import {
+  cliManager,
+  outputText,
+  scancelOnTeardown,
+  setupAndSubmit,
+  slurmJobs,
+  statusOf,
+  submitAndTimeStart,
+  until,
+} from '../helpers/cli-e2e.js';
 import { clusterTest } from '../helpers/cluster.js';
-import { request, qs, waitForJob } from '../helpers/client.js';
-import { managerConfig, startTestServer } from '../helpers/server.js';
+import { request, waitForJob } from '../helpers/client.js';
+import { startTestServer } from '../helpers/server.js';
 
 // queued_cli with the SecureShell plugin: ssh to the sshd of scripts/ci/start-sshd.sh
 // (root@127.0.0.1:2222, strict host key checking against its known_hosts), submitting to the
@@ -18,7 +26,6 @@ import { managerConfig, startTestServer } from '../helpers/server.js';
 
 const slurm = await clusterTest('slurm');
 const sshTest = slurm === test ? await clusterTest('sshd') : slurm;
-const exec = promisify(execFile);
 const RUN = `ss${Date.now().toString(36)}${process.pid}`;
 
 const KEY = process.env['MAGNETAR_TEST_SSH_KEY'] ?? '/tmp/magnetar-sshd/client_ed25519';
@@ -42,51 +49,7 @@ function sshOptions(extra: Record<string, string> = {}): Record<string, string> 
 }
 
 function sshManager(root: string, name: string, extra: Record<string, string> = {}): ManagerConfig {
-  return managerConfig(root, {
-    name,
-    type: 'queued_cli',
-    stagingDirectory: path.join(root, `staging-${name}`),
-    minPollingInterval: 0.25,
-    backendOptions: sshOptions(extra),
-  });
-}
-
-async function setupAndSubmit(base: string, id: string, command: string, prefix = ''): Promise<number> {
-  const setup = await request(base, 'POST', `${prefix}/jobs?${qs({ job_id: id })}`);
-  if (setup.status !== 200) throw new Error(setup.text);
-  const submittedAt = Date.now();
-  const submit = await request(base, 'POST', `${prefix}/jobs/${id}/submit?${qs({ job_id: id, command_line: command })}`);
-  if (submit.text !== 'OK') throw new Error(`submit answered ${submit.status}: ${submit.text}`);
-  return submittedAt;
-}
-
-async function statusOf(base: string, id: string, prefix = ''): Promise<string> {
-  return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function slurmJobs(id: string): Promise<{ id: string; state: string }[]> {
-  const { stdout } = await exec('squeue', ['-h', '-a', '-t', 'all', '-n', `pulsar_${id}`, '-o', '%A %t']);
-  return stdout
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => {
-      const [jobId = '', state = ''] = l.trim().split(/\s+/);
-      return { id: jobId, state };
-    });
-}
-
-function scancelOnTeardown(t: ExecutionContext, id: string): void {
-  t.teardown(async () => {
-    await exec('scancel', ['-n', `pulsar_${id}`]).catch(() => undefined);
-  });
+  return cliManager(root, name, sshOptions(extra));
 }
 
 sshTest('queued_cli over SecureShell submits to Slurm: outputs and exit code; submit→running measured', async (t) => {
@@ -94,17 +57,14 @@ sshTest('queued_cli over SecureShell submits to Slurm: outputs and exit code; su
   t.teardown(() => server.stop());
   const id = `${RUN}-ok`;
   scancelOnTeardown(t, id);
-  const submittedAt = await setupAndSubmit(server.url, id, 'echo hi > ../outputs/o; echo over-ssh; exit 3');
-  await until('running', async () => (await statusOf(server.url, id)) !== 'queued');
-  const toRunning = Date.now() - submittedAt;
-  t.log(`Slurm over SecureShell submit→running: ${toRunning} ms`);
-  console.log(`# Slurm (SecureShell) submit→running: ${toRunning} ms`);
+  await submitAndTimeStart(t, server.url, id, 'echo hi > ../outputs/o; echo over-ssh; exit 3', 'Slurm over SecureShell', 'Slurm (SecureShell)', {
+    input: false,
+  });
   const doc = await waitForJob(server.url, id, '', '', 60_000);
   t.is(doc.status, 'complete', JSON.stringify(doc));
   t.is(doc.returncode, 3);
   t.is(doc.job_stdout, 'over-ssh\n');
-  const out = await request(server.url, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'o', type: 'output' })}`);
-  t.is(out.text, 'hi\n');
+  t.is(await outputText(server.url, id, 'o'), 'hi\n');
   t.is((await slurmJobs(id)).length, 1);
 });
 
@@ -113,7 +73,7 @@ sshTest('cancel over SecureShell stops the running Slurm job', async (t) => {
   t.teardown(() => server.stop());
   const id = `${RUN}-cancel`;
   scancelOnTeardown(t, id);
-  await setupAndSubmit(server.url, id, 'sleep 120');
+  await setupAndSubmit(server.url, id, 'sleep 120', '', { input: false });
   await until('running', async () => (await statusOf(server.url, id)) === 'running');
   t.is((await request(server.url, 'PUT', `/jobs/${id}/cancel?job_id=${id}`)).text, 'OK');
   t.is((await waitForJob(server.url, id)).status, 'cancelled');
@@ -132,7 +92,7 @@ sshTest('an unknown host key fails the submission (StrictHostKeyChecking=yes) wi
   await fs.writeFile(path.join(server.root, 'empty_known_hosts'), '');
   const id = `${RUN}-hostkey`;
   scancelOnTeardown(t, id);
-  await setupAndSubmit(server.url, id, 'echo never');
+  await setupAndSubmit(server.url, id, 'echo never', '', { input: false });
   const doc = await waitForJob(server.url, id);
   t.is(doc.status, 'failed');
   t.regex(doc.stderr, /SecureShell could not run sbatch on [^ ]+@127\.0\.0\.1:\d+: .*Host key verification failed/s);

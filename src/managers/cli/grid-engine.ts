@@ -1,7 +1,7 @@
-import { describeFailure, type Run } from './command.js';
+import type { Run } from './command.js';
 import {
-  baseHeader,
-  directiveLines,
+  checkStatusCommand,
+  headerLines,
   isExternalId,
   lines,
   mapParams,
@@ -121,15 +121,7 @@ export function gridEnginePlugin(params: readonly (readonly [string, string])[])
     name: 'GridEngine',
     scheduler: 'Grid Engine',
     header(job: HeaderJob) {
-      const j = baseHeader(job);
-      return directiveLines('#$', [
-        { flag: '-S', value: '/bin/bash' },
-        { flag: '-o', value: j.stdoutPath },
-        { flag: '-e', value: j.stderrPath },
-        { flag: '-N', value: j.jobName },
-        { flag: '-wd', value: j.workingDirectory },
-        ...directives,
-      ]);
+      return headerLines('#$', job, { first: [{ flag: '-S', value: '/bin/bash' }], jobName: '-N', workingDirectory: '-wd' }, directives);
     },
     submit(scriptPath) {
       return { argv: ['qsub', scriptPath] };
@@ -137,7 +129,7 @@ export function gridEnginePlugin(params: readonly (readonly [string, string])[])
     parseSubmit: parseSgeQsub,
     async poll(ids: readonly string[], run: Run) {
       const result = await run({ argv: ['qstat', '-xml'] });
-      if (result.code !== 0) throw new Error(`qstat failed: ${describeFailure(result)}`);
+      checkStatusCommand('qstat', result);
       const all = parseQstatXml(result.stdout);
       const wanted = new Map<string, SchedulerStatus>();
       for (const id of ids) {

@@ -1,4 +1,4 @@
-import type { Command, Run } from './command.js';
+import { describeFailure, type Command, type CommandResult, type Run } from './command.js';
 
 export type JobPluginName = 'Torque' | 'SlurmTorque' | 'OpenPBS' | 'Slurm' | 'LSF' | 'GridEngine';
 
@@ -177,6 +177,30 @@ export function baseHeader(job: HeaderJob): HeaderJob {
   };
 }
 
+/** Which directive flags carry the standard header's fields (`workingDirectory` only where the scheduler has one). */
+export interface HeaderFlags {
+  /** Directives placed before the output files (Grid Engine's `-S /bin/bash`). */
+  readonly first?: readonly Directive[];
+  readonly jobName: string;
+  readonly workingDirectory?: string;
+}
+
+/**
+ * The directive lines of a plugin's header: `first`, the stdout/stderr files (`-o`, `-e`), the job
+ * name, the working directory (when `flags` names a flag for it), then the parameters' directives.
+ */
+export function headerLines(prefix: string, job: HeaderJob, flags: HeaderFlags, directives: readonly Directive[]): string[] {
+  const j = baseHeader(job);
+  return directiveLines(prefix, [
+    ...(flags.first ?? []),
+    { flag: '-o', value: j.stdoutPath },
+    { flag: '-e', value: j.stderrPath },
+    { flag: flags.jobName, value: j.jobName },
+    ...(flags.workingDirectory === undefined ? [] : [{ flag: flags.workingDirectory, value: j.workingDirectory }]),
+    ...directives,
+  ]);
+}
+
 /** A status from a state table; states missing from the table count as running (see StateKind). */
 export function statusFrom(table: Readonly<Record<string, StateKind>>, state: string, exitCode?: number): SchedulerStatus {
   if (!Object.hasOwn(table, state)) return { kind: 'running', state, unknown: true };
@@ -207,4 +231,24 @@ export function lines(text: string): string[] {
  */
 export function onlyHarmlessErrors(stderr: string, harmless: RegExp): boolean {
   return lines(stderr).every((line) => harmless.test(line));
+}
+
+/**
+ * Throws when a status command failed (`what` names it in the message), unless it exited with a
+ * status and every stderr line matches `harmless` (see onlyHarmlessErrors).
+ */
+export function checkStatusCommand(what: string, result: CommandResult, harmless?: RegExp): void {
+  if (result.code === 0) return;
+  if (harmless !== undefined && result.code !== null && onlyHarmlessErrors(result.stderr, harmless)) return;
+  throw new Error(`${what} failed: ${describeFailure(result)}`);
+}
+
+/** The statuses of `ids` in a listing of jobs; ids missing from it are left out (gone). */
+export function pickStatuses(all: ReadonlyMap<string, SchedulerStatus>, ids: readonly string[]): Map<string, SchedulerStatus> {
+  const wanted = new Map<string, SchedulerStatus>();
+  for (const id of ids) {
+    const status = all.get(id);
+    if (status !== undefined) wanted.set(id, status);
+  }
+  return wanted;
 }

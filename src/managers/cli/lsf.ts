@@ -1,13 +1,13 @@
 import { readFileSync } from 'node:fs';
-import { describeFailure, type Run } from './command.js';
+import type { Run } from './command.js';
 import {
-  baseHeader,
-  directiveLines,
+  checkStatusCommand,
+  headerLines,
   isExternalId,
   JobParamError,
   lines,
   mapParams,
-  onlyHarmlessErrors,
+  pickStatuses,
   statusFrom,
   type Directive,
   type HeaderJob,
@@ -102,13 +102,7 @@ export function lsfPlugin(params: readonly (readonly [string, string])[]): JobPl
     name: 'LSF',
     scheduler: 'LSF',
     header(job: HeaderJob) {
-      const j = baseHeader(job);
-      return directiveLines('#BSUB', [
-        { flag: '-o', value: j.stdoutPath },
-        { flag: '-e', value: j.stderrPath },
-        { flag: '-J', value: j.jobName },
-        ...directives,
-      ]);
+      return headerLines('#BSUB', job, { jobName: '-J' }, directives);
     },
     submit(scriptPath) {
       return { argv: ['bsub'], stdinFile: scriptPath };
@@ -121,16 +115,8 @@ export function lsfPlugin(params: readonly (readonly [string, string])[]): JobPl
         ids.length > MAX_IDS_PER_QUERY ? ['bjobs', '-a', '-o', 'jobid stat', '-noheader'] : ['bjobs', '-o', 'jobid stat', '-noheader', ...ids];
       const result = await run({ argv });
       // Unknown (long finished) ids are reported as "Job <N> is not found", the others still listed.
-      if (result.code !== 0 && (result.code === null || !onlyHarmlessErrors(result.stderr, NOT_FOUND))) {
-        throw new Error(`bjobs failed: ${describeFailure(result)}`);
-      }
-      const all = parseBjobs(result.stdout);
-      const wanted = new Map<string, SchedulerStatus>();
-      for (const id of ids) {
-        const status = all.get(id);
-        if (status !== undefined) wanted.set(id, status);
-      }
-      return wanted;
+      checkStatusCommand('bjobs', result, NOT_FOUND);
+      return pickStatuses(parseBjobs(result.stdout), ids);
     },
     kill(id) {
       return { argv: ['bkill', id] };

@@ -1,10 +1,11 @@
-import { describeFailure, type Command, type CommandResult, type Run } from './command.js';
+import type { Command, CommandResult, Run } from './command.js';
 import {
-  baseHeader,
-  directiveLines,
+  checkStatusCommand,
+  headerLines,
   isExternalId,
   lines,
   mapParams,
+  pickStatuses,
   statusFrom,
   type Directive,
   type HeaderJob,
@@ -118,14 +119,7 @@ export function slurmPlugin(params: readonly (readonly [string, string])[]): Job
     name: 'Slurm',
     scheduler: 'Slurm',
     header(job: HeaderJob) {
-      const j = baseHeader(job);
-      return directiveLines('#SBATCH', [
-        { flag: '-o', value: j.stdoutPath },
-        { flag: '-e', value: j.stderrPath },
-        { flag: '-J', value: j.jobName },
-        { flag: '-D', value: j.workingDirectory },
-        ...directives,
-      ]);
+      return headerLines('#SBATCH', job, { jobName: '-J', workingDirectory: '-D' }, directives);
     },
     submit(scriptPath) {
       return { argv: ['sbatch', scriptPath] };
@@ -140,14 +134,8 @@ export function slurmPlugin(params: readonly (readonly [string, string])[]): Job
         if (result.code !== 0 && /Invalid job id/i.test(result.stderr)) result = undefined;
       }
       result ??= await run(squeue(undefined));
-      if (result.code !== 0) throw new Error(`squeue failed: ${describeFailure(result)}`);
-      const all = parseSqueue(result.stdout);
-      const wanted = new Map<string, SchedulerStatus>();
-      for (const id of ids) {
-        const status = all.get(id);
-        if (status !== undefined) wanted.set(id, status);
-      }
-      return wanted;
+      checkStatusCommand('squeue', result);
+      return pickStatuses(parseSqueue(result.stdout), ids);
     },
     kill(id) {
       return { argv: ['scancel', id] };

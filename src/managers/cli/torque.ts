@@ -1,11 +1,10 @@
-import { describeFailure, type Run } from './command.js';
+import type { Run } from './command.js';
 import {
-  baseHeader,
-  directiveLines,
+  checkStatusCommand,
+  headerLines,
   isExternalId,
   lines,
   mapParams,
-  onlyHarmlessErrors,
   statusFrom,
   type Directive,
   type HeaderJob,
@@ -170,13 +169,7 @@ export function pbsPlugin(flavour: PbsFlavour, params: readonly (readonly [strin
     name: flavour,
     scheduler: flavour === 'OpenPBS' ? 'PBS' : flavour === 'SlurmTorque' ? 'Slurm (Torque wrappers)' : 'Torque',
     header(job: HeaderJob) {
-      const j = baseHeader(job);
-      return directiveLines('#PBS', [
-        { flag: '-o', value: j.stdoutPath },
-        { flag: '-e', value: j.stderrPath },
-        { flag: '-N', value: j.jobName },
-        ...directives,
-      ]);
+      return headerLines('#PBS', job, { jobName: '-N' }, directives);
     },
     submit(scriptPath) {
       return { argv: ['qsub', scriptPath] };
@@ -185,7 +178,7 @@ export function pbsPlugin(flavour: PbsFlavour, params: readonly (readonly [strin
     async poll(ids: readonly string[], run: Run) {
       if (flavour === 'SlurmTorque') {
         const result = await run({ argv: ['qstat'] });
-        if (result.code !== 0) throw new Error(`qstat failed: ${describeFailure(result)}`);
+        checkStatusCommand('qstat', result);
         return pick(parseQstatTable(result.stdout), ids);
       }
       if (ids.length === 0) return new Map();
@@ -198,9 +191,7 @@ export function pbsPlugin(flavour: PbsFlavour, params: readonly (readonly [strin
           : listAll ? ['qstat', '-f'] : ['qstat', '-f', ...ids];
       const result = await run({ argv });
       // qstat reports finished-and-purged ids on stderr and still prints the others.
-      if (result.code !== 0 && (result.code === null || !onlyHarmlessErrors(result.stderr, UNKNOWN_JOB))) {
-        throw new Error(`qstat failed: ${describeFailure(result)}`);
-      }
+      checkStatusCommand('qstat', result, UNKNOWN_JOB);
       return pick(flavour === 'OpenPBS' ? parseQstatJson(result.stdout) : parseQstatFull(result.stdout), ids);
     },
     kill(id) {
