@@ -96,3 +96,18 @@ test('GALAXY_SLOTS follows the scheduler environment', async (t) => {
     t.is((await fs.readFile(path.join(dir, 'metadata', 'slots'), 'utf8')).trim(), expected, JSON.stringify(env));
   }
 });
+
+test('GALAXY_HOME puts Galaxy\'s lib on PYTHONPATH only for jobs that preserve the Galaxy Python environment', async (t) => {
+  const dir = await tempDir(t);
+  for (const sub of ['working', 'metadata']) await fs.mkdir(path.join(dir, sub));
+  const file = path.join(dir, 'command.sh');
+  for (const preserve of [true, false]) {
+    await fs.writeFile(file, buildJobScript({
+      jobId: '1', jobDirectory: dir, commandLine: 'echo "${PYTHONPATH:-unset}" > ../metadata/pythonpath', envStatements: [],
+      tmpDir: undefined, galaxyLib: '/srv/galaxy/lib', galaxyVirtualEnv: undefined, preserveGalaxyPythonEnvironment: preserve,
+    }));
+    await run('/bin/bash', [file], { cwd: path.join(dir, 'working'), env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/x' } });
+    const value = (await fs.readFile(path.join(dir, 'metadata', 'pythonpath'), 'utf8')).trim();
+    t.is(value, preserve ? '/srv/galaxy/lib:/x' : '/x', `preserve=${preserve}`);
+  }
+});
