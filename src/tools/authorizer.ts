@@ -1,5 +1,6 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { parse as parseShell } from 'shell-quote';
 import { Forbidden } from '../errors.js';
 import { envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
@@ -190,7 +191,38 @@ export class ToolboxAuthorizer implements Authorizer {
     }
     const verdict = tool.commandValidator!.validate(facts.commandLine, facts.jobDirectory);
     if (!verdict.ok) deny('command line', `command_validator rejected the command line: ${verdict.reason}`);
+    const second = shellSecondOpinion(facts.commandLine);
+    if (second !== undefined) deny('command line', `the command line was accepted by its validator but ${second}`);
     if (facts.hasDependencies) this.#log.info({ jobId, toolId: tool.id, step: 'dependencies' }, 'dependencies_description ignored on a public server');
     this.#allow(jobId, tool.id, 'command line');
   }
+}
+
+/**
+ * A second opinion from shell-quote on a command line the validator accepted (never the only
+ * boundary: it does not model every bash expansion). Anything it sees expanding — a variable, a
+ * command substitution, a glob, a backquote — or a comment cutting the line short, is refused
+ * whatever the validator said; operators such as `>` or `|` stay the validator's (literal) call.
+ */
+export function shellSecondOpinion(commandLine: string): string | undefined {
+  const expansions: string[] = [];
+  let entries: ReturnType<typeof parseShell>;
+  try {
+    entries = parseShell(commandLine, (name: string) => {
+      expansions.push(name);
+      return '';
+    });
+  } catch {
+    return 'shell-quote cannot parse it';
+  }
+  if (expansions.length > 0) return 'it expands a variable or substitutes a command';
+  for (const entry of entries) {
+    if (typeof entry === 'string') {
+      if (entry.includes('`')) return 'it contains a backquote';
+      continue;
+    }
+    if ('comment' in entry) return 'it contains a shell comment';
+    if ('op' in entry && entry.op === 'glob') return 'it contains a glob pattern';
+  }
+  return undefined;
 }
