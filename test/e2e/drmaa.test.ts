@@ -6,6 +6,7 @@ import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
 import { request, qs, waitForJob } from '../helpers/client.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+import { waitUntil } from '../helpers/wait.js';
 
 // queued_drmaa against the real Grid Engine that scripts/ci/start-sge.sh runs, through the HTTP API.
 const sgeTest = await clusterTest('sge');
@@ -39,13 +40,8 @@ async function statusOf(base: string, id: string): Promise<string> {
   return (await request(base, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> =>
+  waitUntil(what, check, timeoutMs, everyMs);
 
 async function download(base: string, id: string, name: string): Promise<string> {
   const r = await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`);

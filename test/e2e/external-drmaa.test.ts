@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
 import { request, qs, waitForJob } from '../helpers/client.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+import { waitUntil } from '../helpers/wait.js';
 
 // queued_external_drmaa against the real Grid Engine: jobs run as a real extra Unix user created
 // here (tests run as root in CI; root may sudo without any sudoers entry).
@@ -87,13 +88,8 @@ async function statusOf(base: string, id: string): Promise<string> {
   return (await request(base, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> =>
+  waitUntil(what, check, timeoutMs, everyMs);
 
 async function download(base: string, id: string, name: string): Promise<string> {
   const r = await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`);

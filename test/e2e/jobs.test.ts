@@ -9,6 +9,7 @@ import { request, qs, waitForJob } from '../helpers/client.js';
 import { makeRoot, managerConfig, startTestServer, testConfig } from '../helpers/server.js';
 import { createLogger } from '../../src/log.js';
 import { startServer } from '../../src/server.js';
+import { alive, waitUntil } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 
@@ -26,22 +27,7 @@ async function status(base: string, id: string): Promise<any> {
   return (await request(base, 'GET', `/jobs/${id}/status?job_id=${id}`)).json();
 }
 
-async function until(check: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const until = (check: () => Promise<boolean>, what: string): Promise<void> => waitUntil(what, check, 15_000, 25);
 
 test('cancel of a running job kills its whole process group', async (t) => {
   const server = await startTestServer();

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { request, qs, waitForJob } from '../helpers/client.js';
 import { makeRoot } from '../helpers/server.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
+import { alive, waitUntil } from '../helpers/wait.js';
 
 async function setupAndSubmit(url: string, id: string, command: (outputs: string) => string): Promise<void> {
   const setup = await request(url, 'POST', `/jobs?${qs({ job_id: id })}`);
@@ -19,22 +20,7 @@ async function statusOf(url: string, id: string): Promise<string> {
   return (await request(url, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> => waitUntil(what, check, timeoutMs);
 
 test('kill -9 of the server loses no job: finished, running, ending-while-down and queued jobs all complete', async (t) => {
   const root = await makeRoot();

@@ -7,6 +7,7 @@ import type { ManagerConfig } from '../../src/config/types.js';
 import { request, qs, waitForJob } from './client.js';
 import { writeServerIni } from './process.js';
 import { makeRoot, managerConfig } from './server.js';
+import { waitUntil } from './wait.js';
 
 // Scaffolding shared by the queued_cli end-to-end tests against real schedulers (cli-*.test.ts).
 
@@ -50,13 +51,7 @@ export async function statusOf(base: string, id: string, prefix = ''): Promise<s
   return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
 }
 
-export async function until(what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+export const until = (what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> => waitUntil(what, check, timeoutMs);
 
 /** The text of the output file `name` of job `id`. */
 export async function outputText(base: string, id: string, name: string): Promise<string> {
