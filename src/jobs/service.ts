@@ -160,6 +160,7 @@ export class JobService {
   async shutdown(): Promise<void> {
     this.#closing = true;
     this.#backend.close();
+    await this.#store.close();
   }
 
   // ---------------------------------------------------------------- setup

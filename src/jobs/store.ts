@@ -81,11 +81,22 @@ export class JobStore {
     return this.#jobs.values();
   }
 
+  #closed = false;
+
+  /**
+   * Stop writing, after the writes under way have landed. Whatever happens to a job later (it may
+   * still end while the server stops) is found again from its files by the next start.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all([...this.#writing.values()]);
+  }
+
   /** Record (a new or changed) job durably, then keep it in memory. */
   async save(record: JobRecord): Promise<void> {
     record.updatedAt = new Date().toISOString();
     this.#jobs.set(record.id, record);
-    if (this.#dir === undefined) return;
+    if (this.#dir === undefined || this.#closed) return;
     const dir = this.#dir;
     const snapshot = JSON.stringify(record);
     const previous = this.#writing.get(record.id) ?? Promise.resolve();
