@@ -37,12 +37,10 @@ export class ServerProcess {
   readonly port: number;
   readonly pid: number;
   readonly logFile: string;
-  readonly #child: ChildProcess;
   readonly #exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   #exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 
   private constructor(child: ChildProcess, port: number, logFile: string) {
-    this.#child = child;
     this.port = port;
     this.logFile = logFile;
     if (child.pid === undefined) throw new Error('server process has no pid');
