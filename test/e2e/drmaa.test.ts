@@ -3,7 +3,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
-import { request, qs, waitForJob } from '../helpers/client.js';
+import { downloadOutput as download, request, qs, setupJob as setup, statusOf, waitForJob } from '../helpers/client.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -23,12 +23,6 @@ function drmaaServer(backendOptions: Record<string, string> = {}, app: Parameter
   });
 }
 
-async function setup(base: string, id: string): Promise<{ outputs_directory: string; working_directory: string; job_directory: string }> {
-  const r = await request(base, 'POST', `/jobs?${qs({ job_id: id })}`);
-  if (r.status !== 200) throw new Error(r.text);
-  return r.json();
-}
-
 async function submit(base: string, id: string, command: string, params?: Record<string, unknown>): Promise<void> {
   const query: Record<string, string> = { job_id: id, command_line: command };
   if (params !== undefined) query['params'] = JSON.stringify(params);
@@ -36,18 +30,8 @@ async function submit(base: string, id: string, command: string, params?: Record
   if (r.text !== 'OK') throw new Error(`submit answered ${r.status}: ${r.text}`);
 }
 
-async function statusOf(base: string, id: string): Promise<string> {
-  return (await request(base, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
 const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> =>
   waitUntil(what, check, timeoutMs, everyMs);
-
-async function download(base: string, id: string, name: string): Promise<string> {
-  const r = await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`);
-  if (r.status !== 200) throw new Error(`download of ${name} answered ${r.status}: ${r.text}`);
-  return r.text;
-}
 
 /** The Grid Engine job id of the job named `name` (job_name_template default: pulsar_<id>). */
 async function sgeJobId(name: string): Promise<string> {

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
-import { request, qs, waitForJob } from '../helpers/client.js';
+import { downloadOutput as download, request, qs, setupJob as setup, statusOf, waitForJob } from '../helpers/client.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -73,29 +73,13 @@ async function externalServer(allowedSubmitParams: string[] = ['user'], backendO
   });
 }
 
-async function setup(base: string, id: string): Promise<{ outputs_directory: string; working_directory: string; job_directory: string }> {
-  const r = await request(base, 'POST', `/jobs?${qs({ job_id: id })}`);
-  if (r.status !== 200) throw new Error(r.text);
-  return r.json();
-}
-
 async function submit(base: string, id: string, command: string, params: Record<string, unknown>): Promise<void> {
   const r = await request(base, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, params: JSON.stringify(params) })}`);
   if (r.text !== 'OK') throw new Error(`submit answered ${r.status}: ${r.text}`);
 }
 
-async function statusOf(base: string, id: string): Promise<string> {
-  return (await request(base, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
 const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> =>
   waitUntil(what, check, timeoutMs, everyMs);
-
-async function download(base: string, id: string, name: string): Promise<string> {
-  const r = await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`);
-  if (r.status !== 200) throw new Error(`download of ${name} answered ${r.status}: ${r.text}`);
-  return r.text;
-}
 
 async function uid(name: string): Promise<number> {
   return Number((await run('id', ['-u', name])).stdout.trim());

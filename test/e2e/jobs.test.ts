@@ -5,19 +5,13 @@ import { readFileSync as fsReadSync } from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { request, qs, waitForJob } from '../helpers/client.js';
+import { request, qs, setupJob as setup, waitForJob } from '../helpers/client.js';
 import { makeRoot, managerConfig, startTestServer, testConfig } from '../helpers/server.js';
 import { createLogger } from '../../src/log.js';
 import { startServer } from '../../src/server.js';
 import { alive, waitUntil } from '../helpers/wait.js';
 
 const run = promisify(execFile);
-
-async function setup(base: string, id: string, prefix = ''): Promise<any> {
-  const r = await request(base, 'POST', `${prefix}/jobs?${qs({ job_id: id })}`);
-  if (r.status !== 200) throw new Error(r.text);
-  return r.json();
-}
 
 async function submit(base: string, id: string, command: string, extra: Record<string, string> = {}, prefix = ''): Promise<string> {
   return (await request(base, 'POST', `${prefix}/jobs/${id}/submit?${qs({ job_id: id, command_line: command, ...extra })}`)).text;

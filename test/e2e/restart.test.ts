@@ -1,7 +1,7 @@
 import test from 'ava';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { request, qs, waitForJob } from '../helpers/client.js';
+import { request, qs, statusOf, waitForJob } from '../helpers/client.js';
 import { makeRoot } from '../helpers/server.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { alive, waitUntil } from '../helpers/wait.js';
@@ -14,10 +14,6 @@ async function setupAndSubmit(url: string, id: string, command: (outputs: string
   if (up.status !== 200) throw new Error(up.text);
   const submit = await request(url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command(outputs) })}`);
   if (submit.text !== 'OK') throw new Error(submit.text);
-}
-
-async function statusOf(url: string, id: string): Promise<string> {
-  return (await request(url, 'GET', `/jobs/${id}/status?job_id=${id}`)).json().status;
 }
 
 const until = (what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> => waitUntil(what, check, timeoutMs);

@@ -4,7 +4,11 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import type { ManagerConfig } from '../../src/config/types.js';
-import { request, qs, waitForJob } from './client.js';
+import { downloadOutput, request, qs, statusOf, waitForJob } from './client.js';
+
+export { statusOf };
+/** The text of the output file `name` of job `id`. */
+export const outputText = downloadOutput;
 import { writeServerIni } from './process.js';
 import { makeRoot, managerConfig } from './server.js';
 import { waitUntil } from './wait.js';
@@ -47,16 +51,7 @@ export async function setupAndSubmit(
   return { submittedAt };
 }
 
-export async function statusOf(base: string, id: string, prefix = ''): Promise<string> {
-  return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
-}
-
 export const until = (what: string, check: () => Promise<boolean>, timeoutMs = 40_000): Promise<void> => waitUntil(what, check, timeoutMs);
-
-/** The text of the output file `name` of job `id`. */
-export async function outputText(base: string, id: string, name: string): Promise<string> {
-  return (await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`)).text;
-}
 
 /**
  * Submits `command` (setupAndSubmit), waits until the job has left `queued` and logs the time

@@ -57,3 +57,22 @@ export async function waitForJob(base: string, jobId: string, prefix = '', extra
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** `POST /jobs` for `id`; throws unless it answers 200. Returns the job config. */
+export async function setupJob(base: string, id: string, prefix = ''): Promise<any> {
+  const r = await request(base, 'POST', `${prefix}/jobs?${qs({ job_id: id })}`);
+  if (r.status !== 200) throw new Error(`setup answered ${r.status}: ${r.text}`);
+  return r.json();
+}
+
+/** The status string of job `id`. */
+export async function statusOf(base: string, id: string, prefix = ''): Promise<string> {
+  return (await request(base, 'GET', `${prefix}/jobs/${id}/status?job_id=${id}`)).json().status;
+}
+
+/** The text of output `name` of job `id`; throws unless the download answers 200. */
+export async function downloadOutput(base: string, id: string, name: string): Promise<string> {
+  const r = await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name, type: 'output' })}`);
+  if (r.status !== 200) throw new Error(`download of ${name} answered ${r.status}: ${r.text}`);
+  return r.text;
+}
