@@ -333,7 +333,8 @@ export class JobService {
     const launch: LaunchRecord = {
       commandLine: request.commandLine,
       env: request.env,
-      submitParams: request.submitParams,
+      // Only what the administrator allow-listed is kept: this is what reaches the backend.
+      submitParams: this.#allowedSubmitParams(record.id, request.submitParams),
       dependenciesDescription: request.dependenciesDescription,
       dynamicFileSources: request.dynamicFileSources,
       preserveGalaxyPythonEnvironment: request.setupParams?.preserveGalaxyPythonEnvironment ?? false,
@@ -421,7 +422,7 @@ export class JobService {
       stdoutPath: dir.jobStdoutPath,
       stderrPath: dir.jobStderrPath,
       env: this.#jobEnv,
-      submitParams: this.#allowedSubmitParams(record.id, record.launch?.submitParams ?? {}),
+      submitParams: record.launch?.submitParams ?? {},
     };
   }
 

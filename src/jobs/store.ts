@@ -8,6 +8,7 @@ import type { JobState } from './state.js';
 export interface LaunchRecord {
   readonly commandLine: string;
   readonly env: readonly EnvEntry[];
+  /** Client submit params the administrator allow-listed (`allowed_submit_params`). */
   readonly submitParams: Readonly<Record<string, unknown>>;
   readonly dependenciesDescription: unknown;
   readonly dynamicFileSources: readonly { readonly type?: string; readonly path: string }[];
