@@ -3,7 +3,8 @@ import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.js';
-import { JobService, jobEnvironment } from './jobs/service.js';
+import { jobEnvironment } from './jobs/launch.js';
+import { JobService } from './jobs/service.js';
 import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
 import { createAuthorizer } from './tools/index.js';
@@ -41,7 +42,7 @@ export async function startServer(config: Config, options: StartOptions): Promis
   const services = new Map<string, JobService>();
   const backendContext = { log, serverEnv: options.env, configFile: config.configFile ?? 'configuration' };
   for (const manager of config.app.managers) {
-    services.set(manager.name, new JobService(manager, config.app, createBackend(manager, backendContext), authorizer, log, jobEnv));
+    services.set(manager.name, new JobService({ manager, app: config.app, backend: createBackend(manager, backendContext), authorizer, log, jobEnv }));
   }
   if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
   for (const service of services.values()) await service.start();

@@ -5,7 +5,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { BadRequest, Forbidden, NotFound } from '../errors.js';
+import { BadFileName, BadRequest, FileNotFound, JobRefused, PathDenied } from '../errors.js';
+import { CONTROL_FILES, JOB_STREAMS, RESERVED_JOBDIR_NAMES, SETUP_DIRECTORIES } from './layout.js';
+import { isInside, relativeNameProblem } from './paths.js';
 
 /** File types of PROTOCOL §4.2. */
 export const FILE_TYPES = [
@@ -32,41 +34,17 @@ const RULES: Readonly<Record<FileType, TypeRule>> = {
 /** Types a client may upload into (the output types only ever flow back to the client). */
 const UPLOAD_TYPES: ReadonlySet<FileType> = new Set(['input', 'unstructured', 'config', 'tool', 'jobdir', 'workdir', 'metadata']);
 
-/** The directories setup creates (PROTOCOL §4.1). */
-export const SETUP_DIRECTORIES = ['inputs', 'working', 'outputs', 'configs', 'tool_files', 'metadata'] as const;
-
-/**
- * Names in `<jobdir>` that belong to the server or to upstream's bookkeeping (PROTOCOL §4.6) and
- * the job directory's own sub-directories: a `jobdir` upload may never replace them and an
- * `output_jobdir` download never serves the control files.
- */
-const RESERVED_JOBDIR_NAMES: ReadonlySet<string> = new Set([
-  'tool_id', 'tool_version', 'launch_config', 'preprocessed', 'preprocessing_failed', 'stderr',
-  'return_code', 'running', 'final_status', 'postprocessed', 'cancelled', 'submitted', 'pid',
-  'command_line', 'command.sh', 'external_id', 'job.condor.submit', 'job_condor.log', 'jt.json',
-  'status.lock', '.state.lock', 'job_stdout', 'job_stderr',
-  ...SETUP_DIRECTORIES, 'unstructured', 'home', 'tmp', 'working.orig', 'outputs.orig', 'configs.orig',
-]);
-
 export function isFileType(value: string): value is FileType {
   return (FILE_TYPES as readonly string[]).includes(value);
 }
 
 /** Split a client-supplied relative name into safe components, or throw. */
 function nameComponents(name: string): string[] {
-  if (name.length === 0) throw new BadRequest('file name is empty');
-  if (name.length > 4096) throw new BadRequest('file name is too long');
-  if (name.includes('\0')) throw new BadRequest('file name contains a NUL byte');
-  if (name.includes('\\')) throw new BadRequest('file name contains a backslash');
-  if (name.startsWith('/')) throw new Forbidden('absolute file names are not allowed');
-  const parts = name.split('/');
-  for (const part of parts) {
-    if (part === '' || part === '.' || part === '..') {
-      throw new Forbidden(`file name "${name}" has an empty, "." or ".." component`);
-    }
-    if (Buffer.byteLength(part) > 255) throw new BadRequest('file name component is too long');
-  }
-  return parts;
+  const problem = relativeNameProblem(name);
+  if (problem === undefined) return name.split('/');
+  // An attempt to leave the directory is refused as such (403); a malformed name is a bad request.
+  if (problem.escapes) throw new PathDenied(`file name refused: ${problem.reason}`);
+  throw new BadFileName(`file name refused: ${problem.reason}`);
 }
 
 const GLOB_CHARS = /[*?[]/;
@@ -90,11 +68,6 @@ function globToRegExp(pattern: string): RegExp {
   return new RegExp(`^${out}$`);
 }
 
-/** Is `child` (a real path) equal to or below `parent` (a real path)? */
-export function isInside(parent: string, child: string): boolean {
-  return child === parent || child.startsWith(parent.endsWith('/') ? parent : parent + '/');
-}
-
 async function realPathOfFd(fd: number): Promise<string> {
   return fs.readlink(`/proc/self/fd/${fd}`);
 }
@@ -102,6 +75,16 @@ async function realPathOfFd(fd: number): Promise<string> {
 export interface ByteBudget {
   /** Called for every chunk before it is written; throws (PayloadTooLarge) to refuse the upload. */
   readonly take: (bytes: number) => void;
+}
+
+/** An upload streamed to its temp file, not yet visible under its name. */
+export interface StagedUpload {
+  readonly path: string;
+  readonly bytes: number;
+  /** Rename the temp file over the real name. */
+  publish(): Promise<void>;
+  /** Remove the temp file. */
+  discard(): Promise<void>;
 }
 
 export interface OpenedDownload {
@@ -147,10 +130,12 @@ export class JobDirectory {
   get toolFiles(): string { return path.join(this.root, 'tool_files'); }
   get inputs(): string { return path.join(this.root, 'inputs'); }
   get unstructured(): string { return path.join(this.root, 'unstructured'); }
-  get scriptPath(): string { return path.join(this.root, 'command.sh'); }
-  get returnCodePath(): string { return path.join(this.root, 'return_code'); }
-  get jobStdoutPath(): string { return path.join(this.metadata, 'job_stdout'); }
-  get jobStderrPath(): string { return path.join(this.metadata, 'job_stderr'); }
+  /** A control file's absolute path (`layout.ts` names them). */
+  control(name: keyof typeof CONTROL_FILES): string { return path.join(this.root, CONTROL_FILES[name]); }
+  get scriptPath(): string { return this.control('script'); }
+  get returnCodePath(): string { return this.control('returnCode'); }
+  get jobStdoutPath(): string { return path.join(this.metadata, JOB_STREAMS.stdout); }
+  get jobStderrPath(): string { return path.join(this.metadata, JOB_STREAMS.stderr); }
 
   async exists(): Promise<boolean> {
     try {
@@ -183,7 +168,7 @@ export class JobDirectory {
     if (!rule.nested) parts = [parts[parts.length - 1]!];
     const base = rule.base === '' ? this.root : path.join(this.root, rule.base);
     if (rule.base === '' && RESERVED_JOBDIR_NAMES.has(parts[0]!)) {
-      throw new Forbidden(`"${parts[0]}" is a reserved name in the job directory`);
+      throw new PathDenied(`"${parts[0]}" is a reserved name in the job directory`);
     }
     return { base, parts };
   }
@@ -216,11 +201,11 @@ export class JobDirectory {
     try {
       st = await fs.lstat(p);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound('no such job directory or sub-directory', { cause: e });
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new FileNotFound('no such job directory or sub-directory', { cause: e });
       throw e;
     }
-    if (st.isSymbolicLink()) throw new Forbidden('a directory on this path is a symbolic link');
-    if (!st.isDirectory()) throw new Forbidden('a path component is not a directory');
+    if (st.isSymbolicLink()) throw new PathDenied('a directory on this path is a symbolic link');
+    if (!st.isDirectory()) throw new PathDenied('a path component is not a directory');
   }
 
   /** `GET files/path` and the upload response: where the file of this name and type lives. */
@@ -235,10 +220,12 @@ export class JobDirectory {
   }
 
   /**
-   * Stream `body` into the file for (name, type): a temp file created next to the destination
-   * with O_EXCL|O_NOFOLLOW, verified to be inside the job directory, then renamed over it.
+   * Stream `body` into a temp file next to the file for (name, type), created with
+   * O_EXCL|O_NOFOLLOW and verified to be inside the job directory. Nothing is visible under the
+   * real name until the caller publishes it (an atomic rename): the job service does that under
+   * the job's lock, so an upload can never change a file that a submit has started to authorize.
    */
-  async writeUpload(name: string, type: FileType, body: Readable, budget: ByteBudget, expectedSha256?: string): Promise<{ path: string; bytes: number }> {
+  async stageUpload(name: string, type: FileType, body: Readable, budget: ByteBudget, expectedSha256?: string): Promise<StagedUpload> {
     if (!UPLOAD_TYPES.has(type)) throw new BadRequest(`files of type "${type}" cannot be uploaded`);
     const { base, parts } = this.#locate(name, type);
     const parent = await this.#ensureParents(base, parts, RULES[type].nested);
@@ -252,7 +239,7 @@ export class JobDirectory {
     try {
       const real = await realPathOfFd(handle.fd);
       const expectedBase = path.join(await this.#trustedRoot(), RULES[type].base);
-      if (!isInside(expectedBase, real)) throw new Forbidden('upload target escapes the job directory');
+      if (!isInside(expectedBase, real)) throw new PathDenied('upload target escapes the job directory');
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           try {
@@ -273,15 +260,24 @@ export class JobDirectory {
       await pipeline(body, counter, sink);
       if (!sink.closed) await once(sink, 'close');
       if (hash !== undefined && hash.digest('hex') !== expectedSha256) {
-        throw new Forbidden(`"${name}" differs from the toolbox's copy of this tool file`);
+        throw new JobRefused(`"${name}" differs from the toolbox's copy of this tool file`);
       }
-      await fs.rename(tmpPath, finalPath);
     } catch (e) {
       if (!streaming) await handle.close().catch(() => undefined);
       await fs.rm(tmpPath, { force: true });
       throw e;
     }
-    return { path: finalPath, bytes };
+    return {
+      path: finalPath,
+      bytes,
+      publish: async () => {
+        await this.#refuseNonRegularTarget(finalPath);
+        await fs.rename(tmpPath, finalPath);
+      },
+      discard: async () => {
+        await fs.rm(tmpPath, { force: true });
+      },
+    };
   }
 
   /** Create an empty file (or keep an existing one) for `touch_outputs`. */
@@ -296,7 +292,7 @@ export class JobDirectory {
   async #refuseNonRegularTarget(p: string): Promise<void> {
     try {
       const st = await fs.lstat(p);
-      if (!st.isFile()) throw new Forbidden('upload target exists and is not a regular file');
+      if (!st.isFile()) throw new PathDenied('upload target exists and is not a regular file');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
@@ -315,15 +311,15 @@ export class JobDirectory {
       handle = await fs.open(target, fsc.O_RDONLY | fsc.O_NONBLOCK);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new NotFound(`no ${effective} file named "${name}"`, { cause: e });
-      if (code === 'ELOOP' || code === 'EACCES') throw new Forbidden(`file "${name}" cannot be read`, { cause: e });
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new FileNotFound(`no ${effective} file named "${name}"`, { cause: e });
+      if (code === 'ELOOP' || code === 'EACCES') throw new PathDenied(`file "${name}" cannot be read`, { cause: e });
       throw e;
     }
     try {
       const [real, root, st] = await Promise.all([realPathOfFd(handle.fd), this.#trustedRoot(), handle.stat()]);
       const realBase = path.join(root, RULES[effective].base);
-      if (!isInside(realBase, real) || real === realBase) throw new Forbidden(`file "${name}" resolves outside its directory`);
-      if (!st.isFile()) throw new NotFound(`"${name}" is not a regular file`);
+      if (!isInside(realBase, real) || real === realBase) throw new PathDenied(`file "${name}" resolves outside its directory`);
+      if (!st.isFile()) throw new FileNotFound(`"${name}" is not a regular file`);
       return { handle, size: st.size };
     } catch (e) {
       await handle.close();
@@ -337,7 +333,7 @@ export class JobDirectory {
     const depth = parts.length;
     const candidates = (await listFiles(base, depth)).sort();
     const match = candidates.find((c) => re.test(c));
-    if (match === undefined) throw new NotFound(`no working-directory file matches "${pattern}"`);
+    if (match === undefined) throw new FileNotFound(`no working-directory file matches "${pattern}"`);
     return match.split('/');
   }
 

@@ -1,4 +1,4 @@
-import { BadRequest, Forbidden } from '../errors.js';
+import { BadRequest, JobRefused } from '../errors.js';
 
 /** One entry of the submit `env` list (PROTOCOL §6.5). */
 export interface EnvEntry {
@@ -54,17 +54,17 @@ export function checkEnvName(name: unknown): string {
 export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean, literalValues = false): string[] {
   return entries.map((entry) => {
     if (entry.file !== undefined && entry.file !== null) {
-      if (!allowUnsafe) throw new Forbidden('env entries of kind "file" are not allowed on this server');
+      if (!allowUnsafe) throw new JobRefused('env entries of kind "file" are not allowed on this server');
       return entry.raw === true ? `. ${entry.file}` : `. ${shellQuote(entry.file)}`;
     }
     if (entry.execute !== undefined && entry.execute !== null) {
-      if (!allowUnsafe) throw new Forbidden('env entries of kind "execute" are not allowed on this server');
+      if (!allowUnsafe) throw new JobRefused('env entries of kind "execute" are not allowed on this server');
       return entry.execute;
     }
     const name = checkEnvName(entry.name);
     const value = entry.value ?? '';
     if (entry.raw === true) {
-      if (!allowUnsafe) throw new Forbidden('raw env entries are not allowed on this server');
+      if (!allowUnsafe) throw new JobRefused('raw env entries are not allowed on this server');
       return `${name}=${value}; export ${name}`;
     }
     return `${name}=${literalValues ? shellQuote(value) : quoteEnvValue(value)}; export ${name}`;

@@ -1,86 +1,94 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppSection, ManagerConfig } from '../config/types.js';
-import { BadRequest, Conflict, NotFound, PayloadTooLarge, Forbidden } from '../errors.js';
+import {
+  BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, StoreUnavailable,
+  UploadClosed, UploadTooLarge, messageOf,
+} from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Backend, LaunchSpec } from '../managers/backend.js';
-import { PULSAR_COMPAT_VERSION } from '../version.js';
-import { JobDirectory, isFileType, type FileType, type OpenedDownload } from './directory.js';
-import { assignJobId, checkJobId } from './ids.js';
-import { KeyedMutex } from './lock.js';
-import { buildJobScript, quoteEnvValue, type EnvEntry } from './script.js';
+import type { Backend, ExitReport } from '../managers/backend.js';
 import type { Authorizer } from '../tools/authorizer.js';
+import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { describeDependencies, resolveDependencies } from './dependencies.js';
-import { isTerminal, canTransition, wireStatus, type JobState } from './state.js';
+import { JobDirectory, isFileType, type FileType, type OpenedDownload, type StagedUpload } from './directory.js';
+import { assignJobId, checkJobId } from './ids.js';
+import { allowedSubmitParams, effectiveCommandLine, launchSpec, prepareLaunch, type LaunchContext } from './launch.js';
+import { CONTROL_FILES, readReturnCode } from './layout.js';
+import { KeyedMutex } from './lock.js';
+import { RunQueue } from './run-queue.js';
+import { canTransition, isTerminal, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
-import { JobStore, type JobRecord, type LaunchRecord } from './store.js';
+import { JobStore, type JobRecord } from './store.js';
+import type { SubmitRequest } from './submit-request.js';
 
-/** A submit request after the transport parsed and checked its parameters (PROTOCOL §2.5). */
-export interface SubmitRequest {
-  readonly commandLine: string;
-  readonly submitParams: Readonly<Record<string, unknown>>;
-  readonly setupParams: SetupParams | undefined;
-  readonly dependenciesDescription: unknown;
-  readonly env: readonly EnvEntry[];
-  readonly remoteStaging: { readonly setup?: readonly unknown[] | undefined } & Readonly<Record<string, unknown>>;
-  readonly touchOutputs: readonly string[];
-  readonly dynamicFileSources: readonly { readonly type?: string; readonly path: string }[];
-}
-
-export interface SetupParams {
-  readonly jobId?: string;
-  readonly toolId?: string;
-  readonly toolVersion?: string;
-  readonly preserveGalaxyPythonEnvironment?: boolean;
-}
+export type { SetupParams, SubmitRequest } from './submit-request.js';
+export { jobEnvironment } from './launch.js';
 
 const TERMINAL_DOC_CACHE = 10_000;
+/** How long a clean waits for a killed job to end before it removes the job's directory. */
 const CLEAN_WAIT_MS = 3000;
 
+export interface JobServiceOptions {
+  readonly manager: ManagerConfig;
+  readonly app: AppSection;
+  readonly backend: Backend;
+  readonly authorizer: Authorizer;
+  readonly log: Logger;
+  /** The whole environment local jobs start with (see `jobEnvironment`). */
+  readonly jobEnv: Readonly<Record<string, string>>;
+}
+
+type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
+
 /**
- * The job lifecycle of one manager: setup, staging, submit, status, cancel, clean — and the
- * local queue that enforces `num_concurrent_jobs`. Transports (HTTP, later AMQP) are thin
- * adapters over this class; the backend only runs scripts.
+ * The job lifecycle of one manager: setup, staging, submit, status, cancel, clean, and restart
+ * recovery. Transports (HTTP, later AMQP) are thin adapters over this class.
+ *
+ * Concurrency: every request that reads and then changes a job runs under that job's lock
+ * (`#locks`), and so do the backend's start of the job and every event the backend reports
+ * about it. A cancel or clean therefore never meets a job half-started, and an upload lands
+ * (renames its file into place) only while the job still accepts files. `#transition` is the
+ * only writer of a job's record; terminal states are sinks. The run queue (`RunQueue`) decides
+ * when a queued job starts; launch preparation is the pure `prepareLaunch`.
  */
 export class JobService {
   readonly manager: ManagerConfig;
   readonly #app: AppSection;
   readonly #backend: Backend;
+  readonly #authorizer: Authorizer;
   readonly #log: Logger;
   readonly #store: JobStore;
   readonly #locks = new KeyedMutex();
-  readonly #queue: string[] = [];
-  readonly #active = new Set<string>();
-  readonly #finished = new Map<string, string>();
-  readonly #inflightBytes = new Map<string, number>();
+  readonly #queue: RunQueue;
+  readonly #launchContext: LaunchContext;
   readonly #systemProperties: SystemProperties;
-  readonly #maxConcurrent: number;
-  #closing = false;
+  /** Status documents of finished jobs: they no longer change. */
+  readonly #finished = new Map<string, string>();
+  /** Bytes uploaded into each job in `setup`, and bytes of uploads still streaming. */
+  readonly #uploadedBytes = new Map<string, number>();
+  readonly #inflightBytes = new Map<string, number>();
+  /** Follow-ups that nobody awaits (a backend's "it started" news): errors are logged, never lost. */
+  readonly #background = new Set<Promise<void>>();
   #realStaging: string | undefined;
 
-  readonly #jobEnv: Readonly<Record<string, string>>;
-
-  readonly #authorizer: Authorizer;
-
-  /** `jobEnv` is the whole environment jobs start with (see `jobEnvironment`). */
-  constructor(
-    manager: ManagerConfig,
-    app: AppSection,
-    backend: Backend,
-    authorizer: Authorizer,
-    log: Logger,
-    jobEnv: Readonly<Record<string, string>>,
-  ) {
+  constructor(options: JobServiceOptions) {
+    const { manager, backend, log } = options;
     this.manager = manager;
-    this.#authorizer = authorizer;
-    this.#jobEnv = jobEnv;
-    this.#app = app;
+    this.#app = options.app;
     this.#backend = backend;
+    this.#authorizer = options.authorizer;
     this.#log = log.child({ manager: manager.name });
-    this.#store = new JobStore(app.persistenceDirectory, manager.name);
-    this.#maxConcurrent = backend.maxConcurrent;
+    this.#store = new JobStore(options.app.persistenceDirectory, manager.name, this.#log);
+    this.#launchContext = { manager, jobEnv: options.jobEnv };
+    this.#queue = new RunQueue({
+      limit: backend.maxConcurrent,
+      task: async (id) => this.#execute(id),
+      onError: async (id, error) => this.#failAfterError(id, undefined, `job could not be run: ${messageOf(error)}`),
+      log: this.#log,
+    });
     const props: Record<string, string> = { separator: '/' };
     if (manager.galaxyHome !== undefined) props['galaxy_home'] = manager.galaxyHome;
     if (manager.galaxyVirtualEnv !== undefined) props['galaxy_virtual_env'] = manager.galaxyVirtualEnv;
@@ -90,14 +98,16 @@ export class JobService {
     this.#systemProperties = Object.freeze(props);
   }
 
-  /** Number of jobs whose process is running now (for tests and metrics). */
+  /** Jobs holding a run slot now (for tests and metrics). */
   get runningCount(): number {
-    return this.#active.size;
+    return this.#queue.activeCount;
   }
 
   #dir(id: string): JobDirectory {
     return new JobDirectory(this.manager.stagingDirectory, id, this.manager.jobDirectoryMode, this.#realStaging);
   }
+
+  // ---------------------------------------------------------------- start and stop
 
   /** Create directories, then recover every job the store remembers (PROTOCOL §5.4). */
   async start(): Promise<void> {
@@ -107,13 +117,12 @@ export class JobService {
     records.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     for (const record of records) {
       try {
-        await this.#recover(record);
+        await this.#locks.run(record.id, async () => this.#recover(record));
       } catch (error) {
         this.#log.error({ jobId: record.id, err: error }, 'recovery failed');
-        await this.#fail(record, `magnetar could not recover this job after a restart: ${(error as Error).message}`, 'lost');
+        await this.#failAfterError(record.id, record.incarnation, `magnetar could not recover this job after a restart: ${messageOf(error)}`, 'lost');
       }
     }
-    this.#pump();
   }
 
   async #recover(record: JobRecord): Promise<void> {
@@ -123,33 +132,36 @@ export class JobService {
       case 'setup':
         if (!(await dir.exists())) await this.#store.delete(record.id);
         return;
+      case 'preprocessing':
+        log.info('preprocessing resumed after restart');
+        await this.#preprocessOrFail(record).catch(() => undefined);
+        return;
+      case 'postprocessing':
+        log.info('postprocessing resumed after restart');
+        await this.#postprocess(record);
+        return;
       case 'queued':
-      case 'running':
-      case 'postprocessing': {
-        const spec = this.#launchSpec(record, dir);
-        const externalId = await this.#backend.recover(spec, record.externalId);
+      case 'running': {
+        const externalId = await this.#backend.recover(launchSpec(record, dir, this.#launchContext), record.externalId);
         const state = externalId === undefined ? 'unknown' : await this.#backend.status(externalId);
         if (externalId !== undefined && (state === 'running' || state === 'queued')) {
           log.info({ externalId, state }, 're-attached to the job');
-          record.externalId = externalId;
-          await this.#store.save(record);
-          this.#active.add(record.id);
-          void this.#watch(record, externalId);
+          const current = record.externalId === externalId ? record : await this.#transition(record, record.state, { externalId });
+          if (current === undefined || isTerminal(current.state)) return;
+          this.#queue.adopt(record.id, async () => this.#follow(record.id, record.incarnation, externalId));
           return;
         }
-        if (externalId !== undefined || (await readReturnCode(dir)) !== undefined) {
+        if (externalId !== undefined || (await readReturnCode(dir.returnCodePath)) !== undefined) {
           // It ran and ended while the server was away.
-          record.state = 'running';
-          await this.#finish(record, null);
+          await this.#finish(record, { exitCode: null });
           return;
         }
-        // Never started: queue it (again).
-        log.info('queued after restart');
-        if (record.state !== 'queued') {
-          record.state = 'queued';
-          await this.#store.save(record);
+        if (record.state === 'running') {
+          await this.#fail(record, 'the job was running when the server stopped and cannot be found again', { state: 'lost', exited: true });
+          return;
         }
-        this.#queue.push(record.id);
+        log.info('queued after restart');
+        this.#queue.enqueue(record.id);
         return;
       }
       default:
@@ -157,53 +169,55 @@ export class JobService {
     }
   }
 
+  /** Start nothing more and stop writing records (running jobs go on; the next start re-attaches). */
   async shutdown(): Promise<void> {
-    this.#closing = true;
+    this.#queue.close();
     this.#backend.close();
     await this.#store.close();
   }
 
   // ---------------------------------------------------------------- setup
 
-  async setup(clientJobId: string, toolId: string | undefined, toolVersion: string | undefined, preserve?: boolean): Promise<object> {
+  async setup(clientJobId: string, toolId: string | undefined, toolVersion: string | undefined): Promise<object> {
     const id = assignJobId(this.manager.assignIds, clientJobId);
     // Decided before anything touches the disk.
     const tool = this.#authorizer.authorizeSetup(id, toolId, toolVersion);
     return this.#locks.run(id, async () => {
       await this.#setupLocked(id, tool.toolId, tool.toolVersion);
-      return this.#jobConfig(id, tool.toolId, tool.toolVersion, preserve);
+      return this.#jobConfig(id, tool.toolId, tool.toolVersion);
     });
   }
 
   async #setupLocked(id: string, toolId: string | undefined, toolVersion: string | undefined): Promise<JobRecord> {
     const existing = this.#store.get(id);
     if (existing !== undefined && !isTerminal(existing.state) && existing.state !== 'setup') {
-      throw new Conflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
+      throw new JobStateConflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
     }
     const now = new Date().toISOString();
     const record: JobRecord = {
       id,
+      incarnation: randomBytes(8).toString('hex'),
       manager: this.manager.name,
       state: 'setup',
       toolId,
       toolVersion,
       createdAt: now,
       updatedAt: now,
-      uploadedBytes: 0,
       launch: undefined,
       externalId: undefined,
       returnCode: null,
       failureReason: undefined,
     };
-    this.#finished.delete(id);
-    await this.#store.save(record);
+    // Under the job's lock nobody else changes the record: put cannot find it changed.
+    await this.#store.put(existing, record);
+    this.#forget(id);
     // A reused id must never serve a previous job's files (PROTOCOL §14 item 29): start empty.
     await this.#dir(id).create();
     this.#log.info({ jobId: id, toolId, toolVersion }, 'job set up');
     return record;
   }
 
-  #jobConfig(id: string, toolId: string | undefined, toolVersion: string | undefined, _preserve?: boolean): object {
+  #jobConfig(id: string, toolId: string | undefined, toolVersion: string | undefined): object {
     const dir = this.#dir(id);
     const config: Record<string, unknown> = {
       job_directory: dir.root,
@@ -225,33 +239,43 @@ export class JobService {
     return config;
   }
 
+  /** Drop what the service remembers about a job id besides its record. */
+  #forget(id: string): void {
+    this.#finished.delete(id);
+    this.#uploadedBytes.delete(id);
+  }
+
   // ---------------------------------------------------------------- files
 
   #requireStaging(id: string): JobRecord {
     const record = this.#store.get(id);
-    if (record === undefined) throw new NotFound(`job ${id} has not been set up`);
+    if (record === undefined) throw new JobNotFound(`job ${id} has not been set up`);
     if (record.state !== 'setup') {
-      throw new Conflict(`job ${id} is ${wireStatus(record.state)}: files are accepted only between setup and submit`);
+      throw new UploadClosed(`job ${id} is ${wireStatus(record.state)}: files are accepted only between setup and submit`);
     }
     return record;
   }
 
+  /**
+   * Stream an upload to a temp file, then publish it under the job's lock if the job still
+   * accepts files: an upload that loses the race against submit (or clean) answers 409 and
+   * leaves no trace, so the bytes submit's validators read are the bytes the job runs.
+   */
   async upload(jobId: string, name: string, type: string, body: Readable, cacheToken: string | undefined): Promise<{ path: string }> {
     const id = checkJobId(jobId);
     const fileType = checkFileType(type);
-    if (cacheToken !== undefined) throw new NotFound('the file cache is not configured on this server (cache_token given)');
+    if (cacheToken !== undefined) throw new NotConfigured('the file cache is not configured on this server (cache_token given)');
     const record = this.#requireStaging(id);
     const decision = await this.#authorizer.authorizeUpload(id, record.toolId, record.toolVersion, name, fileType);
-    const dir = this.#dir(id);
-    const app = this.#app;
+    const { maxUploadSize, maxJobUploadSize } = this.#app;
     let taken = 0;
     const take = (n: number): void => {
-      if (app.maxUploadSize > 0 && taken + n > app.maxUploadSize) {
-        throw new PayloadTooLarge(`upload exceeds max_upload_size (${app.maxUploadSize} bytes)`);
+      if (maxUploadSize > 0 && taken + n > maxUploadSize) {
+        throw new UploadTooLarge(`upload exceeds max_upload_size (${maxUploadSize} bytes)`);
       }
       const inflight = this.#inflightBytes.get(id) ?? 0;
-      if (app.maxJobUploadSize > 0 && record.uploadedBytes + inflight + n > app.maxJobUploadSize) {
-        throw new PayloadTooLarge(`uploads into job ${id} exceed max_job_upload_size (${app.maxJobUploadSize} bytes)`);
+      if (maxJobUploadSize > 0 && (this.#uploadedBytes.get(id) ?? 0) + inflight + n > maxJobUploadSize) {
+        throw new UploadTooLarge(`uploads into job ${id} exceed max_job_upload_size (${maxJobUploadSize} bytes)`);
       }
       taken += n;
       this.#inflightBytes.set(id, inflight + n);
@@ -260,20 +284,27 @@ export class JobService {
       const left = (this.#inflightBytes.get(id) ?? 0) - taken;
       if (left <= 0) this.#inflightBytes.delete(id);
       else this.#inflightBytes.set(id, left);
+      taken = 0;
     };
+    let staged: StagedUpload | undefined;
     try {
-      const result = await dir.writeUpload(name, fileType, body, { take }, decision.expectedSha256);
+      staged = await this.#dir(id).stageUpload(name, fileType, body, { take }, decision.expectedSha256);
+      const upload = staged;
+      await this.#locks.run(id, async () => {
+        const current = this.#store.get(id);
+        if (current?.incarnation !== record.incarnation || current.state !== 'setup') {
+          throw new UploadClosed(`job ${id} was submitted, cancelled or cleaned while "${name}" was uploading; the file was not stored`);
+        }
+        await upload.publish();
+        staged = undefined;
+        const bytes = taken;
+        release();
+        this.#uploadedBytes.set(id, (this.#uploadedBytes.get(id) ?? 0) + bytes);
+      });
+      return { path: upload.path };
+    } finally {
       release();
-      // Submit may have started while the body streamed in: the file then belongs to no job.
-      if (this.#store.get(id) !== record || record.state !== 'setup') {
-        await fs.rm(result.path, { force: true });
-        throw new Conflict(`job ${id} was submitted or cleaned during the upload`);
-      }
-      record.uploadedBytes += result.bytes;
-      return { path: result.path };
-    } catch (error) {
-      release();
-      throw error;
+      if (staged !== undefined) await staged.discard();
     }
   }
 
@@ -282,7 +313,7 @@ export class JobService {
     const fileType = checkFileType(type);
     const dir = this.#dir(id);
     if (fileType.startsWith('output')) {
-      if (!(await dir.exists())) throw new NotFound(`job ${id} does not exist`);
+      if (!(await dir.exists())) throw new JobNotFound(`job ${id} does not exist`);
       return { path: await dir.pathFor(name, fileType, false) };
     }
     this.#requireStaging(id);
@@ -292,224 +323,272 @@ export class JobService {
   async download(jobId: string, name: string, type: string | undefined): Promise<OpenedDownload> {
     const id = checkJobId(jobId);
     const dir = this.#dir(id);
-    if (!(await dir.exists())) throw new NotFound(`job ${id} does not exist`);
+    if (!(await dir.exists())) throw new JobNotFound(`job ${id} does not exist`);
     return dir.openDownload(name, type ?? 'output');
   }
 
-  // ---------------------------------------------------------------- submit
+  // ---------------------------------------------------------------- submit and preprocessing
 
+  /**
+   * Close the job to uploads (state `preprocessing`, recorded first), authorize it, prepare its
+   * launch and queue it. A refusal fails the job and answers 403; a malformed env entry answers
+   * 400 and leaves the job set up.
+   */
   async submit(jobId: string, request: SubmitRequest): Promise<void> {
     const id = checkJobId(jobId);
     await this.#locks.run(id, async () => {
-      let record = this.#store.get(id);
-      if (record === undefined || (request.setupParams !== undefined && record.state !== 'setup' && !(await this.#dir(id).exists()))) {
-        if (request.setupParams === undefined) throw new NotFound(`job ${id} has not been set up`);
-        const sp = request.setupParams;
-        if (sp.jobId !== undefined && sp.jobId !== id) throw new BadRequest('setup_params.job_id differs from the job id of the request');
-        // Everything that can be refused is refused before the setup writes anything.
-        const tool = this.#authorizer.authorizeSetup(id, sp.toolId, sp.toolVersion, true);
-        this.#authorizer.authorizeEnv(id, tool.toolId, request.env);
-        record = await this.#setupLocked(id, tool.toolId, tool.toolVersion);
-      }
+      const record = await this.#recordForSubmit(id, request);
       if (record.state !== 'setup') {
         this.#log.info({ jobId: id, state: record.state }, 'duplicate submit ignored');
         return;
       }
-      // A malformed env entry is the client's error (400) and leaves the job as it was.
-      let clientEnv: string[];
       try {
-        clientEnv = this.#authorizer.authorizeEnv(id, record.toolId, request.env);
+        this.#authorizer.authorizeEnv(id, record.toolId, request.env);
       } catch (error) {
-        if (error instanceof Forbidden) await this.#fail(record, error.message);
+        if (error instanceof JobRefused) await this.#fail(record, error.message);
         throw error;
       }
-      await this.#launch(record, request, clientEnv);
+      const { kept, dropped } = allowedSubmitParams(request.submitParams, this.#app.allowedSubmitParams);
+      if (dropped.length > 0) this.#log.info({ jobId: id, params: dropped }, 'submit parameters not in allowed_submit_params: ignored');
+      const commandLine = effectiveCommandLine(request.commandLine, request.setupParams !== undefined, this.manager.stagingDirectory);
+      const closed = await this.#transition(record, 'preprocessing', { launch: { request, commandLine, submitParams: kept } });
+      if (closed?.state !== 'preprocessing') {
+        throw new StoreUnavailable(closed?.failureReason ?? `job ${id} changed while it was being submitted`);
+      }
+      await this.#preprocessOrFail(closed);
     });
-    this.#pump();
   }
 
-  async #launch(record: JobRecord, request: SubmitRequest, clientEnv: readonly string[]): Promise<void> {
-    const dir = this.#dir(record.id);
-    const launch: LaunchRecord = {
-      commandLine: request.commandLine,
-      env: request.env,
-      // Only what the administrator allow-listed is kept: this is what reaches the backend.
-      submitParams: this.#allowedSubmitParams(record.id, request.submitParams),
-      dependenciesDescription: request.dependenciesDescription,
-      dynamicFileSources: request.dynamicFileSources,
-      preserveGalaxyPythonEnvironment: request.setupParams?.preserveGalaxyPythonEnvironment ?? false,
-    };
-    record.launch = launch;
-    let commandLine = request.commandLine;
-    if (request.setupParams !== undefined) {
-      commandLine = commandLine.replaceAll('__PULSAR_JOBS_DIRECTORY__', this.manager.stagingDirectory);
-    }
+  /** The job a submit is for: set up here when the request carries `setup_params` (PROTOCOL §2.5). */
+  async #recordForSubmit(id: string, request: SubmitRequest): Promise<JobRecord> {
+    const record = this.#store.get(id);
+    const setupParams = request.setupParams;
+    if (record !== undefined && (setupParams === undefined || record.state === 'setup' || (await this.#dir(id).exists()))) return record;
+    if (setupParams === undefined) throw new JobNotFound(`job ${id} has not been set up`);
+    if (setupParams.jobId !== undefined && setupParams.jobId !== id) throw new BadRequest('setup_params.job_id differs from the job id of the request');
+    // Everything that can be refused is refused before the setup writes anything.
+    const tool = this.#authorizer.authorizeSetup(id, setupParams.toolId, setupParams.toolVersion, true);
+    this.#authorizer.authorizeEnv(id, tool.toolId, request.env);
+    return this.#setupLocked(id, tool.toolId, tool.toolVersion);
+  }
+
+  /**
+   * Run preprocessing; any failure ends the job `failed` with the reason. Client errors (a
+   * refusal, a bad name) are thrown on for the request to answer; anything else is the job's
+   * failure only (the client reads it in the status, as upstream).
+   */
+  async #preprocessOrFail(record: JobRecord): Promise<void> {
     try {
-      await this.#authorizer.authorizeSubmit(
-        {
-          jobId: record.id,
-          toolId: record.toolId,
-          toolVersion: record.toolVersion,
-          jobDirectory: dir.root,
-          commandLine,
-          submitParams: request.submitParams,
-          remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
-          hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
-        },
-        dir.configs,
-      );
+      await this.#preprocess(record);
     } catch (error) {
-      // Refused: the job ends failed (its status says why) and the request answers 403.
-      if (error instanceof Forbidden) await this.#fail(record, error.message);
-      throw error;
+      const refused = error instanceof MagnetarError && error.status < 500;
+      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`);
+      if (refused) throw error;
+      this.#log.error({ jobId: record.id, err: error }, 'preprocessing failed');
     }
-    try {
-      if ((request.remoteStaging.setup?.length ?? 0) > 0) {
-        throw new Forbidden('server-side staging (remote_staging.setup, remote_* file actions) is not supported by this server yet; use the transfer action');
-      }
-      for (const name of request.touchOutputs) await dir.touchOutput(name);
-      const managerEnv = Object.entries(this.manager.env).map(([k, v]) => `${k}=${quoteEnvValue(v)}; export ${k}`);
-      const galaxyHome = this.manager.galaxyHome;
-      let dependencies: string[] = [];
-      if (this.#authorizer.resolvesDependencies) {
-        const resolution = resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);
-        dependencies = resolution.resolved.map((d) => d.statement);
-        const summary = describeDependencies(resolution);
-        if (summary !== undefined) this.#log.info({ jobId: record.id }, summary);
-      }
-      const script = buildJobScript({
-        header: this.#backend.scriptHeader(this.#launchSpec(record, dir)),
-        dependencyStatements: dependencies,
+  }
+
+  /** Authorization, (later: server-side staging,) the job script; then the job is queued. */
+  async #preprocess(record: JobRecord): Promise<void> {
+    const launch = record.launch;
+    if (launch === undefined) throw new Error('the job has no launch record');
+    const { request } = launch;
+    const dir = this.#dir(record.id);
+    const clientEnv = this.#authorizer.authorizeEnv(record.id, record.toolId, request.env);
+    await this.#authorizer.authorizeSubmit(
+      {
         jobId: record.id,
+        toolId: record.toolId,
+        toolVersion: record.toolVersion,
         jobDirectory: dir.root,
-        commandLine,
-        envStatements: [...managerEnv, ...clientEnv],
-        tmpDir: this.manager.tmpDir,
-        galaxyLib: galaxyHome === undefined ? undefined : path.join(galaxyHome, 'lib'),
-        galaxyVirtualEnv: this.manager.galaxyVirtualEnv,
-        preserveGalaxyPythonEnvironment: launch.preserveGalaxyPythonEnvironment,
-      });
-      await fs.writeFile(dir.scriptPath, script, { mode: 0o700 });
-    } catch (error) {
-      if (error instanceof BadRequest) throw error;
-      await this.#fail(record, `job could not be launched: ${(error as Error).message}`);
-      return;
+        commandLine: launch.commandLine,
+        submitParams: request.submitParams,
+        remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
+        hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
+      },
+      dir.configs,
+    );
+    if ((request.remoteStaging.setup?.length ?? 0) > 0) {
+      throw new JobRefused('server-side staging (remote_staging.setup, remote_* file actions) is not supported by this server yet; use the transfer action');
     }
-    await this.#transition(record, 'queued');
-    this.#queue.push(record.id);
-  }
-
-  #pump(): void {
-    while (!this.#closing && this.#active.size < this.#maxConcurrent && this.#queue.length > 0) {
-      const id = this.#queue.shift()!;
-      const record = this.#store.get(id);
-      if (record === undefined || record.state !== 'queued') continue;
-      this.#active.add(id);
-      void this.#run(record).catch((error: unknown) => {
-        this.#log.error({ jobId: id, err: error }, 'job runner error');
-      });
+    for (const name of request.touchOutputs) await dir.touchOutput(name);
+    let dependencies: string[] = [];
+    if (this.#authorizer.resolvesDependencies) {
+      const resolution = resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);
+      dependencies = resolution.resolved.map((d) => d.statement);
+      const summary = describeDependencies(resolution);
+      if (summary !== undefined) this.#log.info({ jobId: record.id }, summary);
     }
+    const { script } = prepareLaunch({
+      record,
+      dir,
+      context: this.#launchContext,
+      clientEnv,
+      dependencies,
+      header: (spec) => this.#backend.scriptHeader(spec),
+    });
+    await fs.writeFile(dir.scriptPath, script, { mode: 0o700 });
+    const queued = await this.#transition(record, 'queued');
+    if (queued?.state === 'queued') this.#queue.enqueue(record.id);
   }
 
-  #launchSpec(record: JobRecord, dir: JobDirectory): LaunchSpec {
-    return {
-      jobId: record.id,
-      jobName: this.#jobName(record.id),
-      jobDirectory: dir.root,
-      scriptPath: dir.scriptPath,
-      pidPath: path.join(dir.root, 'pid'),
-      workingDirectory: dir.working,
-      stdoutPath: dir.jobStdoutPath,
-      stderrPath: dir.jobStderrPath,
-      env: this.#jobEnv,
-      submitParams: record.launch?.submitParams ?? {},
-    };
+  // ---------------------------------------------------------------- running
+
+  /** The run queue's task for a job: start it, then follow it to its end. */
+  async #execute(id: string): Promise<void> {
+    const started = await this.#locks.run(id, async () => this.#startLocked(id));
+    if (started !== undefined) await this.#follow(id, started.incarnation, started.externalId);
   }
 
-  /** `job_name_template` with `$job_id` / `${job_id}`; only safe characters survive. */
-  #jobName(id: string): string {
-    const name = this.manager.jobNameTemplate.replaceAll('${job_id}', id).replaceAll('$job_id', id);
-    return name.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 200) || `pulsar_${id}`;
-  }
-
-  /** Client submit params reach a backend only when the administrator allow-listed their names. */
-  #allowedSubmitParams(id: string, params: Readonly<Record<string, unknown>>): Readonly<Record<string, unknown>> {
-    const allowed = new Set(this.#app.allowedSubmitParams);
-    const kept: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(params)) {
-      if (allowed.has(key)) kept[key] = value;
-      else this.#log.info({ jobId: id, param: key }, 'submit parameter not in allowed_submit_params: ignored');
-    }
-    return kept;
-  }
-
-  async #run(record: JobRecord): Promise<void> {
-    const dir = this.#dir(record.id);
+  async #startLocked(id: string): Promise<{ incarnation: string; externalId: string } | undefined> {
+    const record = this.#store.get(id);
+    // Cancelled or cleaned while it waited: its slot goes to the next job.
+    if (record === undefined || record.state !== 'queued' || record.externalId !== undefined) return undefined;
+    const dir = this.#dir(id);
     let externalId: string;
     try {
       // Made here rather than by the script: two mkdir syscalls cost less than two mkdir processes.
-      await Promise.all(['tmp', 'home'].map((d) => fs.mkdir(path.join(dir.root, d), { recursive: true })));
-      externalId = await this.#backend.submit(this.#launchSpec(record, dir));
+      await Promise.all([CONTROL_FILES.tmp, CONTROL_FILES.home].map(async (d) => fs.mkdir(path.join(dir.root, d), { recursive: true })));
+      externalId = await this.#backend.submit(launchSpec(record, dir, this.#launchContext));
     } catch (error) {
-      this.#active.delete(record.id);
-      await this.#fail(record, `job could not be started: ${(error as Error).message}`);
-      this.#pump();
-      return;
+      await this.#fail(record, `job could not be started: ${messageOf(error)}`, { exited: true });
+      return undefined;
     }
     // Recorded once the job exists. A restart in between finds the record "queued" and asks the
     // backend (the pid file a local script writes first thing; the scheduler) before running it
     // again, so the job is re-attached rather than started twice.
-    record.externalId = externalId;
-    await this.#store.save(record);
-    await this.#watch(record, externalId);
+    const current = await this.#transition(record, 'queued', { externalId });
+    if (current?.state !== 'queued') return undefined;
+    return { incarnation: record.incarnation, externalId };
   }
 
-  async #watch(record: JobRecord, externalId: string): Promise<void> {
-    try {
-      void this.#backend.waitForStart(externalId).then(async () => {
-        if (record.state === 'queued' && this.#store.get(record.id) === record) await this.#transition(record, 'running');
+  /** Follow a started job: `running` when the backend says so, then its end. */
+  async #follow(id: string, incarnation: string, externalId: string): Promise<void> {
+    this.#inBackground(
+      id,
+      this.#backend.waitForStart(externalId).then(async () =>
+        this.#whenCurrent(id, incarnation, async (record) => {
+          if (record.state === 'queued') await this.#transition(record, 'running');
+        }),
+      ),
+    );
+    const report = await this.#backend.waitForExit(externalId);
+    await this.#whenCurrent(id, incarnation, async (record) => this.#finish(record, report));
+  }
+
+  /** Run `fn` under the job's lock if the job is still this incarnation and not finished. */
+  async #whenCurrent(id: string, incarnation: string, fn: (record: JobRecord) => Promise<void>): Promise<void> {
+    await this.#locks.run(id, async () => {
+      const record = this.#store.get(id);
+      if (record !== undefined && record.incarnation === incarnation && !isTerminal(record.state)) await fn(record);
+    });
+  }
+
+  /** The command ended: its return code decides between postprocessing and failure. */
+  async #finish(record: JobRecord, report: ExitReport): Promise<void> {
+    const returnCode = await readReturnCode(this.#dir(record.id).returnCodePath);
+    if (returnCode === undefined || report.reason !== undefined) {
+      const detail = report.exitCode === null ? 'its process is gone' : `the job script exited with ${report.exitCode}`;
+      await this.#fail(record, report.reason ?? `the command did not record a return code (${detail})`, {
+        exited: true,
+        returnCode: returnCode ?? report.exitCode,
       });
-      const report = await this.#backend.waitForExit(externalId);
-      await this.#finish(record, report.exitCode, report.reason);
-    } finally {
-      this.#active.delete(record.id);
-      this.#pump();
-    }
-  }
-
-  async #finish(record: JobRecord, exitCode: number | null, reason?: string): Promise<void> {
-    this.#finished.delete(record.id);
-    if (this.#store.get(record.id) !== record || isTerminal(record.state)) return;
-    const dir = this.#dir(record.id);
-    const returnCode = await readReturnCode(dir);
-    if (returnCode === undefined || reason !== undefined) {
-      const detail = reason ?? (exitCode === null ? 'its process is gone' : `the job script exited with ${exitCode}`);
-      record.returnCode = returnCode ?? exitCode;
-      await this.#fail(record, reason ?? `the command did not record a return code (${detail})`);
       return;
     }
-    record.returnCode = returnCode;
-    record.state = 'postprocessing';
-    // Nothing is staged server-side yet, so postprocessing ends at once.
+    const next = await this.#transition(record, 'postprocessing', { returnCode });
+    if (next?.state === 'postprocessing') await this.#postprocess(next);
+  }
+
+  /** Server-side staging of results (none yet: postprocessing ends at once). */
+  async #postprocess(record: JobRecord): Promise<void> {
     await this.#transition(record, 'complete');
   }
 
-  async #transition(record: JobRecord, to: JobState): Promise<void> {
-    if (!canTransition(record.state, to)) {
+  // ---------------------------------------------------------------- the one writer of job records
+
+  /**
+   * Move a job to `to` (or, with `to === record.state`, record `patch` without changing state):
+   * written ahead to the store, then in memory. Resolves with the job's new record, or undefined
+   * when the record changed meanwhile (cleaned, set up again). If the store cannot write it, the
+   * job fails with that reason (in memory only), whatever `to` was, and its process is stopped.
+   */
+  async #transition(record: JobRecord, to: JobState, patch: RecordPatch = {}): Promise<JobRecord | undefined> {
+    if (to === record.state ? isTerminal(to) : !canTransition(record.state, to)) {
       throw new Error(`illegal job state transition ${record.state} -> ${to} for job ${record.id}`);
     }
-    record.state = to;
-    await this.#store.save(record);
-    this.#log.info({ jobId: record.id, state: to }, 'job state changed');
+    const next: JobRecord = { ...record, ...patch, state: to, updatedAt: new Date().toISOString() };
+    try {
+      if (!(await this.#store.put(record, next))) return undefined;
+    } catch (error) {
+      if (!(error instanceof StoreUnavailable)) throw error;
+      return this.#failUnrecorded(record, next, error);
+    }
+    if (to !== record.state) {
+      this.#finished.delete(record.id);
+      this.#log.info({ jobId: record.id, state: to }, 'job state changed');
+    }
+    return next;
   }
 
-  async #fail(record: JobRecord, reason: string, state: 'failed' | 'lost' = 'failed'): Promise<void> {
+  /** A record write failed: the job ends in memory (failed, or the terminal state it was going to). */
+  async #failUnrecorded(record: JobRecord, next: JobRecord, error: StoreUnavailable): Promise<JobRecord | undefined> {
+    const keepsTarget = next.state === 'failed' || next.state === 'cancelled' || next.state === 'lost';
+    const ended: JobRecord = keepsTarget
+      ? next
+      : { ...next, state: 'failed', failureReason: error.message, returnCode: next.returnCode ?? 1 };
+    if (!this.#store.putInMemory(record, ended)) return undefined;
+    this.#finished.delete(record.id);
+    this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
+    // `next` may carry the external id being recorded; the backend's job is stopped either way.
+    if (next.state !== 'postprocessing' && next.state !== 'complete') await this.#stopBackendJob({ ...next, state: record.state });
+    return ended;
+  }
+
+  /**
+   * End a job `failed` (or `lost`) with `reason`. Unless `exited` says the backend's job has
+   * ended already, it is stopped: a failed job leaves no process behind.
+   */
+  async #fail(
+    record: JobRecord,
+    reason: string,
+    options: { readonly state?: 'failed' | 'lost'; readonly exited?: boolean; readonly returnCode?: number | null } = {},
+  ): Promise<void> {
     if (isTerminal(record.state)) return;
-    record.failureReason = reason;
-    if (record.returnCode === null) record.returnCode = 1;
-    record.state = state;
-    await this.#store.save(record);
-    this.#log.warn({ jobId: record.id, state, reason }, 'job failed');
+    const returnCode = options.returnCode ?? record.returnCode ?? 1;
+    const ended = await this.#transition(record, options.state ?? 'failed', { failureReason: reason, returnCode });
+    if (ended !== undefined) this.#log.warn({ jobId: record.id, state: ended.state, reason }, 'job failed');
+    if (options.exited !== true) await this.#stopBackendJob(record);
+  }
+
+  /** Fail the current incarnation of a job after an unexpected error; takes the job's lock. */
+  async #failAfterError(id: string, incarnation: string | undefined, reason: string, state: 'failed' | 'lost' = 'failed'): Promise<void> {
+    await this.#locks.run(id, async () => this.#failCurrent(id, incarnation, reason, state));
+  }
+
+  /** `#failAfterError` for a caller that holds the job's lock already (the lock is not re-entrant). */
+  async #failCurrent(id: string, incarnation: string | undefined, reason: string, state: 'failed' | 'lost' = 'failed'): Promise<void> {
+    const record = this.#store.get(id);
+    if (record === undefined || isTerminal(record.state)) return;
+    if (incarnation !== undefined && record.incarnation !== incarnation) return;
+    await this.#fail(record, reason, { state });
+  }
+
+  /** Stop the backend's job if it may still run (kill errors are logged: the job is ended here anyway). */
+  async #stopBackendJob(record: JobRecord): Promise<void> {
+    if (record.externalId === undefined || (record.state !== 'queued' && record.state !== 'running')) return;
+    try {
+      await this.#backend.kill(record.externalId);
+    } catch (error) {
+      this.#log.error({ jobId: record.id, externalId: record.externalId, err: error }, 'could not stop the job');
+    }
+  }
+
+  #inBackground(id: string, task: Promise<void>): void {
+    const handled = task.catch((error: unknown) => {
+      this.#log.error({ jobId: id, err: error }, 'job follow-up failed');
+    });
+    this.#background.add(handled);
+    void handled.finally(() => this.#background.delete(handled));
   }
 
   // ---------------------------------------------------------------- status, cancel, clean
@@ -521,8 +600,9 @@ export class JobService {
     const cached = this.#finished.get(id);
     if (cached !== undefined) return cached;
     const doc = await fullStatus(id, record?.state ?? 'lost', record, this.#dir(id), this.#systemProperties, this.manager.maximumStreamSize);
-    // Finished jobs no longer change (uploads are closed, the process is gone): keep the document.
-    if (record !== undefined && !this.#active.has(id)) {
+    // Finished jobs no longer change (uploads are closed, the process is gone): keep the document,
+    // unless the job changed while it was being read (cleaned, set up again).
+    if (record !== undefined && this.#store.get(id) === record && !this.#queue.isActive(id)) {
       if (this.#finished.size >= TERMINAL_DOC_CACHE) this.#finished.delete(this.#finished.keys().next().value!);
       this.#finished.set(id, doc);
     }
@@ -534,55 +614,44 @@ export class JobService {
     await this.#locks.run(id, async () => this.#cancelLocked(id));
   }
 
+  /** Cancel under the job's lock; resolves with the external id of a job that was started. */
   async #cancelLocked(id: string): Promise<string | undefined> {
     const record = this.#store.get(id);
-    if (record === undefined || isTerminal(record.state)) return undefined;
-    // A queued job with an external id already waits in a scheduler's queue: it must be removed there too.
-    const externalId = record.state === 'running' || record.state === 'queued' ? record.externalId : undefined;
-    if (record.state === 'postprocessing') return undefined;
-    record.state = 'cancelled';
-    await this.#store.save(record);
-    this.#finished.delete(id);
+    if (record === undefined || isTerminal(record.state) || record.state === 'postprocessing') return undefined;
+    await this.#transition(record, 'cancelled');
     this.#log.info({ jobId: id }, 'job cancelled');
-    if (externalId !== undefined) await this.#backend.kill(externalId);
-    return externalId;
+    await this.#stopBackendJob(record);
+    return record.externalId;
   }
 
   async clean(jobId: string): Promise<void> {
     const id = checkJobId(jobId);
     await this.#locks.run(id, async () => {
       const externalId = await this.#cancelLocked(id);
-      if (externalId !== undefined) {
-        await Promise.race([this.#backend.waitForExit(externalId), sleep(CLEAN_WAIT_MS)]);
-      }
-      this.#finished.delete(id);
+      if (externalId !== undefined) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
+      this.#forget(id);
       await this.#store.delete(id);
       if (!this.manager.debug) await this.#dir(id).remove();
       this.#log.info({ jobId: id }, 'job cleaned');
     });
+  }
+
+  /** Wait for a killed job to end, at most `ms`. */
+  async #waitForExit(externalId: string, ms: number): Promise<void> {
+    const timer = new AbortController();
+    const exited = this.#backend.waitForExit(externalId).then(
+      () => undefined,
+      () => undefined,
+    );
+    try {
+      await Promise.race([exited, sleep(ms, undefined, { signal: timer.signal }).catch(() => undefined)]);
+    } finally {
+      timer.abort();
+    }
   }
 }
 
 function checkFileType(type: string): FileType {
   if (!isFileType(type)) throw new BadRequest(`unknown file type "${type}"`);
   return type;
-}
-
-async function readReturnCode(dir: JobDirectory): Promise<number | undefined> {
-  const text = await dir.readSmall('return_code', 64);
-  if (text === undefined) return undefined;
-  const value = Number.parseInt(text.trim(), 10);
-  return Number.isSafeInteger(value) ? value : undefined;
-}
-
-/** A clean environment for jobs (PROTOCOL §6.2): only HOME, PATH and TMPDIR come from the server's. */
-export function jobEnvironment(serverEnv: Readonly<Record<string, string | undefined>>): Record<string, string> {
-  const env: Record<string, string> = { LC_CTYPE: 'C.UTF-8' };
-  for (const key of ['HOME', 'PATH', 'TMPDIR'] as const) {
-    const value = serverEnv[key];
-    if (value !== undefined) env[key] = value;
-  }
-  env['TMPDIR'] ??= '/tmp';
-  env['PATH'] ??= '/usr/local/bin:/usr/bin:/bin';
-  return env;
 }

@@ -1,4 +1,5 @@
 import type { JobDirectory } from './directory.js';
+import { JOB_STREAMS, TOOL_STREAMS } from './layout.js';
 import type { JobRecord } from './store.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 
@@ -24,17 +25,17 @@ export async function fullStatus(
   const exists = record !== undefined && (await dir.exists());
   const read = async (rel: string): Promise<string> => (exists ? (await dir.readSmall(rel, maximumStreamSize)) ?? '' : '');
   const [toolStdout, toolStderr, jobStdout, jobStderr, working, metadata, outputs, top] = await Promise.all([
-    read('metadata/tool_stdout').then(async (s) => (s !== '' ? s : read('tool_stdout'))),
-    read('metadata/tool_stderr').then(async (s) => (s !== '' ? s : read('tool_stderr'))),
-    read('metadata/job_stdout'),
-    read('metadata/job_stderr'),
+    read(`metadata/${TOOL_STREAMS.stdout}`).then(async (s) => (s !== '' ? s : read(TOOL_STREAMS.stdout))),
+    read(`metadata/${TOOL_STREAMS.stderr}`).then(async (s) => (s !== '' ? s : read(TOOL_STREAMS.stderr))),
+    read(`metadata/${JOB_STREAMS.stdout}`),
+    read(`metadata/${JOB_STREAMS.stderr}`),
     exists ? dir.contents('working') : [],
     exists ? dir.contents('metadata') : [],
     exists ? dir.contents('outputs') : [],
     exists ? dir.topLevelNames() : [],
   ]);
   const realized: object[] = [];
-  for (const source of record?.launch?.dynamicFileSources ?? []) {
+  for (const source of record?.launch?.request.dynamicFileSources ?? []) {
     if (!exists) break;
     const contents = await dir.readWorkingFile(source.path, maximumStreamSize);
     if (contents !== undefined) realized.push({ ...source, contents });

@@ -1,75 +1,104 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { EnvEntry } from './script.js';
-import type { JobState } from './state.js';
+import { z } from 'zod';
+import { StoreUnavailable, messageOf } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SubmitRequest } from './submit-request.js';
+import { JOB_STATES, type JobState } from './state.js';
 
 /** What submit recorded, kept outside the job directory (it may carry secrets, PROTOCOL §14 item 9). */
 export interface LaunchRecord {
+  /** The request as the transport parsed it; preprocessing is re-run from it after a restart. */
+  readonly request: SubmitRequest;
+  /** The command line to run (`__PULSAR_JOBS_DIRECTORY__` already replaced). */
   readonly commandLine: string;
-  readonly env: readonly EnvEntry[];
-  /** Client submit params the administrator allow-listed (`allowed_submit_params`). */
+  /** Client submit params the administrator allow-listed (`allowed_submit_params`): what backends see. */
   readonly submitParams: Readonly<Record<string, unknown>>;
-  readonly dependenciesDescription: unknown;
-  readonly dynamicFileSources: readonly { readonly type?: string; readonly path: string }[];
-  readonly preserveGalaxyPythonEnvironment: boolean;
-}
-
-export interface JobRecord {
-  readonly id: string;
-  readonly manager: string;
-  state: JobState;
-  readonly toolId: string | undefined;
-  readonly toolVersion: string | undefined;
-  readonly createdAt: string;
-  updatedAt: string;
-  uploadedBytes: number;
-  launch: LaunchRecord | undefined;
-  /** Backend id (a pid for local jobs) once started. */
-  externalId: string | undefined;
-  returnCode: number | null;
-  /** Why the server failed the job; reported in `stderr` (PROTOCOL §14 item 27). */
-  failureReason: string | undefined;
 }
 
 /**
+ * One job as the server knows it. Records are immutable: `JobService.transition` replaces a job's
+ * record (write-ahead, through the store) and is the only code that changes its `state`.
+ */
+export interface JobRecord {
+  readonly id: string;
+  /** Tells two lives of one reused job id apart: a late event of a cleaned job never touches the next. */
+  readonly incarnation: string;
+  readonly manager: string;
+  readonly state: JobState;
+  readonly toolId: string | undefined;
+  readonly toolVersion: string | undefined;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly launch: LaunchRecord | undefined;
+  /** Backend id (a pid for local jobs) once started. */
+  readonly externalId: string | undefined;
+  readonly returnCode: number | null;
+  /** Why the server failed the job; reported in `stderr` (PROTOCOL §14 item 27). */
+  readonly failureReason: string | undefined;
+}
+
+// The disk edge: a record file is trusted only as far as this schema says.
+const recordSchema = z.object({
+  id: z.string().min(1).max(255),
+  incarnation: z.string().min(1).max(64).default('recovered'),
+  manager: z.string(),
+  state: z.enum(JOB_STATES),
+  toolId: z.string().optional(),
+  toolVersion: z.string().optional(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  launch: z
+    .object({
+      request: z.custom<SubmitRequest>((v) => typeof v === 'object' && v !== null),
+      commandLine: z.string(),
+      submitParams: z.record(z.string(), z.unknown()),
+    })
+    .optional(),
+  externalId: z.string().optional(),
+  returnCode: z.number().int().nullable().default(null),
+  failureReason: z.string().optional(),
+});
+
+/**
  * Job records of one manager: in memory, and (unless persistence is disabled) one JSON file per
- * job, always replaced by an atomic rename, written *before* the action it announces.
+ * job, always replaced by an atomic rename, written *before* the memory copy changes (write-ahead).
+ * A write that fails throws `StoreUnavailable` and leaves the memory copy as it was; the caller
+ * (the job service) decides what the failure means for the job.
  */
 export class JobStore {
   readonly #dir: string | undefined;
+  readonly #log: Logger;
   readonly #jobs = new Map<string, JobRecord>();
-  /** Serialises writes per job so an older record never overwrites a newer one. */
-  readonly #writing = new Map<string, Promise<void>>();
+  /** Serialises file operations per job so an older record never overwrites a newer one. */
+  readonly #writing = new Map<string, Promise<unknown>>();
+  #closed = false;
 
-  constructor(persistenceDirectory: string | undefined, manager: string) {
+  constructor(persistenceDirectory: string | undefined, manager: string, log: Logger) {
     this.#dir = persistenceDirectory === undefined ? undefined : path.join(persistenceDirectory, `${manager}-jobs`);
+    this.#log = log;
   }
 
-  get persistent(): boolean {
-    return this.#dir !== undefined;
-  }
-
+  /** Load every record left by the previous run (unreadable ones are logged and left on disk). */
   async open(): Promise<JobRecord[]> {
     if (this.#dir === undefined) return [];
     await fs.mkdir(this.#dir, { recursive: true, mode: 0o700 });
-    const names = await fs.readdir(this.#dir);
     const records: JobRecord[] = [];
-    for (const name of names) {
+    for (const name of await fs.readdir(this.#dir)) {
       const full = path.join(this.#dir, name);
       if (name.endsWith('.tmp')) {
         await fs.rm(full, { force: true });
         continue;
       }
       if (!name.endsWith('.json')) continue;
-      try {
-        const record = JSON.parse(await fs.readFile(full, 'utf8')) as JobRecord;
-        if (typeof record.id !== 'string' || `${record.id}.json` !== name) continue;
-        this.#jobs.set(record.id, record);
-        records.push(record);
-      } catch {
-        // A torn file cannot exist (atomic rename); anything unreadable is not ours to guess at.
+      const record = await readRecord(full);
+      if (typeof record === 'string' || `${record.id}.json` !== name) {
+        this.#log.error({ file: full, reason: typeof record === 'string' ? record : 'its id differs from its file name' }, 'job record not loaded: the job is not recovered');
+        continue;
       }
+      this.#jobs.set(record.id, record);
+      records.push(record);
     }
     return records;
   }
@@ -78,11 +107,9 @@ export class JobStore {
     return this.#jobs.get(id);
   }
 
-  all(): IterableIterator<JobRecord> {
-    return this.#jobs.values();
+  get size(): number {
+    return this.#jobs.size;
   }
-
-  #closed = false;
 
   /**
    * Stop writing, after the writes under way have landed. Whatever happens to a job later (it may
@@ -90,36 +117,83 @@ export class JobStore {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#writing.values()]);
+    await Promise.allSettled([...this.#writing.values()]);
   }
 
-  /** Record (a new or changed) job durably, then keep it in memory. */
-  async save(record: JobRecord): Promise<void> {
-    record.updatedAt = new Date().toISOString();
-    this.#jobs.set(record.id, record);
-    if (this.#dir === undefined || this.#closed) return;
-    const dir = this.#dir;
-    const snapshot = JSON.stringify(record);
-    const previous = this.#writing.get(record.id) ?? Promise.resolve();
-    const write = previous.then(async () => {
-      const target = path.join(dir, `${record.id}.json`);
+  /**
+   * Make `next` the job's record: on disk first, then in memory. `previous` is the record the
+   * caller read (undefined for a new job); if the job's record changed meanwhile (a clean, a new
+   * setup) nothing is written and false is returned.
+   */
+  async put(previous: JobRecord | undefined, next: JobRecord): Promise<boolean> {
+    if (this.#jobs.get(next.id) !== previous) return false;
+    await this.#persist(next.id, async (target) => {
       const tmp = `${target}.${randomBytes(4).toString('hex')}.tmp`;
-      await fs.writeFile(tmp, snapshot, { mode: 0o600 });
-      await fs.rename(tmp, target);
+      try {
+        await fs.writeFile(tmp, JSON.stringify(next), { mode: 0o600 });
+        await fs.rename(tmp, target);
+      } catch (error) {
+        await fs.rm(tmp, { force: true }).catch(() => undefined);
+        throw error;
+      }
     });
-    const tracked = write.finally(() => {
-      if (this.#writing.get(record.id) === tracked) this.#writing.delete(record.id);
-    });
-    this.#writing.set(record.id, tracked.catch(() => undefined));
-    await write;
+    if (this.#jobs.get(next.id) !== previous) return false;
+    this.#jobs.set(next.id, next);
+    return true;
   }
 
+  /** Make `next` the job's record in memory only: the disk copy could not be written. */
+  putInMemory(previous: JobRecord, next: JobRecord): boolean {
+    if (this.#jobs.get(next.id) !== previous) return false;
+    this.#jobs.set(next.id, next);
+    return true;
+  }
+
+  /** Forget the job: from memory at once (it is gone for every caller), then from disk. */
   async delete(id: string): Promise<void> {
     this.#jobs.delete(id);
-    if (this.#dir === undefined) return;
-    const dir = this.#dir;
-    const previous = this.#writing.get(id) ?? Promise.resolve();
-    await previous;
-    await fs.rm(path.join(dir, `${id}.json`), { force: true });
+    await this.#persist(id, async (target) => fs.rm(target, { force: true }));
   }
+
+  async #persist(id: string, operation: (target: string) => Promise<unknown>): Promise<void> {
+    const dir = this.#dir;
+    if (dir === undefined || this.#closed) return;
+    const previous = this.#writing.get(id) ?? Promise.resolve();
+    const done = previous.then(async () => operation(path.join(dir, `${id}.json`)));
+    const settled = done.then(() => undefined, () => undefined);
+    this.#writing.set(id, settled);
+    try {
+      await done;
+    } catch (error) {
+      throw new StoreUnavailable(`the job record of ${id} could not be written: ${messageOf(error)}`, { cause: error });
+    } finally {
+      if (this.#writing.get(id) === settled) this.#writing.delete(id);
+    }
+  }
+}
+
+async function readRecord(file: string): Promise<JobRecord | string> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await fs.readFile(file, 'utf8'));
+  } catch (error) {
+    return `unreadable: ${messageOf(error)}`;
+  }
+  const result = recordSchema.safeParse(parsed);
+  if (!result.success) return `not a job record: ${result.error.issues[0]?.message ?? 'invalid'}`;
+  const r = result.data;
+  return {
+    id: r.id,
+    incarnation: r.incarnation,
+    manager: r.manager,
+    state: r.state,
+    toolId: r.toolId,
+    toolVersion: r.toolVersion,
+    createdAt: r.createdAt,
+    updatedAt: r.updatedAt,
+    launch: r.launch,
+    externalId: r.externalId,
+    returnCode: r.returnCode,
+    failureReason: r.failureReason,
+  };
 }

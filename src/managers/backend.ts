@@ -10,6 +10,8 @@ export interface LaunchSpec {
   readonly scriptPath: string;
   /** Where the script records its own pid (local backends). */
   readonly pidPath: string;
+  /** Where the script records the command's exit status (`jobs/layout.ts` reads it). */
+  readonly returnCodePath: string;
   readonly workingDirectory: string;
   readonly stdoutPath: string;
   readonly stderrPath: string;

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { parse as parseShell } from 'shell-quote';
-import { Forbidden } from '../errors.js';
+import { JobRefused } from '../errors.js';
 import { envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
 import type { ToolDefinition } from './types.js';
@@ -27,7 +27,7 @@ export interface UploadDecision {
 /**
  * The one place that says whether something may happen (ARCHITECTURE: tools/authorizer).
  * Chosen once at startup: `AllowAnyAuthorizer` without a toolbox, `ToolboxAuthorizer` with one.
- * Every method throws `Forbidden` with a message naming the tool and the rule, or returns.
+ * Every method throws `JobRefused` with a message naming the tool and the rule, or returns.
  */
 export interface Authorizer {
   readonly publicMode: boolean;
@@ -114,7 +114,7 @@ export class ToolboxAuthorizer implements Authorizer {
 
   #deny(jobId: string, toolId: string | undefined, step: string, reason: string): never {
     this.#log.warn({ jobId, toolId, step, decision: 'deny', reason }, 'authorization');
-    throw new Forbidden(reason);
+    throw new JobRefused(reason);
   }
 
   #allow(jobId: string, toolId: string | undefined, step: string, detail?: string): void {

@@ -1,10 +1,10 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
-import { MagnetarError, NotFound } from '../errors.js';
+import { MagnetarError, RouteNotFound } from '../errors.js';
 import type { Logger } from '../log.js';
 
 /** Unknown routes (and wrong methods, as upstream) answer 404 with a JSON body. */
 export const notFoundHandler: RequestHandler = (_req, _res, next) => {
-  next(new NotFound('no such route'));
+  next(new RouteNotFound());
 };
 
 /** The one place errors become HTTP responses: status + `{ error, message }`, never a stack. */

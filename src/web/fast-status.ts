@@ -1,6 +1,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import helmet from 'helmet';
 import type { JobService } from '../jobs/service.js';
+import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import { isValidJobId } from '../jobs/ids.js';
 import { loggableUrl, type Logger } from '../log.js';
 import { tokenMatcher } from './auth.js';
@@ -51,7 +52,7 @@ export function fastStatus(
     let jobId: string;
     let query: Map<string, string>;
     try {
-      manager = match[1] === undefined ? '_default_' : decodeURIComponent(match[1]);
+      manager = match[1] === undefined ? DEFAULT_MANAGER_NAME : decodeURIComponent(match[1]);
       jobId = decodeURIComponent(match[2]!);
       query = new Map(new URLSearchParams(match[3] ?? ''));
     } catch {

@@ -2,7 +2,7 @@ import type { Request } from 'express';
 import { z } from 'zod';
 import { BadRequest } from '../errors.js';
 import type { EnvEntry } from '../jobs/script.js';
-import type { SetupParams, SubmitRequest } from '../jobs/service.js';
+import type { SetupParams, SubmitRequest } from '../jobs/submit-request.js';
 
 const QUERY = Symbol('magnetar.query');
 type WithQuery = Request & { [QUERY]?: Map<string, string> };

@@ -13,7 +13,7 @@ import type { IncomingMessage } from 'node:http';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { ipKeyGenerator, rateLimit, type ClientRateLimitInfo, type Store } from 'express-rate-limit';
 import type { AppSection } from '../config/types.js';
-import { TooManyRequests } from '../errors.js';
+import { RateLimited } from '../errors.js';
 import type { Logger } from '../log.js';
 import { tokenMatcher } from './auth.js';
 
@@ -52,8 +52,8 @@ export function rateLimits(
   if (failedLimit > 0 && app.privateToken !== undefined) {
     const store = new WindowStore(WINDOW_MS);
     stores.push(store);
-    const refuse = (key: string): TooManyRequests =>
-      new TooManyRequests(`too many requests with a missing or invalid private_token from this address; try again in ${store.secondsLeft(key)} s`);
+    const refuse = (key: string): RateLimited =>
+      new RateLimited(`too many requests with a missing or invalid private_token from this address; try again in ${store.secondsLeft(key)} s`);
     const counter = rateLimit({
       windowMs: WINDOW_MS,
       limit: failedLimit,
@@ -105,7 +105,7 @@ export function rateLimits(
       handler: (req, res, next) => {
         const key = clientKey(req);
         res.setHeader('Retry-After', String(store.secondsLeft(key)));
-        next(new TooManyRequests(`too many job setups from this address (at most ${app.rateLimitSetup} a minute); try again in ${store.secondsLeft(key)} s`));
+        next(new RateLimited(`too many job setups from this address (at most ${app.rateLimitSetup} a minute); try again in ${store.secondsLeft(key)} s`));
       },
       logger,
     });

@@ -1,6 +1,7 @@
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import { pipeline } from 'node:stream/promises';
-import { NotFound } from '../errors.js';
+import { ManagerNotFound, NotConfigured } from '../errors.js';
+import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import type { JobService } from '../jobs/service.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { optional, parseSubmit, required } from './params.js';
@@ -22,9 +23,9 @@ export function jobRoutes(services: Services, auth: RequestHandler): Router {
   const router = Router({ mergeParams: true });
 
   const service = (req: Request): JobService => {
-    const name = (req.params as { manager?: string }).manager ?? '_default_';
+    const name = (req.params as { manager?: string }).manager ?? DEFAULT_MANAGER_NAME;
     const found = services.get(name);
-    if (found === undefined) throw new NotFound(`no manager named "${name}"`);
+    if (found === undefined) throw new ManagerNotFound(name);
     return found;
   };
   const jobId = (req: Request): string => (req.params as { job_id: string }).job_id;
@@ -88,7 +89,7 @@ export function jobRoutes(services: Services, auth: RequestHandler): Router {
   });
 
   const notConfigured: RequestHandler = (_req, _res, next) => {
-    next(new NotFound('this feature (file cache / object store) is not configured on this server'));
+    next(new NotConfigured('this feature (file cache / object store) is not configured on this server'));
   };
   router.all(['/cache', '/cache/status', '/objects/:object_id', '/objects/:object_id/:action', '/object_store_usage_percent'], auth, notConfigured);
 

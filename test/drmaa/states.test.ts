@@ -87,6 +87,7 @@ test('the job template runs the script with bash, in the working directory, outp
     jobDirectory: '/s/j1',
     scriptPath: '/s/j1/command.sh',
     pidPath: '/s/j1/pid',
+    returnCodePath: '/s/j1/return_code',
     workingDirectory: '/s/j1/working',
     stdoutPath: '/s/j1/metadata/job_stdout',
     stderrPath: '/s/j1/metadata/job_stderr',

@@ -62,7 +62,7 @@ async function assertNoTrace(t: ExecutionContext, fx: Fixture, config: any): Pro
 
 async function assertRefusedSubmit(t: ExecutionContext, fx: Fixture, config: any, reply: Reply, pattern: RegExp): Promise<void> {
   t.is(reply.status, 403, reply.text);
-  t.is(reply.json().error, 'MAG_ERR_FORBIDDEN');
+  t.is(reply.json().error, 'MAG_ERR_TOOL_DENIED');
   t.regex(reply.json().message, pattern);
   const doc = await waitForJob(fx.server.url, config.job_id);
   t.is(doc.status, 'failed');
@@ -105,7 +105,7 @@ test('setup: unknown tools, missing tool ids, unknown versions and tools without
   for (const query of [{ tool_id: 'bash' }, {}, { tool_id: 'mag_cat', tool_version: '9.9' }, { tool_id: 'mag_open' }]) {
     const r = await request(fx.server.url, 'POST', `/jobs?${qs({ job_id: '5', ...query })}`);
     t.is(r.status, 403, JSON.stringify(query));
-    t.is(r.json().error, 'MAG_ERR_FORBIDDEN');
+    t.is(r.json().error, 'MAG_ERR_TOOL_DENIED');
   }
   t.deepEqual(await fs.readdir(fx.server.staging), [], 'no job directory was created');
   t.true(fx.server.logLines.some((l) => l.includes('"decision":"deny"') && l.includes('"step":"setup"')));

@@ -45,9 +45,9 @@ test('env entry names must be shell identifiers; unsafe kinds only when allowed'
   for (const name of ['A;B', '1A', 'A B', '', 'A=B', '$(id)']) {
     t.throws(() => envStatements([{ name, value: 'x' }], true), { code: 'MAG_ERR_BAD_REQUEST' }, name);
   }
-  t.throws(() => envStatements([{ execute: 'id' }], false), { code: 'MAG_ERR_FORBIDDEN' });
-  t.throws(() => envStatements([{ file: '/etc/profile' }], false), { code: 'MAG_ERR_FORBIDDEN' });
-  t.throws(() => envStatements([{ name: 'A', value: '$(id)', raw: true }], false), { code: 'MAG_ERR_FORBIDDEN' });
+  t.throws(() => envStatements([{ execute: 'id' }], false), { code: 'MAG_ERR_TOOL_DENIED' });
+  t.throws(() => envStatements([{ file: '/etc/profile' }], false), { code: 'MAG_ERR_TOOL_DENIED' });
+  t.throws(() => envStatements([{ name: 'A', value: '$(id)', raw: true }], false), { code: 'MAG_ERR_TOOL_DENIED' });
   t.deepEqual(envStatements([{ execute: 'module load x' }, { file: '/etc/x y' }, { name: 'R', value: 'v', raw: true }], true), [
     'module load x',
     ". '/etc/x y'",

@@ -629,6 +629,7 @@ function launchSpec(root: string, id: string): LaunchSpec {
     jobDirectory: dir,
     scriptPath: path.join(dir, 'command.sh'),
     pidPath: path.join(dir, 'pid'),
+    returnCodePath: path.join(dir, 'return_code'),
     workingDirectory: path.join(dir, 'working'),
     stdoutPath: path.join(dir, 'metadata', 'job_stdout'),
     stderrPath: path.join(dir, 'metadata', 'job_stderr'),
