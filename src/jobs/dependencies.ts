@@ -14,8 +14,9 @@
  * resolved (symbolic links included) and must stay inside the dependency directory: a client can
  * only pick among what the administrator installed there.
  */
-import * as fs from 'node:fs';
+import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { isStrictlyInside } from './paths.js';
 import { shellQuote } from './script.js';
 
 const PLAIN_NAME = /^[A-Za-z0-9._+-]+$/;
@@ -47,8 +48,8 @@ export interface DependencyResolution {
 const NOTHING: DependencyResolution = Object.freeze({ resolved: [], skipped: [] });
 
 /** Shell statements (one per resolved requirement) that bring the job's requirements into scope. */
-export function dependencyStatements(description: unknown, toolDependencyDir: string | undefined): string[] {
-  return resolveDependencies(description, toolDependencyDir).resolved.map((dep) => dep.statement);
+export async function dependencyStatements(description: unknown, toolDependencyDir: string | undefined): Promise<string[]> {
+  return (await resolveDependencies(description, toolDependencyDir)).resolved.map((dep) => dep.statement);
 }
 
 /**
@@ -67,8 +68,11 @@ export function describeDependencies(resolution: DependencyResolution): string |
   return text;
 }
 
-/** What `dependencyStatements` does, with the reasons for what it skipped. */
-export function resolveDependencies(description: unknown, toolDependencyDir: string | undefined): DependencyResolution {
+/**
+ * What `dependencyStatements` does, with the reasons for what it skipped. Asynchronous: it runs on
+ * every submit, and a slow (network) `tool_dependency_dir` must not stall other requests.
+ */
+export async function resolveDependencies(description: unknown, toolDependencyDir: string | undefined): Promise<DependencyResolution> {
   const requirements = requirementsOf(description);
   if (requirements.length === 0) return NOTHING;
   if (toolDependencyDir === undefined) {
@@ -76,7 +80,7 @@ export function resolveDependencies(description: unknown, toolDependencyDir: str
   }
   let base: string;
   try {
-    base = fs.realpathSync(toolDependencyDir);
+    base = await fs.realpath(toolDependencyDir);
   } catch {
     return { resolved: [], skipped: requirements.map((r) => ({ name: shown(r.name), version: optionalShown(r.version), reason: 'tool_dependency_dir does not exist' })) };
   }
@@ -84,7 +88,7 @@ export function resolveDependencies(description: unknown, toolDependencyDir: str
   const skipped: SkippedDependency[] = [];
   const seen = new Set<string>();
   for (const requirement of requirements.slice(0, MAX_REQUIREMENTS)) {
-    const outcome = resolveOne(requirement, base);
+    const outcome = await resolveOne(requirement, base);
     if ('reason' in outcome) {
       skipped.push(outcome);
       continue;
@@ -124,7 +128,7 @@ function requirementsOf(description: unknown): Requirement[] {
     .map((entry) => ({ name: entry['name'], type: entry['type'] ?? 'package', version: entry['version'] }));
 }
 
-function resolveOne(requirement: Requirement, base: string): ResolvedDependency | SkippedDependency {
+async function resolveOne(requirement: Requirement, base: string): Promise<ResolvedDependency | SkippedDependency> {
   const { name, type, version } = requirement;
   const skip = (reason: string): SkippedDependency => ({ name: shown(name), version: optionalShown(version), reason });
   if (type !== 'package') return skip(`type ${shown(type)} is not resolved (only package)`);
@@ -137,24 +141,24 @@ function resolveOne(requirement: Requirement, base: string): ResolvedDependency 
   if (noVersion) {
     const link = path.join(base, name, 'default');
     try {
-      if (!fs.lstatSync(link).isSymbolicLink()) return skip('no default version (default is not a symbolic link)');
+      if (!(await fs.lstat(link)).isSymbolicLink()) return skip('no default version (default is not a symbolic link)');
     } catch {
       return skip('not installed (no default version)');
     }
-    const real = realInside(link, base);
+    const real = await realInside(link, base);
     if (real === undefined) return skip('default points outside tool_dependency_dir');
     packageDir = real;
     foundVersion = path.basename(real);
   } else {
-    const real = realInside(path.join(base, name, version), base);
+    const real = await realInside(path.join(base, name, version), base);
     if (real === undefined) return skip('not installed');
     packageDir = real;
     foundVersion = version;
   }
-  if (!isDirectory(packageDir)) return skip('not installed');
+  if (!(await isDirectory(packageDir))) return skip('not installed');
 
-  const script = realInside(path.join(packageDir, 'env.sh'), base);
-  if (script !== undefined && isFile(script)) {
+  const script = await realInside(path.join(packageDir, 'env.sh'), base);
+  if (script !== undefined && (await isFile(script))) {
     return {
       name,
       requested: noVersion ? undefined : version,
@@ -163,8 +167,8 @@ function resolveOne(requirement: Requirement, base: string): ResolvedDependency 
       statement: `PACKAGE_BASE=${shellQuote(packageDir)}; export PACKAGE_BASE; . ${shellQuote(script)}`,
     };
   }
-  const bin = realInside(path.join(packageDir, 'bin'), base);
-  if (bin !== undefined && isDirectory(bin)) {
+  const bin = await realInside(path.join(packageDir, 'bin'), base);
+  if (bin !== undefined && (await isDirectory(bin))) {
     return {
       name,
       requested: noVersion ? undefined : version,
@@ -180,33 +184,23 @@ function isPlainName(value: unknown): value is string {
   return typeof value === 'string' && value.length <= 255 && PLAIN_NAME.test(value) && value !== '.' && value !== '..';
 }
 
-/** The real path of `candidate` when it exists and lies inside `base` (itself a real path). */
-function realInside(candidate: string, base: string): string | undefined {
+/** The real path of `candidate` when it exists and lies strictly inside `base` (itself a real path). */
+async function realInside(candidate: string, base: string): Promise<string | undefined> {
   let real: string;
   try {
-    real = fs.realpathSync(candidate);
+    real = await fs.realpath(candidate);
   } catch {
     return undefined;
   }
-  const relative = path.relative(base, real);
-  if (relative === '' || relative === '..' || relative.startsWith(`..${path.sep}`) || path.isAbsolute(relative)) return undefined;
-  return real;
+  return isStrictlyInside(base, real) ? real : undefined;
 }
 
-function isDirectory(p: string): boolean {
-  try {
-    return fs.statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
+async function isDirectory(p: string): Promise<boolean> {
+  return fs.stat(p).then((st) => st.isDirectory(), () => false);
 }
 
-function isFile(p: string): boolean {
-  try {
-    return fs.statSync(p).isFile();
-  } catch {
-    return false;
-  }
+async function isFile(p: string): Promise<boolean> {
+  return fs.stat(p).then((st) => st.isFile(), () => false);
 }
 
 /** A client value fit for a log line. */

@@ -414,7 +414,7 @@ export class JobService {
     for (const name of request.touchOutputs) await dir.touchOutput(name);
     let dependencies: string[] = [];
     if (this.#authorizer.resolvesDependencies) {
-      const resolution = resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);
+      const resolution = await resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);
       dependencies = resolution.resolved.map((d) => d.statement);
       const summary = describeDependencies(resolution);
       if (summary !== undefined) this.#log.info({ jobId: record.id }, summary);

@@ -33,10 +33,10 @@ test('a package with env.sh is sourced, with PACKAGE_BASE as upstream; missing o
     requirements: [requirement('samtools', '1.9'), requirement('bwa', '0.7.17'), requirement('samtools', '2.0')],
     installed_tool_dependencies: [],
   };
-  t.deepEqual(dependencyStatements(description, deps), [
+  t.deepEqual(await dependencyStatements(description, deps), [
     `PACKAGE_BASE='${samtools}'; export PACKAGE_BASE; . '${samtools}/env.sh'`,
   ]);
-  const resolution = resolveDependencies(description, deps);
+  const resolution = await resolveDependencies(description, deps);
   t.deepEqual(resolution.skipped.map((s) => [s.name, s.version, s.reason]), [
     ['bwa', '0.7.17', 'not installed'],
     ['samtools', '2.0', 'not installed'],
@@ -50,11 +50,11 @@ test('without a version the default symbolic link is used; a default that is not
   await fs.symlink('0.7.17', path.join(deps, 'bwa', 'default'));
   await installPackage(deps, 'plain', 'default');
   for (const version of [undefined, null, '']) {
-    t.deepEqual(dependencyStatements({ requirements: [requirement('bwa', version)] }, deps), [
+    t.deepEqual(await dependencyStatements({ requirements: [requirement('bwa', version)] }, deps), [
       `PACKAGE_BASE='${real}'; export PACKAGE_BASE; . '${real}/env.sh'`,
     ]);
   }
-  const resolution = resolveDependencies({ requirements: [requirement('bwa'), requirement('plain')] }, deps);
+  const resolution = await resolveDependencies({ requirements: [requirement('bwa'), requirement('plain')] }, deps);
   t.is(resolution.resolved[0]?.version, '0.7.17');
   t.is(resolution.skipped[0]?.reason, 'no default version (default is not a symbolic link)');
   t.is(describeDependencies(resolution), '1 of 2 requirements resolved: bwa default→0.7.17; skipped: plain (no default version (default is not a symbolic link))');
@@ -63,28 +63,28 @@ test('without a version the default symbolic link is used; a default that is not
 test('a package with bin/ but no env.sh goes on the PATH, as upstream', async (t) => {
   const deps = await tempDir(t);
   await fs.mkdir(path.join(deps, 'tool', '1', 'bin'), { recursive: true });
-  t.deepEqual(dependencyStatements({ requirements: [requirement('tool', '1')] }, deps), [
+  t.deepEqual(await dependencyStatements({ requirements: [requirement('tool', '1')] }, deps), [
     `PACKAGE_BASE='${deps}/tool/1'; export PACKAGE_BASE; PATH='${deps}/tool/1/bin':"$PATH"; export PATH`,
   ]);
   await fs.mkdir(path.join(deps, 'empty', '1'), { recursive: true });
-  t.is(resolveDependencies({ requirements: [requirement('empty', '1')] }, deps).skipped[0]?.reason, 'installed without env.sh or bin/');
+  t.is((await resolveDependencies({ requirements: [requirement('empty', '1')] }, deps)).skipped[0]?.reason, 'installed without env.sh or bin/');
 });
 
 test('no tool_dependency_dir, no description, other types and malformed descriptions resolve nothing', async (t) => {
   const deps = await tempDir(t);
   await installPackage(deps, 'samtools', '1.9');
   const description = { requirements: [requirement('samtools', '1.9')] };
-  t.deepEqual(dependencyStatements(description, undefined), []);
-  t.regex(describeDependencies(resolveDependencies(description, undefined)) ?? '', /dependency resolution is off/);
-  t.deepEqual(dependencyStatements(description, path.join(deps, 'missing')), []);
+  t.deepEqual(await dependencyStatements(description, undefined), []);
+  t.regex(describeDependencies(await resolveDependencies(description, undefined)) ?? '', /dependency resolution is off/);
+  t.deepEqual(await dependencyStatements(description, path.join(deps, 'missing')), []);
   for (const nothing of [null, undefined, {}, { requirements: 'x' }, [], 'not json', 42, { requirements: [null, 1, 'samtools'] }]) {
-    t.deepEqual(dependencyStatements(nothing, deps), [], JSON.stringify(nothing));
+    t.deepEqual(await dependencyStatements(nothing, deps), [], JSON.stringify(nothing));
   }
-  t.is(describeDependencies(resolveDependencies(null, deps)), undefined);
-  t.deepEqual(dependencyStatements({ requirements: [requirement('samtools', '1.9', 'set_environment')] }, deps), []);
-  t.deepEqual(dependencyStatements(JSON.stringify(description), deps).length, 1, 'a JSON string is read too');
-  t.deepEqual(dependencyStatements({ requirements: [{ name: 'samtools', version: '1.9' }] }, deps).length, 1, 'type defaults to package');
-  t.deepEqual(dependencyStatements({ requirements: [requirement('samtools', '1.9'), requirement('samtools', '1.9')] }, deps).length, 1, 'sourced once');
+  t.is(describeDependencies(await resolveDependencies(null, deps)), undefined);
+  t.deepEqual(await dependencyStatements({ requirements: [requirement('samtools', '1.9', 'set_environment')] }, deps), []);
+  t.deepEqual((await dependencyStatements(JSON.stringify(description), deps)).length, 1, 'a JSON string is read too');
+  t.deepEqual((await dependencyStatements({ requirements: [{ name: 'samtools', version: '1.9' }] }, deps)).length, 1, 'type defaults to package');
+  t.deepEqual((await dependencyStatements({ requirements: [requirement('samtools', '1.9'), requirement('samtools', '1.9')] }, deps)).length, 1, 'sourced once');
 });
 
 test('names and versions that could leave the directory are refused', async (t) => {
@@ -113,11 +113,11 @@ test('names and versions that could leave the directory are refused', async (t) 
     ['', '1'],
   ];
   for (const [name, version] of hostile) {
-    const resolution = resolveDependencies({ requirements: [requirement(name, version)] }, deps);
+    const resolution = await resolveDependencies({ requirements: [requirement(name, version)] }, deps);
     t.deepEqual(resolution.resolved, [], JSON.stringify([name, version]));
     t.is(resolution.skipped.length, 1);
   }
-  t.is(dependencyStatements({ requirements: [requirement('ok', '1')] }, deps).length, 1, 'the sane one still works');
+  t.is((await dependencyStatements({ requirements: [requirement('ok', '1')] }, deps)).length, 1, 'the sane one still works');
 });
 
 test('symbolic links out of the dependency directory are refused (version dir, default, env.sh, bin)', async (t) => {
@@ -133,7 +133,7 @@ test('symbolic links out of the dependency directory are refused (version dir, d
   await fs.mkdir(path.join(deps, 'bindir', '1'), { recursive: true });
   await fs.symlink(path.join(outside, 'bin'), path.join(deps, 'bindir', '1', 'bin'));
   await fs.symlink(root, path.join(deps, 'up'));
-  const resolution = resolveDependencies(
+  const resolution = await resolveDependencies(
     { requirements: [requirement('linked', '1'), requirement('linked'), requirement('script', '1'), requirement('bindir', '1'), requirement('up', 'deps')] },
     deps,
   );
@@ -148,7 +148,7 @@ test('symbolic links out of the dependency directory are refused (version dir, d
   // A link that stays inside is fine (and the real path is what gets sourced).
   await installPackage(deps, 'inner', '2.0');
   await fs.symlink(path.join(deps, 'inner', '2.0'), path.join(deps, 'inner', '2'));
-  t.deepEqual(dependencyStatements({ requirements: [requirement('inner', '2')] }, deps), [
+  t.deepEqual(await dependencyStatements({ requirements: [requirement('inner', '2')] }, deps), [
     `PACKAGE_BASE='${deps}/inner/2.0'; export PACKAGE_BASE; . '${deps}/inner/2.0/env.sh'`,
   ]);
 });
@@ -169,7 +169,7 @@ test('a dependency directory with a quote in its name is quoted; statements run 
     galaxyLib: undefined,
     galaxyVirtualEnv: undefined,
     preserveGalaxyPythonEnvironment: false,
-    dependencyStatements: dependencyStatements({ requirements: [requirement('a', '1'), requirement('b', '2')] }, deps),
+    dependencyStatements: await dependencyStatements({ requirements: [requirement('a', '1'), requirement('b', '2')] }, deps),
   });
   await fs.writeFile(path.join(jobdir, 'command.sh'), script, { mode: 0o700 });
   await run('/bin/bash', [path.join(jobdir, 'command.sh')], { cwd: path.join(jobdir, 'working'), env: { PATH: '/usr/bin:/bin' } });
