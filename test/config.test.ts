@@ -3,7 +3,7 @@ import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { defaultConfig, describeConfig, loadConfig, type LoadOptions } from '../src/config/index.js';
+import { defaultConfig, describeConfig, loadConfig, type Config, type LoadOptions } from '../src/config/index.js';
 import * as schema from '../src/config/schema.js';
 import { ConfigError } from '../src/errors.js';
 
@@ -41,6 +41,57 @@ async function loadError(t: ExecutionContext, files: Record<string, string>, con
   return error as ConfigError;
 }
 
+/** Every default, written out: the schema states them, this pins them. */
+function expectedDefaults(dir: string): Config {
+  const staging = path.join(dir, 'files/staging');
+  return {
+    configFile: undefined,
+    configDir: dir,
+    server: { host: '127.0.0.1', port: 8913, sslPem: undefined, sslGenerate: false },
+    app: {
+      privateToken: undefined,
+      stagingDirectory: staging,
+      persistenceDirectory: path.join(dir, 'files/persisted_data'),
+      assignIds: 'galaxy',
+      maximumStreamSize: 1048576,
+      jobDirectoryMode: undefined,
+      debug: false,
+      maxUploadSize: 100 * 1024 ** 3,
+      maxJobUploadSize: 1024 ** 4,
+      allowUnsafeEnv: true,
+      logRequests: true,
+      toolConfigFiles: [],
+      allowInsecurePublic: false,
+      allowedSubmitParams: [],
+      rateLimitFailedAuth: 20,
+      rateLimitSetup: 60,
+      toolDependencyDir: undefined,
+      managers: [
+        {
+          name: '_default_',
+          type: 'queued_python',
+          stagingDirectory: staging,
+          assignIds: 'galaxy',
+          numConcurrentJobs: 1,
+          debug: false,
+          maximumStreamSize: 1048576,
+          jobDirectoryMode: undefined,
+          env: {},
+          tmpDir: undefined,
+          galaxyHome: undefined,
+          galaxyVirtualEnv: undefined,
+          galaxyConfigFile: undefined,
+          galaxyDatasetFilesPath: undefined,
+          galaxyDatatypesConfigFile: undefined,
+          minPollingInterval: 0.5,
+          jobNameTemplate: 'pulsar_$job_id',
+          backendOptions: {},
+        },
+      ],
+    },
+  };
+}
+
 const INI_WITH_APP = (app: string, server = 'port = 8913\n'): string => `[server:main]\n${server}\n[app:main]\n${app}\n`;
 
 test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manager', async (t) => {
@@ -65,7 +116,8 @@ test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manage
   t.is(manager?.stagingDirectory, path.join(dir, 'files/staging'));
   t.is(manager?.minPollingInterval, 0.5);
   t.deepEqual(warnings, []);
-  t.deepEqual(config, defaultConfig(dir));
+  t.deepEqual(config, expectedDefaults(dir));
+  t.deepEqual(await defaultConfig(dir), config);
 });
 
 test('server.ini with [server:main] and [app:main]', async (t) => {
@@ -390,7 +442,7 @@ test('the result is deep-frozen', async (t) => {
   t.true(Object.isFrozen(config.app.managers));
   t.true(Object.isFrozen(config.app.managers[0]));
   t.true(Object.isFrozen(config.app.managers[0]?.env));
-  t.true(Object.isFrozen(defaultConfig(os.tmpdir()).app.managers[0]));
+  t.true(Object.isFrozen((await defaultConfig(os.tmpdir())).app.managers[0]));
   t.throws(() => {
     (config.app as { debug: boolean }).debug = true;
   });
@@ -537,7 +589,7 @@ test('no tool_config_files: not public, new options have their defaults', async 
   t.is(config.app.rateLimitFailedAuth, 20);
   t.is(config.app.rateLimitSetup, 60);
   t.false(config.server.sslGenerate);
-  const defaults = defaultConfig('/tmp');
+  const defaults = await defaultConfig('/tmp');
   t.deepEqual(defaults.app.toolConfigFiles, []);
   t.is(defaults.app.rateLimitFailedAuth, 20);
 });
@@ -675,7 +727,7 @@ test('ssl_pem = * asks for a generated certificate next to server.ini; an explic
 test('tool_dependency_dir: off by default, relative to the working directory, empty means off', async (t) => {
   const none = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n') }, 'server.ini');
   t.is(none.config.app.toolDependencyDir, undefined);
-  t.is(defaultConfig('/tmp').app.toolDependencyDir, undefined);
+  t.is((await defaultConfig('/tmp')).app.toolDependencyDir, undefined);
   t.false(none.warnings.some((w) => w.includes('tool_dependency_dir')));
 
   const ini = await load(t, { 'etc/server.ini': INI_WITH_APP('tool_dependency_dir = deps\n') }, 'etc/server.ini');

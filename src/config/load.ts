@@ -126,55 +126,12 @@ export async function loadConfig(opts: LoadOptions = {}): Promise<LoadResult> {
   return { config: deepFreeze(config), warnings: ctx.warnings };
 }
 
-/** The configuration with no file and no environment: 127.0.0.1:8913, one queued_python manager. */
-export function defaultConfig(cwd: string): Config {
-  const base = path.resolve(cwd);
-  const stagingDirectory = path.resolve(base, APP_DEFAULTS.stagingDirectory);
-  const manager: ManagerConfig = {
-    name: DEFAULT_MANAGER_NAME,
-    type: MANAGER_DEFAULTS.type,
-    stagingDirectory,
-    assignIds: APP_DEFAULTS.assignIds,
-    numConcurrentJobs: MANAGER_DEFAULTS.numConcurrentJobs,
-    debug: APP_DEFAULTS.debug,
-    maximumStreamSize: APP_DEFAULTS.maximumStreamSize,
-    jobDirectoryMode: undefined,
-    env: {},
-    tmpDir: undefined,
-    galaxyHome: undefined,
-    galaxyVirtualEnv: undefined,
-    galaxyConfigFile: undefined,
-    galaxyDatasetFilesPath: undefined,
-    galaxyDatatypesConfigFile: undefined,
-    minPollingInterval: MANAGER_DEFAULTS.minPollingInterval,
-    jobNameTemplate: 'pulsar_$job_id',
-    backendOptions: {},
-  };
-  return deepFreeze({
-    configFile: undefined,
-    configDir: base,
-    server: { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false },
-    app: {
-      privateToken: undefined,
-      stagingDirectory,
-      persistenceDirectory: path.resolve(base, APP_DEFAULTS.persistenceDirectory),
-      assignIds: APP_DEFAULTS.assignIds,
-      maximumStreamSize: APP_DEFAULTS.maximumStreamSize,
-      jobDirectoryMode: undefined,
-      debug: APP_DEFAULTS.debug,
-      maxUploadSize: APP_DEFAULTS.maxUploadSize,
-      maxJobUploadSize: APP_DEFAULTS.maxJobUploadSize,
-      allowUnsafeEnv: APP_DEFAULTS.allowUnsafeEnv,
-      logRequests: APP_DEFAULTS.logRequests,
-      toolConfigFiles: [],
-      allowInsecurePublic: APP_DEFAULTS.allowInsecurePublic,
-      allowedSubmitParams: [],
-      rateLimitFailedAuth: APP_DEFAULTS.rateLimitFailedAuth,
-      rateLimitSetup: APP_DEFAULTS.rateLimitSetup,
-      toolDependencyDir: undefined,
-      managers: [manager],
-    },
-  });
+/**
+ * The configuration with no file and no environment (127.0.0.1:8913, one queued_python manager):
+ * the loader's own answer, so the defaults stay stated once, in the schema.
+ */
+export async function defaultConfig(cwd: string): Promise<Config> {
+  return (await loadConfig({ cwd, env: {} })).config;
 }
 
 /** One line for the startup log, e.g. `https://0.0.0.0:8913 (config /etc/magnetar/server.ini; private_token set); managers: _default_ (queued_python, 4 workers)`. */
