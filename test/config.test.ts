@@ -639,6 +639,18 @@ test('tool_config_file alias, YAML lists and the environment; defaults are overr
   t.is(empty.config.app.assignIds, 'galaxy');
 });
 
+test('an empty YAML value is as if the key were absent: the default, and nothing to warn about', async (t) => {
+  const { config, warnings } = await load(
+    t,
+    { 'tools.xml': TOOLBOX, 'app.yml': 'tool_config_files: tools.xml\nassign_ids:\nallow_unsafe_env:\nrate_limit_setup:\nmanager:\n  type: unqueued\n  num_concurrent_jobs:\n  job_name_template:\n' },
+    'app.yml',
+  );
+  t.is(config.app.rateLimitSetup, 60);
+  t.is(config.app.managers[0]?.numConcurrentJobs, 1);
+  t.is(config.app.managers[0]?.jobNameTemplate, 'pulsar_$job_id');
+  t.deepEqual(warnings, []);
+});
+
 test('tool_config_files: a missing toolbox, a directory, both aliases and bad values are errors naming the key', async (t) => {
   const missing = await loadError(t, { 'server.ini': INI_WITH_APP('tool_config_files = tools.xml, nope.xml\n'), 'tools.xml': TOOLBOX }, 'server.ini');
   t.is(missing.key, '[app:main] tool_config_files');

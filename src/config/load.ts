@@ -14,13 +14,10 @@ import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { interpolatedValue, parseIni, type IniDocument, type IniSection } from './ini-file.js';
 import {
-  APP_DEFAULTS,
   APP_OPTION_HINTS,
   APP_OPTION_NAMES,
-  DEFAULT_HOST,
   DEFAULT_HOST_WITHOUT_FILE,
   DEFAULT_MANAGER_NAME,
-  DEFAULT_PORT,
   ENV_NAME_RE,
   ENV_OPTION_PREFIX,
   FOREIGN_MANAGER_OPTION_RE,
@@ -28,7 +25,6 @@ import {
   IGNORED_MANAGER_OPTIONS,
   IGNORED_SERVER_OPTIONS,
   Invalid,
-  MANAGER_DEFAULTS,
   MANAGER_NAME_RE,
   MANAGER_OPTION_NAMES,
   NOT_YET_SUPPORTED_APP_OPTIONS,
@@ -90,13 +86,13 @@ export async function loadConfig(opts: LoadOptions = {}): Promise<LoadResult> {
   const settings = new Map<string, Setting>();
   let configFile: string | undefined;
   let configDir = cwd;
-  let server: ServerSection = { host: DEFAULT_HOST_WITHOUT_FILE, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false };
+  let server: ServerSection = { ...plainServer(serverOptionsSchema.parse({})), host: DEFAULT_HOST_WITHOUT_FILE };
 
   if (opts.configFile !== undefined) {
     configFile = path.resolve(cwd, opts.configFile);
     configDir = path.dirname(configFile);
     if (/\.ya?ml$/i.test(configFile)) {
-      server = { host: DEFAULT_HOST, port: DEFAULT_PORT, sslPem: undefined, sslGenerate: false };
+      server = plainServer(serverOptionsSchema.parse({}));
       await readAppYaml(configFile, settings, ctx);
     } else {
       server = await readServerIni(configFile, settings, ctx);
@@ -222,7 +218,7 @@ async function readServerIni(file: string, settings: Map<string, Setting>, ctx: 
     throw new ConfigError(fileLabel, undefined, 'has neither a [server:main] nor an [app:main] section (is this a server.ini?)');
   }
 
-  const server: Partial<ServerOptions> = serverSection === undefined ? {} : readServerSection(doc, serverSection, file, fileLabel, ctx);
+  const server = serverSection === undefined ? serverOptionsSchema.parse({}) : readServerSection(doc, serverSection, file, fileLabel, ctx);
   let sslPem: string | undefined;
   let sslGenerate = false;
   if (server.ssl_pem !== undefined) {
@@ -263,12 +259,12 @@ async function readServerIni(file: string, settings: Map<string, Setting>, ctx: 
     await readAppYaml(path.join(here, DEFAULT_APP_YAML), settings, ctx);
   }
 
-  return {
-    host: server.host ?? DEFAULT_HOST,
-    port: server.port ?? DEFAULT_PORT,
-    sslPem,
-    sslGenerate,
-  };
+  return { host: server.host, port: server.port, sslPem, sslGenerate };
+}
+
+/** The server section when no server.ini says anything about TLS. */
+function plainServer(options: ServerOptions): ServerSection {
+  return { host: options.host, port: options.port, sslPem: undefined, sslGenerate: false };
 }
 
 function readServerSection(
@@ -355,6 +351,11 @@ function parseOrThrow<S extends z.ZodType>(schema: S, values: Record<string, unk
   throw new ConfigError(setting.file, setting.key, issue?.message ?? 'invalid value');
 }
 
+/** Given with a value: an empty YAML value (null) is as if the key were absent. */
+function isSet(setting: Setting | undefined): setting is Setting {
+  return setting !== undefined && setting.value !== null;
+}
+
 function fileModeWarning(setting: Setting | undefined, ctx: Context): void {
   if (setting !== undefined && typeof setting.value === 'number') {
     const octal = setting.value.toString(8).padStart(4, '0');
@@ -406,14 +407,14 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     const value = ctx.env[name];
     return value === undefined || value === '' ? undefined : value;
   };
-  const stagingDirectory = path.resolve(ctx.cwd, options.staging_directory ?? APP_DEFAULTS.stagingDirectory);
-  const persistence = options.persistence_directory ?? APP_DEFAULTS.persistenceDirectory;
+  const stagingDirectory = path.resolve(ctx.cwd, options.staging_directory);
+  const persistence = options.persistence_directory;
   const defaults: ManagerDefaults = {
     stagingDirectory,
-    assignIds: publicMode ? 'uuid' : options.assign_ids ?? APP_DEFAULTS.assignIds,
+    assignIds: publicMode ? 'uuid' : options.assign_ids,
     jobDirectoryMode: options.job_directory_mode,
-    maximumStreamSize: options.maximum_stream_size ?? APP_DEFAULTS.maximumStreamSize,
-    debug: options.debug ?? APP_DEFAULTS.debug,
+    maximumStreamSize: options.maximum_stream_size,
+    debug: options.debug,
     galaxyHome: fromCwd(options.galaxy_home ?? fromEnv('GALAXY_HOME')),
     galaxyVirtualEnv: fromCwd(options.galaxy_virtual_env ?? fromEnv('GALAXY_VIRTUAL_ENV')),
     galaxyConfigFile: fromCwd(options.galaxy_config_file),
@@ -433,15 +434,15 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     maximumStreamSize: defaults.maximumStreamSize,
     jobDirectoryMode: defaults.jobDirectoryMode,
     debug: defaults.debug,
-    maxUploadSize: options.max_upload_size ?? APP_DEFAULTS.maxUploadSize,
-    maxJobUploadSize: options.max_job_upload_size ?? APP_DEFAULTS.maxJobUploadSize,
-    allowUnsafeEnv: publicMode ? false : options.allow_unsafe_env ?? APP_DEFAULTS.allowUnsafeEnv,
-    logRequests: options.log_requests ?? APP_DEFAULTS.logRequests,
+    maxUploadSize: options.max_upload_size,
+    maxJobUploadSize: options.max_job_upload_size,
+    allowUnsafeEnv: publicMode ? false : options.allow_unsafe_env,
+    logRequests: options.log_requests,
     toolConfigFiles,
-    allowInsecurePublic: options.allow_insecure_public ?? APP_DEFAULTS.allowInsecurePublic,
-    allowedSubmitParams: options.allowed_submit_params ?? [],
-    rateLimitFailedAuth: options.rate_limit_failed_auth ?? APP_DEFAULTS.rateLimitFailedAuth,
-    rateLimitSetup: options.rate_limit_setup ?? APP_DEFAULTS.rateLimitSetup,
+    allowInsecurePublic: options.allow_insecure_public,
+    allowedSubmitParams: options.allowed_submit_params,
+    rateLimitFailedAuth: options.rate_limit_failed_auth,
+    rateLimitSetup: options.rate_limit_setup,
     // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
     toolDependencyDir: fromCwd(options.tool_dependency_dir),
     managers,
@@ -481,11 +482,11 @@ async function toolboxFiles(options: AppOptions, settings: ReadonlyMap<string, S
 /** Options public tool service mode overrides, said once each when the file asked otherwise. */
 function publicModeWarnings(options: AppOptions, settings: ReadonlyMap<string, Setting>, ctx: Context): void {
   const assignIds = settings.get('assign_ids');
-  if (options.assign_ids === 'galaxy' && assignIds !== undefined) {
+  if (options.assign_ids === 'galaxy' && isSet(assignIds)) {
     ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
   }
   const unsafeEnv = settings.get('allow_unsafe_env');
-  if (options.allow_unsafe_env === true && unsafeEnv !== undefined) {
+  if (options.allow_unsafe_env && isSet(unsafeEnv)) {
     ctx.warnings.push(`${unsafeEnv.file}: ${unsafeEnv.key} = true is overridden: public tool service mode (tool_config_files) never accepts execute, file or raw env entries`);
   }
 }
@@ -512,7 +513,7 @@ async function managerSources(
   const managersSetting = settings.get('managers');
   const managerSetting = settings.get('manager');
   const ignoring = (setting: Setting | undefined, because: Setting): void => {
-    if (setting !== undefined && setting.value !== null) {
+    if (isSet(setting)) {
       ctx.warnings.push(`${setting.file}: ${setting.key} is ignored because ${because.key} (${because.file}) takes precedence`);
     }
   };
@@ -640,20 +641,18 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
     ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
   }
 
-  const type = options.type ?? MANAGER_DEFAULTS.type;
-  const concurrency = options.num_concurrent_jobs ?? options.max_concurrent_jobs;
-  if (type === 'unqueued' && concurrency !== undefined) {
-    const setting = where.get('num_concurrent_jobs') ?? where.get('max_concurrent_jobs');
-    ctx.warnings.push(`${source.file}: ${setting?.key ?? keyOf('num_concurrent_jobs')} has no effect for an unqueued manager`);
+  const concurrencySetting = [where.get('num_concurrent_jobs'), where.get('max_concurrent_jobs')].find(isSet);
+  if (options.type === 'unqueued' && concurrencySetting !== undefined) {
+    ctx.warnings.push(`${source.file}: ${concurrencySetting.key} has no effect for an unqueued manager`);
   }
   const fromCwd = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(ctx.cwd, p));
 
   return {
     name: source.name,
-    type,
+    type: options.type,
     stagingDirectory: fromCwd(options.staging_directory) ?? defaults.stagingDirectory,
     assignIds: defaults.publicMode ? 'uuid' : options.assign_ids ?? defaults.assignIds,
-    numConcurrentJobs: concurrency ?? MANAGER_DEFAULTS.numConcurrentJobs,
+    numConcurrentJobs: options.max_concurrent_jobs ?? options.num_concurrent_jobs,
     debug: options.debug ?? defaults.debug,
     maximumStreamSize: options.maximum_stream_size ?? defaults.maximumStreamSize,
     jobDirectoryMode: options.job_directory_mode ?? defaults.jobDirectoryMode,
@@ -664,8 +663,8 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
     galaxyConfigFile: fromCwd(options.galaxy_config_file) ?? defaults.galaxyConfigFile,
     galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path) ?? defaults.galaxyDatasetFilesPath,
     galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file) ?? defaults.galaxyDatatypesConfigFile,
-    minPollingInterval: options.min_polling_interval ?? MANAGER_DEFAULTS.minPollingInterval,
-    jobNameTemplate: options.job_name_template ?? 'pulsar_$job_id',
+    minPollingInterval: options.min_polling_interval,
+    jobNameTemplate: options.job_name_template,
     backendOptions,
   };
 }
