@@ -365,20 +365,23 @@ function fileModeWarning(setting: Setting | undefined, ctx: Context): void {
   }
 }
 
-interface ManagerDefaults {
-  readonly stagingDirectory: string;
-  readonly assignIds: AppSection['assignIds'];
-  readonly jobDirectoryMode: number | undefined;
-  readonly maximumStreamSize: number;
-  readonly debug: boolean;
-  readonly galaxyHome: string | undefined;
-  readonly galaxyVirtualEnv: string | undefined;
-  readonly galaxyConfigFile: string | undefined;
-  readonly galaxyDatasetFilesPath: string | undefined;
-  readonly galaxyDatatypesConfigFile: string | undefined;
+/** What a manager takes from the app options when its own section does not say. */
+type ManagerDefaults = Pick<
+  ManagerConfig,
+  | 'stagingDirectory'
+  | 'assignIds'
+  | 'jobDirectoryMode'
+  | 'maximumStreamSize'
+  | 'debug'
+  | 'galaxyHome'
+  | 'galaxyVirtualEnv'
+  | 'galaxyConfigFile'
+  | 'galaxyDatasetFilesPath'
+  | 'galaxyDatatypesConfigFile'
+> & {
   /** Public tool service mode: every manager assigns uuid job ids. */
   readonly publicMode: boolean;
-}
+};
 
 async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: Context): Promise<AppSection> {
   const values: Record<string, unknown> = {};
@@ -428,12 +431,7 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
 
   return {
     privateToken: options.private_token,
-    stagingDirectory,
     persistenceDirectory: persistence === PERSISTENCE_DISABLED ? undefined : path.resolve(ctx.cwd, persistence),
-    assignIds: defaults.assignIds,
-    maximumStreamSize: defaults.maximumStreamSize,
-    jobDirectoryMode: defaults.jobDirectoryMode,
-    debug: defaults.debug,
     maxUploadSize: options.max_upload_size,
     maxJobUploadSize: options.max_job_upload_size,
     allowUnsafeEnv: publicMode ? false : options.allow_unsafe_env,
