@@ -379,7 +379,7 @@ type ManagerDefaults = Pick<
   | 'galaxyDatasetFilesPath'
   | 'galaxyDatatypesConfigFile'
 > & {
-  /** Public tool service mode: every manager assigns uuid job ids. */
+  /** Public tool service mode: overrides what PUBLIC_MODE lists. */
   readonly publicMode: boolean;
 };
 
@@ -403,7 +403,10 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
   fileModeWarning(settings.get('job_directory_mode'), ctx);
   const toolConfigFiles = await toolboxFiles(options, settings, configDir);
   const publicMode = toolConfigFiles.length > 0;
-  if (publicMode) publicModeWarnings(options, settings, ctx);
+  if (publicMode) {
+    warnIfOverridden('assign_ids', options.assign_ids, settings.get('assign_ids'), ctx);
+    warnIfOverridden('allow_unsafe_env', options.allow_unsafe_env, settings.get('allow_unsafe_env'), ctx);
+  }
 
   const fromCwd = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(ctx.cwd, p));
   const fromEnv = (name: string): string | undefined => {
@@ -414,7 +417,7 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
   const persistence = options.persistence_directory;
   const defaults: ManagerDefaults = {
     stagingDirectory,
-    assignIds: publicMode ? 'uuid' : options.assign_ids,
+    assignIds: options.assign_ids,
     jobDirectoryMode: options.job_directory_mode,
     maximumStreamSize: options.maximum_stream_size,
     debug: options.debug,
@@ -434,7 +437,7 @@ async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: strin
     persistenceDirectory: persistence === PERSISTENCE_DISABLED ? undefined : path.resolve(ctx.cwd, persistence),
     maxUploadSize: options.max_upload_size,
     maxJobUploadSize: options.max_job_upload_size,
-    allowUnsafeEnv: publicMode ? false : options.allow_unsafe_env,
+    allowUnsafeEnv: publicMode ? PUBLIC_MODE.allow_unsafe_env.forced : options.allow_unsafe_env,
     logRequests: options.log_requests,
     toolConfigFiles,
     allowInsecurePublic: options.allow_insecure_public,
@@ -477,15 +480,17 @@ async function toolboxFiles(options: AppOptions, settings: ReadonlyMap<string, S
   return files;
 }
 
-/** Options public tool service mode overrides, said once each when the file asked otherwise. */
-function publicModeWarnings(options: AppOptions, settings: ReadonlyMap<string, Setting>, ctx: Context): void {
-  const assignIds = settings.get('assign_ids');
-  if (options.assign_ids === 'galaxy' && isSet(assignIds)) {
-    ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
-  }
-  const unsafeEnv = settings.get('allow_unsafe_env');
-  if (options.allow_unsafe_env && isSet(unsafeEnv)) {
-    ctx.warnings.push(`${unsafeEnv.file}: ${unsafeEnv.key} = true is overridden: public tool service mode (tool_config_files) never accepts execute, file or raw env entries`);
+/** What public tool service mode (tool_config_files) decides, whatever the files say, and why. */
+const PUBLIC_MODE = {
+  assign_ids: { forced: 'uuid', because: 'always assigns uuid job ids' },
+  allow_unsafe_env: { forced: false, because: 'never accepts execute, file or raw env entries' },
+} as const;
+
+/** Says (once per setting: app-wide or a manager's own) that public mode overrides what it asked for. */
+function warnIfOverridden(option: keyof typeof PUBLIC_MODE, asked: unknown, setting: Setting | undefined, ctx: Context): void {
+  const { forced, because } = PUBLIC_MODE[option];
+  if (isSet(setting) && asked !== forced) {
+    ctx.warnings.push(`${setting.file}: ${setting.key} = ${String(asked)} is overridden: public tool service mode (tool_config_files) ${because}`);
   }
 }
 
@@ -634,10 +639,7 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
   }
   const options = parseOrThrow(managerOptionsSchema, values, where);
   fileModeWarning(where.get('job_directory_mode'), ctx);
-  const assignIds = where.get('assign_ids');
-  if (defaults.publicMode && options.assign_ids === 'galaxy' && assignIds !== undefined) {
-    ctx.warnings.push(`${assignIds.file}: ${assignIds.key} = galaxy is overridden: public tool service mode (tool_config_files) always assigns uuid job ids`);
-  }
+  if (defaults.publicMode) warnIfOverridden('assign_ids', options.assign_ids, where.get('assign_ids'), ctx);
 
   const concurrencySetting = [where.get('num_concurrent_jobs'), where.get('max_concurrent_jobs')].find(isSet);
   if (options.type === 'unqueued' && concurrencySetting !== undefined) {
@@ -649,7 +651,7 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Con
     name: source.name,
     type: options.type,
     stagingDirectory: fromCwd(options.staging_directory) ?? defaults.stagingDirectory,
-    assignIds: defaults.publicMode ? 'uuid' : options.assign_ids ?? defaults.assignIds,
+    assignIds: defaults.publicMode ? PUBLIC_MODE.assign_ids.forced : options.assign_ids ?? defaults.assignIds,
     numConcurrentJobs: options.max_concurrent_jobs ?? options.num_concurrent_jobs,
     debug: options.debug ?? defaults.debug,
     maximumStreamSize: options.maximum_stream_size ?? defaults.maximumStreamSize,
