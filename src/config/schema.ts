@@ -307,6 +307,7 @@ export const asEnvValue: Coerce<string> = (value) => {
 
 export const serverOptionsSchema = z
   .object({
+    // Paste's and Pulsar's default; with no file at all, DEFAULT_HOST_WITHOUT_FILE.
     host: optionOr(asHost, 'localhost'),
     port: optionOr(asPort, 8913),
     ssl_pem: option(asOptionalText),
@@ -316,10 +317,10 @@ export const serverOptionsSchema = z
 export const appOptionsSchema = z
   .object({
     private_token: option(asOptionalText),
-    // Relative to the process working directory, as upstream.
+    // Both relative to the process working directory, as upstream.
     staging_directory: optionOr(asPath, 'files/staging'),
     persistence_directory: optionOr(asPath, 'files/persisted_data'),
-    // The next four are the managers' defaults.
+    // staging_directory, these four and galaxy_* only matter as the managers' defaults.
     assign_ids: optionOr(asAssignIds, 'galaxy'),
     job_directory_mode: option(asFileMode),
     maximum_stream_size: optionOr(asCount, 1024 * 1024),
