@@ -3,7 +3,7 @@ import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { defaultConfig, describeConfig, loadConfig, type LoadOptions } from '../src/config/index.js';
+import { defaultConfig, describeConfig, loadConfig, type Config, type LoadOptions } from '../src/config/index.js';
 import * as schema from '../src/config/schema.js';
 import { ConfigError } from '../src/errors.js';
 
@@ -41,6 +41,52 @@ async function loadError(t: ExecutionContext, files: Record<string, string>, con
   return error as ConfigError;
 }
 
+/** Every default, written out: the schema states them, this pins them. */
+function expectedDefaults(dir: string): Config {
+  const staging = path.join(dir, 'files/staging');
+  return {
+    configFile: undefined,
+    configDir: dir,
+    server: { host: '127.0.0.1', port: 8913, sslPem: undefined, sslGenerate: false },
+    app: {
+      privateToken: undefined,
+      persistenceDirectory: path.join(dir, 'files/persisted_data'),
+      maxUploadSize: 100 * 1024 ** 3,
+      maxJobUploadSize: 1024 ** 4,
+      allowUnsafeEnv: true,
+      logRequests: true,
+      toolConfigFiles: [],
+      allowInsecurePublic: false,
+      allowedSubmitParams: [],
+      rateLimitFailedAuth: 20,
+      rateLimitSetup: 60,
+      toolDependencyDir: undefined,
+      managers: [
+        {
+          name: '_default_',
+          type: 'queued_python',
+          stagingDirectory: staging,
+          assignIds: 'galaxy',
+          numConcurrentJobs: 1,
+          debug: false,
+          maximumStreamSize: 1048576,
+          jobDirectoryMode: undefined,
+          env: {},
+          tmpDir: undefined,
+          galaxyHome: undefined,
+          galaxyVirtualEnv: undefined,
+          galaxyConfigFile: undefined,
+          galaxyDatasetFilesPath: undefined,
+          galaxyDatatypesConfigFile: undefined,
+          minPollingInterval: 0.5,
+          jobNameTemplate: 'pulsar_$job_id',
+          backendOptions: {},
+        },
+      ],
+    },
+  };
+}
+
 const INI_WITH_APP = (app: string, server = 'port = 8913\n'): string => `[server:main]\n${server}\n[app:main]\n${app}\n`;
 
 test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manager', async (t) => {
@@ -48,11 +94,11 @@ test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manage
   t.is(config.configFile, undefined);
   t.is(config.configDir, dir);
   t.deepEqual(config.server, { host: '127.0.0.1', port: 8913, sslPem: undefined, sslGenerate: false });
-  t.is(config.app.stagingDirectory, path.join(dir, 'files/staging'));
+  t.is(config.app.managers[0]?.stagingDirectory, path.join(dir, 'files/staging'));
   t.is(config.app.persistenceDirectory, path.join(dir, 'files/persisted_data'));
   t.is(config.app.privateToken, undefined);
-  t.is(config.app.assignIds, 'galaxy');
-  t.is(config.app.maximumStreamSize, 1048576);
+  t.is(config.app.managers[0]?.assignIds, 'galaxy');
+  t.is(config.app.managers[0]?.maximumStreamSize, 1048576);
   t.is(config.app.maxUploadSize, 100 * 1024 ** 3);
   t.is(config.app.maxJobUploadSize, 1024 ** 4);
   t.true(config.app.allowUnsafeEnv);
@@ -65,7 +111,8 @@ test('no config file: 127.0.0.1:8913, files/ under cwd, one queued_python manage
   t.is(manager?.stagingDirectory, path.join(dir, 'files/staging'));
   t.is(manager?.minPollingInterval, 0.5);
   t.deepEqual(warnings, []);
-  t.deepEqual(config, defaultConfig(dir));
+  t.deepEqual(config, expectedDefaults(dir));
+  t.deepEqual(await defaultConfig(dir), config);
 });
 
 test('server.ini with [server:main] and [app:main]', async (t) => {
@@ -83,11 +130,8 @@ test('server.ini with [server:main] and [app:main]', async (t) => {
   t.is(config.configDir, path.join(dir, 'conf'));
   t.deepEqual(config.server, { host: '0.0.0.0', port: 9001, sslPem: undefined, sslGenerate: false });
   t.is(config.app.privateToken, 'tok');
-  t.is(config.app.stagingDirectory, '/srv/staging');
   t.is(config.app.persistenceDirectory, undefined);
-  t.is(config.app.assignIds, 'uuid');
   t.is(config.app.maxUploadSize, 512 * 1024 ** 2);
-  t.is(config.app.jobDirectoryMode, 0o750);
   t.is(config.app.managers[0]?.assignIds, 'uuid', 'app defaults reach managers');
   t.is(config.app.managers[0]?.jobDirectoryMode, 0o750);
   t.is(config.app.managers[0]?.stagingDirectory, '/srv/staging');
@@ -104,10 +148,10 @@ test('upstream server.ini, app.yml and job_managers.ini load as Pulsar would rea
   const { config, warnings } = await loadConfig({ cwd: dir, env: {}, configFile: 'server.ini' });
   t.deepEqual(config.server, { host: '0.0.0.0', port: 8914, sslPem: undefined, sslGenerate: false });
   t.is(config.app.privateToken, 's3cret#not-a-comment;really', 'inline # and ; are part of the value, as in configparser');
-  t.is(config.app.assignIds, 'uuid');
-  t.true(config.app.debug);
-  t.is(config.app.jobDirectoryMode, 0o750);
-  t.is(config.app.maximumStreamSize, 4096);
+  t.is(config.app.managers[0]?.assignIds, 'uuid');
+  t.true(config.app.managers[0]?.debug);
+  t.is(config.app.managers[0]?.jobDirectoryMode, 0o750);
+  t.is(config.app.managers[0]?.maximumStreamSize, 4096);
   t.deepEqual(
     config.app.managers.map((m) => [m.name, m.numConcurrentJobs]),
     [
@@ -136,7 +180,7 @@ test('%(here)s is the directory of the ini file; ssl_pem is relative to it', asy
   );
   const etc = path.join(dir, 'etc');
   t.is(config.server.sslPem, path.join(etc, 'host.pem'));
-  t.is(config.app.stagingDirectory, path.join(etc, 'staging'));
+  t.is(config.app.managers[0]?.stagingDirectory, path.join(etc, 'staging'));
   t.is(config.app.managers[0]?.galaxyHome, path.join(etc, 'galaxy'));
   t.is(config.app.privateToken, '100%');
 });
@@ -151,7 +195,7 @@ test('app_config YAML values override [app:main] values', async (t) => {
     'server.ini',
   );
   t.is(config.app.privateToken, 'from-yaml');
-  t.is(config.app.assignIds, 'uuid', 'keys absent from YAML keep their ini value');
+  t.is(config.app.managers[0]?.assignIds, 'uuid', 'keys absent from YAML keep their ini value');
 });
 
 test('an app.yml next to server.ini is read when app_config is not given', async (t) => {
@@ -168,14 +212,14 @@ test('a missing app_config file is an error naming the option', async (t) => {
 
 test('YAML booleans follow PyYAML (yes/no/on/off in any case)', async (t) => {
   const { config } = await load(t, { 'app.yml': 'debug: yes\nallow_unsafe_env: Off\nlog_requests: NO\n' }, 'app.yml');
-  t.true(config.app.debug);
+  t.true(config.app.managers[0]?.debug);
   t.false(config.app.allowUnsafeEnv);
   t.false(config.app.logRequests);
 });
 
 test('ini booleans accept true/false, yes/no, on/off, 1/0', async (t) => {
   const { config } = await load(t, { 'server.ini': INI_WITH_APP('debug = On\nallow_unsafe_env = 0\nlog_requests = False\n') }, 'server.ini');
-  t.true(config.app.debug);
+  t.true(config.app.managers[0]?.debug);
   t.false(config.app.allowUnsafeEnv);
   t.false(config.app.logRequests);
   const error = await loadError(t, { 'server.ini': INI_WITH_APP('debug = maybe\n') }, 'server.ini');
@@ -194,7 +238,7 @@ test('a YAML config file is read as app options and listens on localhost', async
   const { dir, config } = await load(t, { 'cfg/app.yaml': 'private_token: t\nstaging_directory: stage\n' }, 'cfg/app.yaml');
   t.deepEqual(config.server, { host: 'localhost', port: 8913, sslPem: undefined, sslGenerate: false });
   t.is(config.configDir, path.join(dir, 'cfg'));
-  t.is(config.app.stagingDirectory, path.join(dir, 'stage'), 'staging_directory is relative to the working directory, as upstream');
+  t.is(config.app.managers[0]?.stagingDirectory, path.join(dir, 'stage'), 'staging_directory is relative to the working directory, as upstream');
 });
 
 test('YAML whose top level is not a mapping is refused', async (t) => {
@@ -364,9 +408,9 @@ test('environment: OVERRIDE always wins, plain only fills unset keys; MAGNETAR_ 
     },
   });
   t.is(config.app.privateToken, 'file', 'PULSAR_CONFIG_ does not override a file value');
-  t.is(config.app.assignIds, 'galaxy', 'PULSAR_CONFIG_OVERRIDE_ does');
-  t.true(config.app.debug, 'PULSAR_CONFIG_ fills an unset key');
-  t.is(config.app.maximumStreamSize, 77, 'MAGNETAR_CONFIG_ beats PULSAR_CONFIG_');
+  t.is(config.app.managers[0]?.assignIds, 'galaxy', 'PULSAR_CONFIG_OVERRIDE_ does');
+  t.true(config.app.managers[0]?.debug, 'PULSAR_CONFIG_ fills an unset key');
+  t.is(config.app.managers[0]?.maximumStreamSize, 77, 'MAGNETAR_CONFIG_ beats PULSAR_CONFIG_');
 
   const magnetar = await load(t, files, 'app.yml', {
     env: { PULSAR_CONFIG_OVERRIDE_PRIVATE_TOKEN: 'pulsar', MAGNETAR_CONFIG_OVERRIDE_PRIVATE_TOKEN: 'magnetar' },
@@ -390,9 +434,9 @@ test('the result is deep-frozen', async (t) => {
   t.true(Object.isFrozen(config.app.managers));
   t.true(Object.isFrozen(config.app.managers[0]));
   t.true(Object.isFrozen(config.app.managers[0]?.env));
-  t.true(Object.isFrozen(defaultConfig(os.tmpdir()).app.managers[0]));
+  t.true(Object.isFrozen((await defaultConfig(os.tmpdir())).app.managers[0]));
   t.throws(() => {
-    (config.app as { debug: boolean }).debug = true;
+    (config.app as { privateToken: string | undefined }).privateToken = 'changed';
   });
 });
 
@@ -427,7 +471,7 @@ test('sizes, file modes and env_ names', async (t) => {
   );
   t.is(config.app.maxUploadSize, 10 * 1024);
   t.is(config.app.maxJobUploadSize, 0);
-  t.is(config.app.jobDirectoryMode, 0o700, 'YAML 1.1 octal');
+  t.is(config.app.managers[0]?.jobDirectoryMode, 0o700, 'YAML 1.1 octal');
   t.is(config.app.managers[0]?.maximumStreamSize, 0);
   t.deepEqual(config.app.managers[0]?.env, { A_1: 'x' });
   t.is(warnings.length, 1);
@@ -537,7 +581,7 @@ test('no tool_config_files: not public, new options have their defaults', async 
   t.is(config.app.rateLimitFailedAuth, 20);
   t.is(config.app.rateLimitSetup, 60);
   t.false(config.server.sslGenerate);
-  const defaults = defaultConfig('/tmp');
+  const defaults = await defaultConfig('/tmp');
   t.deepEqual(defaults.app.toolConfigFiles, []);
   t.is(defaults.app.rateLimitFailedAuth, 20);
 });
@@ -555,7 +599,6 @@ test('tool_config_files: comma list relative to the config dir, absolute allowed
   });
   const { config, warnings } = await loadConfig({ cwd: dir, env: {}, configFile: 'etc/server.ini' });
   t.deepEqual(config.app.toolConfigFiles, [path.join(dir, 'etc/tools.xml'), path.join(dir, 'etc/more/shed.xml'), path.join(dir, 'abs/other.xml')]);
-  t.is(config.app.assignIds, 'uuid');
   t.deepEqual(config.app.managers.map((m) => m.assignIds), ['uuid', 'uuid']);
   t.false(config.app.allowUnsafeEnv);
   t.true(Object.isFrozen(config.app.toolConfigFiles));
@@ -584,7 +627,19 @@ test('tool_config_file alias, YAML lists and the environment; defaults are overr
 
   const empty = await load(t, { 'server.ini': INI_WITH_APP('tool_config_files =\n') }, 'server.ini');
   t.deepEqual(empty.config.app.toolConfigFiles, [], 'an empty list is not public mode');
-  t.is(empty.config.app.assignIds, 'galaxy');
+  t.is(empty.config.app.managers[0]?.assignIds, 'galaxy');
+});
+
+test('an empty YAML value is as if the key were absent: the default, and nothing to warn about', async (t) => {
+  const { config, warnings } = await load(
+    t,
+    { 'tools.xml': TOOLBOX, 'app.yml': 'tool_config_files: tools.xml\nassign_ids:\nallow_unsafe_env:\nrate_limit_setup:\nmanager:\n  type: unqueued\n  num_concurrent_jobs:\n  job_name_template:\n' },
+    'app.yml',
+  );
+  t.is(config.app.rateLimitSetup, 60);
+  t.is(config.app.managers[0]?.numConcurrentJobs, 1);
+  t.is(config.app.managers[0]?.jobNameTemplate, 'pulsar_$job_id');
+  t.deepEqual(warnings, []);
 });
 
 test('tool_config_files: a missing toolbox, a directory, both aliases and bad values are errors naming the key', async (t) => {
@@ -675,7 +730,7 @@ test('ssl_pem = * asks for a generated certificate next to server.ini; an explic
 test('tool_dependency_dir: off by default, relative to the working directory, empty means off', async (t) => {
   const none = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n') }, 'server.ini');
   t.is(none.config.app.toolDependencyDir, undefined);
-  t.is(defaultConfig('/tmp').app.toolDependencyDir, undefined);
+  t.is((await defaultConfig('/tmp')).app.toolDependencyDir, undefined);
   t.false(none.warnings.some((w) => w.includes('tool_dependency_dir')));
 
   const ini = await load(t, { 'etc/server.ini': INI_WITH_APP('tool_dependency_dir = deps\n') }, 'etc/server.ini');

@@ -1,3 +1,4 @@
-export { loadConfig, defaultConfig, describeConfig } from './load.js';
+export { loadConfig, defaultConfig } from './load.js';
+export { describeConfig } from './describe.js';
 export type { LoadOptions, LoadResult } from './load.js';
 export type { AppSection, AssignIds, Config, ManagerConfig, ManagerType, ServerSection } from './types.js';

@@ -11,39 +11,17 @@ const KiB = 1024;
 const GiB = KiB ** 3;
 const TiB = KiB ** 4;
 
-export const DEFAULT_PORT = 8913;
-/** Host with no configuration file at all (`npm start` in a checkout): never exposed by accident. */
+/**
+ * Host with no configuration file at all (`npm start` in a checkout): never exposed by accident.
+ * With a file, the schema's default below (Paste's and Pulsar's) applies.
+ */
 export const DEFAULT_HOST_WITHOUT_FILE = '127.0.0.1';
-/** Host when a file is given but does not say: Paste's and Pulsar's default. */
-export const DEFAULT_HOST = 'localhost';
 export const DEFAULT_MANAGER_NAME = '_default_';
-
-export const APP_DEFAULTS = {
-  /** Relative to the process working directory, as upstream. */
-  stagingDirectory: 'files/staging',
-  persistenceDirectory: 'files/persisted_data',
-  assignIds: 'galaxy' as AssignIds,
-  maximumStreamSize: 1024 * 1024,
-  debug: false,
-  maxUploadSize: 100 * GiB,
-  maxJobUploadSize: 1 * TiB,
-  allowUnsafeEnv: true,
-  logRequests: true,
-  allowInsecurePublic: false,
-  rateLimitFailedAuth: 20,
-  rateLimitSetup: 60,
-} as const;
 
 /** `ssl_pem` value asking magnetar to generate (once) and keep a self-signed certificate. */
 export const SSL_PEM_GENERATE = '*';
 /** Where a generated certificate is kept: next to the configuration file. */
 export const GENERATED_PEM_NAME = 'magnetar-selfsigned.pem';
-
-export const MANAGER_DEFAULTS = {
-  type: 'queued_python' as ManagerType,
-  numConcurrentJobs: 1,
-  minPollingInterval: 0.5,
-} as const;
 
 /** `persistence_directory` value that turns persistence (and restart recovery) off. */
 export const PERSISTENCE_DISABLED = '__none__';
@@ -154,6 +132,11 @@ export function option<T>(coerce: Coerce<T>) {
       return out;
     })
     .optional();
+}
+
+/** `option` with a default: null/absent, or a value `coerce` reads as unset (like `''`), → `fallback`. */
+export function optionOr<T>(coerce: Coerce<T | undefined>, fallback: T) {
+  return option(coerce).transform((value): T => value ?? fallback);
 }
 
 const TRUE_STRINGS = new Set(['true', 'yes', 'on', '1']);
@@ -324,8 +307,9 @@ export const asEnvValue: Coerce<string> = (value) => {
 
 export const serverOptionsSchema = z
   .object({
-    host: option(asHost),
-    port: option(asPort),
+    // Paste's and Pulsar's default; with no file at all, DEFAULT_HOST_WITHOUT_FILE.
+    host: optionOr(asHost, 'localhost'),
+    port: optionOr(asPort, 8913),
     ssl_pem: option(asOptionalText),
   })
   .strict();
@@ -333,22 +317,25 @@ export const serverOptionsSchema = z
 export const appOptionsSchema = z
   .object({
     private_token: option(asOptionalText),
-    staging_directory: option(asPath),
-    persistence_directory: option(asPath),
-    assign_ids: option(asAssignIds),
+    // Both relative to the process working directory, as upstream.
+    staging_directory: optionOr(asPath, 'files/staging'),
+    persistence_directory: optionOr(asPath, 'files/persisted_data'),
+    // staging_directory, these four and galaxy_* only matter as the managers' defaults.
+    assign_ids: optionOr(asAssignIds, 'galaxy'),
     job_directory_mode: option(asFileMode),
-    maximum_stream_size: option(asCount),
-    debug: option(asBoolean),
-    max_upload_size: option(asByteSize),
-    max_job_upload_size: option(asByteSize),
-    allow_unsafe_env: option(asBoolean),
-    log_requests: option(asBoolean),
+    maximum_stream_size: optionOr(asCount, 1024 * 1024),
+    debug: optionOr(asBoolean, false),
+    max_upload_size: optionOr(asByteSize, 100 * GiB),
+    max_job_upload_size: optionOr(asByteSize, 1 * TiB),
+    allow_unsafe_env: optionOr(asBoolean, true),
+    log_requests: optionOr(asBoolean, true),
+    // Aliases of each other, so neither has a default: none given = no toolbox.
     tool_config_files: option(asPathList),
     tool_config_file: option(asPathList),
-    allow_insecure_public: option(asBoolean),
-    allowed_submit_params: option(asParamNameList),
-    rate_limit_failed_auth: option(asCount),
-    rate_limit_setup: option(asCount),
+    allow_insecure_public: optionOr(asBoolean, false),
+    allowed_submit_params: optionOr(asParamNameList, []),
+    rate_limit_failed_auth: optionOr(asCount, 20),
+    rate_limit_setup: optionOr(asCount, 60),
     tool_dependency_dir: option(asOptionalPath),
     galaxy_home: option(asOptionalText),
     galaxy_virtual_env: option(asOptionalText),
@@ -363,9 +350,11 @@ export const appOptionsSchema = z
 
 export const managerOptionsSchema = z
   .object({
-    type: option(asManagerType),
-    num_concurrent_jobs: option(asConcurrency),
+    type: optionOr(asManagerType, 'queued_python'),
+    num_concurrent_jobs: optionOr(asConcurrency, 1),
+    // An alias of num_concurrent_jobs: giving both is an error, so this one, when set, wins.
     max_concurrent_jobs: option(asConcurrency),
+    // Unset: the app's value.
     staging_directory: option(asPath),
     assign_ids: option(asAssignIds),
     job_directory_mode: option(asFileMode),
@@ -377,8 +366,9 @@ export const managerOptionsSchema = z
     galaxy_config_file: option(asOptionalText),
     galaxy_dataset_files_path: option(asOptionalText),
     galaxy_datatypes_config_file: option(asOptionalText),
-    min_polling_interval: option(asPositiveNumber),
-    job_name_template: option(asOptionalText),
+    min_polling_interval: optionOr(asPositiveNumber, 0.5),
+    /** For scheduler job names; `$job_id` is replaced. */
+    job_name_template: optionOr(asOptionalText, 'pulsar_$job_id'),
   })
   .strict();
 

@@ -51,16 +51,14 @@ export interface ServerSection {
   readonly sslGenerate: boolean;
 }
 
+/**
+ * Server-wide settings. The app-level `staging_directory`, `assign_ids`, `maximum_stream_size`,
+ * `job_directory_mode` and `debug` are only the managers' defaults: read them on `ManagerConfig`.
+ */
 export interface AppSection {
   readonly privateToken: string | undefined;
-  /** Absolute. */
-  readonly stagingDirectory: string;
   /** Absolute, or undefined when `__none__` (no restart recovery). */
   readonly persistenceDirectory: string | undefined;
-  readonly assignIds: AssignIds;
-  readonly maximumStreamSize: number;
-  readonly jobDirectoryMode: number | undefined;
-  readonly debug: boolean;
   /** Largest single upload in bytes (0 = no limit). */
   readonly maxUploadSize: number;
   /** Largest total of uploads into one job in bytes (0 = no limit). */

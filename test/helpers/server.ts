@@ -2,7 +2,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import type { AppSection, Config, ManagerConfig } from '../../src/config/types.js';
+import { defaultConfig, type AppSection, type AssignIds, type Config, type ManagerConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 
@@ -16,54 +16,50 @@ export interface TestServer extends RunningServer {
   stop(): Promise<void>;
 }
 
+/**
+ * The loader's configuration with no file and an empty environment. Its paths point under a
+ * placeholder directory: every path a test server uses is overridden below.
+ */
+const DEFAULTS = await defaultConfig(os.tmpdir());
+const DEFAULT_MANAGER = onlyManager(DEFAULTS);
+
+function onlyManager(config: Config): ManagerConfig {
+  const [manager, ...others] = config.app.managers;
+  if (manager === undefined || others.length > 0) throw new Error('the default configuration should have exactly one manager');
+  return manager;
+}
+
 export function managerConfig(root: string, overrides: Partial<ManagerConfig> = {}): ManagerConfig {
   return {
-    name: '_default_',
-    type: 'queued_python',
+    ...DEFAULT_MANAGER,
     stagingDirectory: path.join(root, 'staging'),
-    assignIds: 'galaxy',
     numConcurrentJobs: 2,
-    debug: false,
-    maximumStreamSize: 1048576,
-    jobDirectoryMode: undefined,
-    env: {},
-    tmpDir: undefined,
-    galaxyHome: undefined,
-    galaxyVirtualEnv: undefined,
-    galaxyConfigFile: undefined,
-    galaxyDatasetFilesPath: undefined,
-    galaxyDatatypesConfigFile: undefined,
-    minPollingInterval: 0.5,
-    jobNameTemplate: 'pulsar_$job_id',
-    backendOptions: {},
     ...overrides,
   };
 }
 
-export function testConfig(root: string, app: Partial<AppSection> = {}, managers?: ManagerConfig[]): Config {
+/**
+ * App overrides for a test server. `assignIds` is accepted and dropped: some tests still pass it
+ * from when AppSection had it, and it never had an effect there (managers carry their own
+ * `assignIds`). Remove it once no caller sets it.
+ */
+export type TestAppOverrides = Partial<AppSection> & { readonly assignIds?: AssignIds };
+
+export function testConfig(root: string, overrides: TestAppOverrides = {}, managers?: ManagerConfig[]): Config {
+  const { assignIds: _ignored, ...app } = overrides;
   return {
-    configFile: undefined,
+    ...DEFAULTS,
     configDir: root,
-    server: { host: '127.0.0.1', port: 0, sslPem: undefined, sslGenerate: false },
+    server: { ...DEFAULTS.server, port: 0 },
     app: {
-      privateToken: undefined,
-      stagingDirectory: path.join(root, 'staging'),
+      ...DEFAULTS.app,
       persistenceDirectory: path.join(root, 'persisted'),
-      assignIds: 'galaxy',
-      maximumStreamSize: 1048576,
-      jobDirectoryMode: undefined,
-      debug: false,
       maxUploadSize: 0,
       maxJobUploadSize: 0,
-      allowUnsafeEnv: true,
       logRequests: false,
-      toolConfigFiles: [],
-      allowInsecurePublic: false,
-      allowedSubmitParams: [],
       // Tests hammer the server (and check wrong tokens): no limits unless a test sets them.
       rateLimitFailedAuth: 0,
       rateLimitSetup: 0,
-      toolDependencyDir: undefined,
       managers: managers ?? [managerConfig(root)],
       ...app,
     },
@@ -76,7 +72,7 @@ export async function makeRoot(): Promise<string> {
 
 /** A real server on 127.0.0.1:0 in this process, with its own temp directory. */
 export async function startTestServer(
-  options: { app?: Partial<AppSection>; managers?: (root: string) => ManagerConfig[]; root?: string } = {},
+  options: { app?: TestAppOverrides; managers?: (root: string) => ManagerConfig[]; root?: string } = {},
 ): Promise<TestServer> {
   const root = options.root ?? (await makeRoot());
   const config = testConfig(root, options.app ?? {}, options.managers?.(root));

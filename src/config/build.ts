@@ -1,0 +1,130 @@
+/**
+ * From settings to the app section: every app option validated against the schema (which supplies
+ * the defaults), paths made absolute, toolbox files checked, and the managers built.
+ */
+import { constants as fsConstants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError } from '../errors.js';
+import { buildManagers, type ManagerDefaults } from './build-managers.js';
+import { PUBLIC_MODE, warnIfOverridden } from './public-mode.js';
+import {
+  APP_OPTION_HINTS,
+  APP_OPTION_NAMES,
+  NOT_YET_SUPPORTED_APP_OPTIONS,
+  NOT_YET_SUPPORTED_APP_PREFIXES,
+  PERSISTENCE_DISABLED,
+  appOptionsSchema,
+  type AppOptions,
+} from './schema.js';
+import { ENVIRONMENT, fileModeWarning, parseOrThrow, type LoadContext, type Setting } from './setting.js';
+import { describeIoError } from './sources.js';
+import type { AppSection } from './types.js';
+
+export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: LoadContext): Promise<AppSection> {
+  const options = appOptions(settings, ctx);
+  fileModeWarning(settings.get('job_directory_mode'), ctx);
+  const toolConfigFiles = await toolboxFiles(options, settings, configDir);
+  const publicMode = toolConfigFiles.length > 0;
+  if (publicMode) {
+    warnIfOverridden('assign_ids', options.assign_ids, settings.get('assign_ids'), ctx);
+    warnIfOverridden('allow_unsafe_env', options.allow_unsafe_env, settings.get('allow_unsafe_env'), ctx);
+  }
+  const managers = await buildManagers(options, settings, configDir, managerDefaults(options, publicMode, ctx), ctx);
+  const persistence = options.persistence_directory;
+
+  return {
+    privateToken: options.private_token,
+    persistenceDirectory: persistence === PERSISTENCE_DISABLED ? undefined : path.resolve(ctx.cwd, persistence),
+    maxUploadSize: options.max_upload_size,
+    maxJobUploadSize: options.max_job_upload_size,
+    allowUnsafeEnv: publicMode ? PUBLIC_MODE.allow_unsafe_env.forced : options.allow_unsafe_env,
+    logRequests: options.log_requests,
+    toolConfigFiles,
+    allowInsecurePublic: options.allow_insecure_public,
+    allowedSubmitParams: options.allowed_submit_params,
+    rateLimitFailedAuth: options.rate_limit_failed_auth,
+    rateLimitSetup: options.rate_limit_setup,
+    // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
+    toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
+    managers,
+  };
+}
+
+/** The app options, validated; not-yet-supported ones are dropped with a warning, unknown ones refused. */
+function appOptions(settings: ReadonlyMap<string, Setting>, ctx: LoadContext): AppOptions {
+  const values: Record<string, unknown> = {};
+  for (const [key, setting] of settings) {
+    if (key === 'app_config') {
+      throw new ConfigError(setting.file, setting.key, 'app_config is only read from [app:main] in server.ini');
+    }
+    if (isNotYetSupported(key)) {
+      ctx.warnings.push(`${setting.file}: ${setting.key} is not yet supported and is ignored`);
+      continue;
+    }
+    if (!APP_OPTION_NAMES.has(key)) {
+      const hint = APP_OPTION_HINTS.get(key);
+      throw new ConfigError(setting.file, setting.key, `unknown option${hint === undefined ? '' : ` (${hint})`}`);
+    }
+    values[key] = setting.value;
+  }
+  return parseOrThrow(appOptionsSchema, values, settings);
+}
+
+function isNotYetSupported(key: string): boolean {
+  return NOT_YET_SUPPORTED_APP_OPTIONS.has(key) || NOT_YET_SUPPORTED_APP_PREFIXES.some((p) => key.startsWith(p));
+}
+
+function managerDefaults(options: AppOptions, publicMode: boolean, ctx: LoadContext): ManagerDefaults {
+  const fromEnv = (name: string): string | undefined => {
+    const value = ctx.env[name];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  return {
+    stagingDirectory: path.resolve(ctx.cwd, options.staging_directory),
+    assignIds: options.assign_ids,
+    jobDirectoryMode: options.job_directory_mode,
+    maximumStreamSize: options.maximum_stream_size,
+    debug: options.debug,
+    galaxyHome: fromCwd(options.galaxy_home ?? fromEnv('GALAXY_HOME'), ctx),
+    galaxyVirtualEnv: fromCwd(options.galaxy_virtual_env ?? fromEnv('GALAXY_VIRTUAL_ENV'), ctx),
+    galaxyConfigFile: fromCwd(options.galaxy_config_file, ctx),
+    galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path, ctx),
+    galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file, ctx),
+    publicMode,
+  };
+}
+
+function fromCwd(p: string | undefined, ctx: LoadContext): string | undefined {
+  return p === undefined ? undefined : path.resolve(ctx.cwd, p);
+}
+
+/**
+ * `tool_config_files` (or its alias `tool_config_file`): toolbox XML files, relative to the config
+ * directory. Each must be a readable file now, so that a typo stops the server instead of leaving
+ * it without the tools the admin meant to offer. Their contents are the toolbox loader's business.
+ */
+async function toolboxFiles(options: AppOptions, settings: ReadonlyMap<string, Setting>, configDir: string): Promise<readonly string[]> {
+  const plural = settings.get('tool_config_files');
+  const singular = settings.get('tool_config_file');
+  if (options.tool_config_files !== undefined && options.tool_config_file !== undefined && singular !== undefined) {
+    throw new ConfigError(singular.file, singular.key, 'give either tool_config_files or its alias tool_config_file, not both');
+  }
+  const listed = options.tool_config_files ?? options.tool_config_file ?? [];
+  const setting = options.tool_config_files !== undefined ? plural : singular;
+  const files: string[] = [];
+  for (const entry of listed) {
+    const file = path.resolve(configDir, entry);
+    const fail = (message: string, cause?: unknown): ConfigError =>
+      new ConfigError(setting?.file ?? ENVIRONMENT, setting?.key ?? 'tool_config_files', `${message}: ${file}`, { cause });
+    try {
+      if (!(await stat(file)).isFile()) throw fail('not a regular file');
+      await access(file, fsConstants.R_OK);
+    } catch (error) {
+      if (error instanceof ConfigError) throw error;
+      throw fail(describeIoError(error), error);
+    }
+    if (!files.includes(file)) files.push(file);
+  }
+  return files;
+}
