@@ -19,7 +19,7 @@ interface Fixture {
 
 async function publicServer(t: ExecutionContext): Promise<Fixture> {
   const server = await startTestServer({
-    app: { toolConfigFiles: [TOOLBOX], assignIds: 'uuid', allowUnsafeEnv: false, logRequests: true },
+    app: { toolConfigFiles: [TOOLBOX], allowUnsafeEnv: false, logRequests: true },
     managers: (root) => [managerConfig(root, { assignIds: 'uuid' })],
   });
   t.teardown(() => server.stop());

@@ -87,7 +87,7 @@ test('POST /jobs is limited per address in public mode (plain and per-manager ro
   await fs.writeFile(toolbox, '<toolbox tool_path="."></toolbox>\n');
   const server = await startTestServer({
     root,
-    app: { toolConfigFiles: [toolbox], assignIds: 'uuid', allowUnsafeEnv: false, rateLimitSetup: 3 },
+    app: { toolConfigFiles: [toolbox], allowUnsafeEnv: false, rateLimitSetup: 3 },
   });
   t.teardown(() => server.stop());
   const setup = (prefix: string, id: string): Promise<Reply> => request(server.url, 'POST', `${prefix}/jobs?${qs({ job_id: id, tool_id: 'no_such_tool' })}`);

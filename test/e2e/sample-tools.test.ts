@@ -22,7 +22,7 @@ for (const sample of SAMPLES) {
   test(`every accepted fixture line of the sample tool ${sample.dir} runs on a real public server`, async (t) => {
     const fixtures = yaml.load(await fs.readFile(path.join(TOOLBOX_DIR, sample.dir, `${sample.dir}.fixtures.yml`), 'utf8')) as Fixtures;
     const server = await startTestServer({
-      app: { toolConfigFiles: [path.join(TOOLBOX_DIR, 'tools.xml')], assignIds: 'uuid', allowUnsafeEnv: false },
+      app: { toolConfigFiles: [path.join(TOOLBOX_DIR, 'tools.xml')], allowUnsafeEnv: false },
       managers: (root) => [managerConfig(root, { assignIds: 'uuid' })],
     });
     t.teardown(() => server.stop());

@@ -2,7 +2,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import { defaultConfig, type AppSection, type AssignIds, type Config, type ManagerConfig } from '../../src/config/index.js';
+import { defaultConfig, type AppSection, type type Config, type ManagerConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 
@@ -38,15 +38,7 @@ export function managerConfig(root: string, overrides: Partial<ManagerConfig> = 
   };
 }
 
-/**
- * App overrides for a test server. `assignIds` is accepted and dropped: some tests still pass it
- * from when AppSection had it, and it never had an effect there (managers carry their own
- * `assignIds`). Remove it once no caller sets it.
- */
-export type TestAppOverrides = Partial<AppSection> & { readonly assignIds?: AssignIds };
-
-export function testConfig(root: string, overrides: TestAppOverrides = {}, managers?: ManagerConfig[]): Config {
-  const { assignIds: _ignored, ...app } = overrides;
+export function testConfig(root: string, app: Partial<AppSection> = {}, managers?: ManagerConfig[]): Config {
   return {
     ...DEFAULTS,
     configDir: root,
@@ -72,7 +64,7 @@ export async function makeRoot(): Promise<string> {
 
 /** A real server on 127.0.0.1:0 in this process, with its own temp directory. */
 export async function startTestServer(
-  options: { app?: TestAppOverrides; managers?: (root: string) => ManagerConfig[]; root?: string } = {},
+  options: { app?: Partial<AppSection>; managers?: (root: string) => ManagerConfig[]; root?: string } = {},
 ): Promise<TestServer> {
   const root = options.root ?? (await makeRoot());
   const config = testConfig(root, options.app ?? {}, options.managers?.(root));
