@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: start magnetar as a child process (`bin/magnetar.js serve --config <tmp>`),
- * drive it over 127.0.0.1 with three workloads and print ONE JSON object on stdout (progress goes
- * to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
+ * drive it over 127.0.0.1 with each section's workload and print ONE JSON object on stdout
+ * (progress goes to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
  */
 import { validatorBench } from './validator.js';
 import { killJobProcesses } from './procs.js';
