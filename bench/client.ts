@@ -22,10 +22,13 @@ export class Client {
   readonly host: string;
   readonly port: number;
   readonly agent: http.Agent;
+  /** Socket idle limit per request (ms); unset = none. Bounds a bench loop against a hung server. */
+  readonly timeoutMs: number | undefined;
 
-  constructor(host: string, port: number, maxSockets: number) {
+  constructor(host: string, port: number, maxSockets: number, timeoutMs?: number) {
     this.host = host;
     this.port = port;
+    this.timeoutMs = timeoutMs;
     this.agent = new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets, scheduling: 'lifo' });
   }
 
@@ -51,6 +54,10 @@ export class Client {
         res.on('error', reject);
       });
       req.on('error', reject);
+      if (this.timeoutMs !== undefined) {
+        const ms = this.timeoutMs;
+        req.setTimeout(ms, () => req.destroy(new Error(`${method} ${target.slice(0, 200)}: no answer within ${ms} ms`)));
+      }
       req.end(body);
     });
   }

@@ -1,12 +1,15 @@
 /**
  * `npm run bench`: start magnetar as a child process (`bin/magnetar.js serve --config <tmp>`),
- * drive it over 127.0.0.1 with three workloads and print ONE JSON object on stdout (progress goes
- * to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
+ * drive it over 127.0.0.1 with each section's workload and print ONE JSON object on stdout
+ * (progress goes to stderr). See bench/README.md for the knobs (BENCH_* environment variables).
  */
 import { validatorBench } from './validator.js';
+import { killJobProcesses } from './procs.js';
+import { runScaleLevel, type ScaleResult } from './scale.js';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { runLifecycle, runOneJob, type LifecycleFailure, type LifecycleResult } from './lifecycle.js';
 import { Client } from './client.js';
 import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type Window } from './profile.js';
@@ -15,7 +18,7 @@ import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSe
 import { MIB, log, round } from './stats.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator'] as const;
+const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator', 'scale'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -77,7 +80,9 @@ interface Context {
   readonly serverEntry: string | undefined;
   /** The last server started, so SIGINT can stop it. */
   current: ServerProcess | undefined;
-  servers: { label: string; pid: number; rss_at_start_mib: number }[];
+  /** Staging directory whose job processes SIGINT must kill (the scale section's `sleep 600`s). */
+  jobStaging: string | undefined;
+  servers: { label: string; pid: number; rss_at_start_mib: number; num_concurrent_jobs: number }[];
 }
 
 /**
@@ -105,7 +110,7 @@ async function withServer<T>(ctx: Context, label: string, fn: (server: ServerPro
     return { error: `server did not start: ${message(error)}` };
   }
   ctx.current = server;
-  ctx.servers.push({ label, pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1) });
+  ctx.servers.push({ label, pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1), num_concurrent_jobs: NUM_CONCURRENT_JOBS });
   let result: T | Failed;
   try {
     result = await fn(server, phase);
@@ -134,6 +139,84 @@ async function withServer<T>(ctx: Context, label: string, fn: (server: ServerPro
 
 const NUM_CONCURRENT_JOBS = 8;
 
+/**
+ * SIGINT: stop the live server (SIGKILL if it takes over 2 s), then kill the scale section's job
+ * processes. Those live in their own process groups, so Ctrl-C does not reach them; they are killed
+ * only once the server is gone, or it would start queued jobs in their place. Then the temp dir
+ * goes (it can hold a GiB transfer file or thousands of job directories) unless BENCH_KEEP=1.
+ */
+async function interrupted(ctx: Context): Promise<void> {
+  const server = ctx.current;
+  const staging = ctx.jobStaging;
+  if (server !== undefined) {
+    await Promise.race([server.stop(), sleep(2000)]);
+    await server.kill();
+  }
+  if (staging !== undefined) killJobProcesses(staging);
+  if (process.env['BENCH_KEEP'] !== '1') {
+    // The main flow may still be writing into it; what is left then is only disk, not processes.
+    await fs.rm(ctx.root, { recursive: true, force: true, maxRetries: 2 }).catch(() => undefined);
+  }
+}
+
+function jobCountList(name: string, fallback: string): number[] {
+  const raw = process.env[name]?.trim() || fallback;
+  const counts = raw.split(',').map((s) => Number(s.trim()));
+  // At least 2 jobs: one runs, and the restart check needs a queued one.
+  if (counts.some((n) => !Number.isInteger(n) || n < 2)) throw new Error(`${name} must be a comma list of integers >= 2, got "${raw}"`);
+  return counts;
+}
+
+/** The scale section: one fresh server (num_concurrent_jobs = 1) per job count. */
+async function runScale(ctx: Context): Promise<Record<string, ScaleResult>> {
+  const counts = jobCountList('BENCH_SCALE_JOBS', '1000,5000');
+  const concurrency = envInt('BENCH_SCALE_CONCURRENCY', 8);
+  const statusRequests = envInt('BENCH_SCALE_STATUS_REQUESTS', 2000);
+  const statusClients = envInt('BENCH_SCALE_STATUS_CLIENTS', 4);
+  const results: Record<string, ScaleResult> = {};
+  for (const jobs of counts) {
+    log(`== scale ${jobs}: ${jobs} jobs queued behind 1 running (num_concurrent_jobs = 1)`);
+    const dir = path.join(ctx.root, `scale-${jobs}`);
+    ctx.jobStaging = path.join(dir, 'staging');
+    results[String(jobs)] = await runScaleLevel({
+      dir,
+      jobs,
+      concurrency,
+      statusRequests,
+      statusClients,
+      logLevel: ctx.serverLogLevel,
+      entry: ctx.serverEntry,
+      keep: process.env['BENCH_KEEP'] === '1',
+      track: (server) => {
+        ctx.current = server;
+        if (server !== undefined) ctx.servers.push({ label: `scale-${jobs}`, pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1), num_concurrent_jobs: 1 });
+      },
+    });
+    ctx.jobStaging = undefined;
+  }
+  return results;
+}
+
+/** The team's reference figures at 5,000 queued jobs; the largest level measured is compared. */
+const SCALE_REFERENCE_JOBS = 5000;
+
+type Check = (target: string, value: number | null, ok: (v: number) => boolean, note?: string) => Target;
+
+function scaleTargets(scale: Record<string, ScaleResult>, check: Check): Record<string, Target> {
+  const levels = Object.values(scale).sort((a, b) => a.jobs - b.jobs);
+  const level = scale[String(SCALE_REFERENCE_JOBS)] ?? levels[levels.length - 1];
+  if (level === undefined) return {};
+  const note = level.jobs === SCALE_REFERENCE_JOBS ? undefined : `measured with ${level.jobs} jobs, not ${SCALE_REFERENCE_JOBS} (BENCH_SCALE_JOBS)`;
+  const leftovers = level.leftoverProcesses === null || level.leftoverRecords === null ? null : level.leftoverProcesses + level.leftoverRecords;
+  return {
+    scale_rss_mb: check('<= 169 MB (10^6 bytes) server VmRSS with 5,000 jobs queued', level.rssMb, (v) => v <= 169, note),
+    scale_status_p50_ms: check('<= 0.25 ms p50 status of a queued job, 5,000 queued', level.statusP50Ms, (v) => v <= 0.25, note),
+    scale_restart_s: check('<= 2.3 s from spawn after kill -9 until the jobs answer again, 5,000 queued', level.restartSeconds, (v) => v <= 2.3, note),
+    scale_cancel_clean_s: check('<= 8.3 s to cancel + clean all 5,000 jobs from 8 clients', level.cancelCleanSeconds, (v) => v <= 8.3, note),
+    scale_leftovers: check('0 job processes + job records left after cancel + clean', leftovers, (v) => v === 0, note),
+  };
+}
+
 async function main(): Promise<number> {
   const only = selectedSections();
   const sizeMiB = envInt('BENCH_SIZE_MIB', 1024);
@@ -152,11 +235,19 @@ async function main(): Promise<number> {
   const jiffies0 = await cpuJiffies();
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-bench-'));
   log(`temp dir ${root}; sections: ${[...only].join(', ')}`);
-  const ctx: Context = { root, cpuProfDir, profiles: [], serverLogLevel: process.env['BENCH_SERVER_LOG_LEVEL'], serverEntry: process.env['BENCH_SERVER_ENTRY'] || undefined, current: undefined, servers: [] };
+  const ctx: Context = {
+    root,
+    cpuProfDir,
+    profiles: [],
+    serverLogLevel: process.env['BENCH_SERVER_LOG_LEVEL'],
+    serverEntry: process.env['BENCH_SERVER_ENTRY'] || undefined,
+    current: undefined,
+    jobStaging: undefined,
+    servers: [],
+  };
   process.once('SIGINT', () => {
-    if (ctx.current !== undefined) void ctx.current.stop();
     process.exitCode = 130;
-    setTimeout(() => process.exit(130), 2000).unref();
+    void interrupted(ctx).finally(() => process.exit(130));
   });
 
   const out: Record<string, unknown> = {
@@ -171,6 +262,7 @@ async function main(): Promise<number> {
   let lifecycle: Record<string, LifecycleResult | LifecycleFailure | Failed> | undefined;
   let transfer: TransferResult | Failed | undefined;
   let status: StatusSection | Failed | undefined;
+  let scale: Record<string, ScaleResult> | undefined;
   let failures = 0;
   try {
     if (only.has('lifecycle')) {
@@ -237,6 +329,12 @@ async function main(): Promise<number> {
       log('== validator: validations/s of legitimate command lines, worst time for a 1 MB hostile line (in process)');
       out['validator'] = await validatorBench();
     }
+
+    if (only.has('scale')) {
+      scale = await runScale(ctx);
+      failures += Object.values(scale).filter((r) => r.error !== undefined).length;
+      out['scale'] = scale;
+    }
   } finally {
     if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);
     else await fs.rm(root, { recursive: true, force: true });
@@ -249,7 +347,7 @@ async function main(): Promise<number> {
     machine['cpu_busy_pct_during_bench'] = round(((jiffies1[0] - jiffies0[0]) / Math.max(1, total)) * 100, 1);
     machine['cpu_steal_pct_during_bench'] = round(((jiffies1[1] - jiffies0[1]) / Math.max(1, total)) * 100, 1);
   }
-  out['servers'] = ctx.servers.map((s) => ({ ...s, num_concurrent_jobs: NUM_CONCURRENT_JOBS, log_requests: false }));
+  out['servers'] = ctx.servers.map((s) => ({ ...s, log_requests: false }));
 
   // ---- targets (from the issue); reported, never asserted
   const targets: Record<string, Target> = {};
@@ -283,6 +381,7 @@ async function main(): Promise<number> {
       targets[`status_${kind}_p99_ms`] = check('<= 20 ms p99 at 64 clients', s?.p99_ms ?? null, (v) => v <= 20);
     }
   }
+  if (scale !== undefined) Object.assign(targets, scaleTargets(scale, check));
   out['targets'] = targets;
   if (ctx.profiles.length > 0) out['profile'] = { dir: cpuProfDir, sections: ctx.profiles.map((s) => ({ ...s, top: s.top.slice(0, 8) })) };
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);

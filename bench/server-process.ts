@@ -25,6 +25,12 @@ export interface ServerProcessOptions {
   readonly logLevel?: string | undefined;
   /** Server entry script (default `<repo>/bin/magnetar.js`), e.g. to compare another build. */
   readonly entry?: string | undefined;
+  /** Listen on this port (default: a free one). A restart passes the old port so the config is the same. */
+  readonly port?: number | undefined;
+  /** Give up when /healthz has not answered after this long (default 20 s). Recovery of many jobs is slower. */
+  readonly startTimeoutMs?: number | undefined;
+  /** Interval between /healthz polls (default 50 ms); shorter when the start-up time itself is measured. */
+  readonly healthPollMs?: number | undefined;
 }
 
 export interface CpuTimes {
@@ -37,6 +43,8 @@ export class ServerProcess {
   readonly port: number;
   readonly pid: number;
   readonly logFile: string;
+  /** `process.hrtime.bigint()` right after the spawn, to time the start-up. */
+  readonly spawnedAt: bigint;
   readonly #exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   #exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 
@@ -45,6 +53,7 @@ export class ServerProcess {
     this.logFile = logFile;
     if (child.pid === undefined) throw new Error('server process has no pid');
     this.pid = child.pid;
+    this.spawnedAt = process.hrtime.bigint();
     this.#exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         this.#exitInfo = { code, signal };
@@ -60,7 +69,7 @@ export class ServerProcess {
   /** Write server.ini + job_managers.ini, start the server and wait until /healthz answers. */
   static async start(options: ServerProcessOptions): Promise<ServerProcess> {
     const { root } = options;
-    const port = await freePort();
+    const port = options.port ?? (await freePort());
     const staging = path.join(root, 'staging');
     const persisted = path.join(root, 'persisted');
     const managersIni = path.join(root, 'job_managers.ini');
@@ -101,15 +110,16 @@ export class ServerProcess {
       fs.closeSync(out);
     }
     const server = new ServerProcess(child, port, logFile);
-    const deadline = Date.now() + 20_000;
+    const timeoutMs = options.startTimeoutMs ?? 20_000;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (server.exited) throw new Error(`server exited during startup:\n${await server.logTail()}`);
       if (await healthy(port)) break;
       if (Date.now() > deadline) {
         await server.stop();
-        throw new Error(`server did not answer /healthz within 20 s:\n${await server.logTail()}`);
+        throw new Error(`server did not answer /healthz within ${timeoutMs / 1000} s:\n${await server.logTail()}`);
       }
-      await sleep(50);
+      await sleep(options.healthPollMs ?? 50);
     }
     log(`server pid ${server.pid} listening on 127.0.0.1:${port} (log: ${logFile})`);
     return server;
@@ -168,6 +178,18 @@ export class ServerProcess {
     } catch {
       return '(no server log)';
     }
+  }
+
+  /** SIGKILL by pid (a crash: no shutdown code runs) and wait for the exit. */
+  async kill(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (!this.exited) {
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    return this.#exitInfo ?? (await this.#exited);
   }
 
   /** SIGTERM by pid, wait for the exit (SIGKILL after 10 s). */
