@@ -2,7 +2,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import { defaultConfig, type AppSection, type type Config, type ManagerConfig } from '../../src/config/index.js';
+import { defaultConfig, type AppSection, type Config, type ManagerConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 
