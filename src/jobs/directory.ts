@@ -49,6 +49,9 @@ function nameComponents(name: string): string[] {
 
 const GLOB_CHARS = /[*?[]/;
 
+/** Uploads stream into `<jobdir>/.upload-<random>.part` until they are published. */
+const UPLOAD_TEMP_PREFIX = '.upload-';
+
 /** fnmatch-style component pattern (`*`, `?`, `[...]`) → RegExp; `*` never crosses `/`. */
 function globToRegExp(pattern: string): RegExp {
   let out = '';
@@ -231,15 +234,17 @@ export class JobDirectory {
     const parent = await this.#ensureParents(base, parts, RULES[type].nested);
     const finalPath = path.join(parent, parts[parts.length - 1]!);
     await this.#refuseNonRegularTarget(finalPath);
-    const tmpPath = path.join(parent, `.upload-${randomBytes(8).toString('hex')}.part`);
+    // The temp file lives in the job directory itself, never in the destination directory: a
+    // submit that reads `configs/` while an upload streams must see only published files.
+    const tmpName = `${UPLOAD_TEMP_PREFIX}${randomBytes(8).toString('hex')}.part`;
+    const tmpPath = path.join(this.root, tmpName);
     const handle = await fs.open(tmpPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
     let bytes = 0;
     let streaming = false;
     const hash = expectedSha256 === undefined ? undefined : createHash('sha256');
     try {
       const real = await realPathOfFd(handle.fd);
-      const expectedBase = path.join(await this.#trustedRoot(), RULES[type].base);
-      if (!isInside(expectedBase, real)) throw new PathDenied('upload target escapes the job directory');
+      if (real !== path.join(await this.#trustedRoot(), tmpName)) throw new PathDenied('upload target escapes the job directory');
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           try {
@@ -391,7 +396,7 @@ export class JobDirectory {
   /** Names (files and directories) directly in the job directory. */
   async topLevelNames(): Promise<string[]> {
     try {
-      return (await fs.readdir(this.root)).filter((n) => !n.startsWith('.upload-'));
+      return (await fs.readdir(this.root)).filter((n) => !n.startsWith(UPLOAD_TEMP_PREFIX));
     } catch {
       return [];
     }
@@ -411,7 +416,6 @@ async function listFiles(dir: string, maxDepth: number): Promise<string[]> {
     }
     for (const entry of entries) {
       if (out.length >= MAX_LISTED) return;
-      if (entry.name.startsWith('.upload-') && entry.name.endsWith('.part')) continue;
       const childRel = rel === '' ? entry.name : `${rel}/${entry.name}`;
       if (entry.isFile()) out.push(childRel);
       else if (entry.isDirectory()) {

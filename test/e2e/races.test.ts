@@ -275,7 +275,7 @@ function describeProcesses(found: readonly FoundProcess[]): string {
 
 async function publicServer(t: ExecutionContext, numConcurrentJobs: number): Promise<{ server: TestServer; markers: string[] }> {
   return serverWithCleanup(t, {
-    app: { toolConfigFiles: [TOOLBOX], assignIds: 'uuid', allowUnsafeEnv: false },
+    app: { toolConfigFiles: [TOOLBOX], allowUnsafeEnv: false },
     managers: (root) => [managerConfig(root, { assignIds: 'uuid', numConcurrentJobs })],
   });
 }
