@@ -30,13 +30,18 @@ export async function serve(options: ServeOptions): Promise<number> {
     process.stderr.write(`magnetar: ${error instanceof Error ? error.message : String(error)}\n`);
     return 2;
   }
-  await new Promise<void>((resolve) => {
+  return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'stopping (running jobs continue and are re-attached on the next start)');
-      void running.close().then(resolve);
+      running.close().then(
+        () => resolve(0),
+        (error: unknown) => {
+          log.error({ err: error }, 'stopping failed');
+          resolve(1);
+        },
+      );
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
-  return 0;
 }

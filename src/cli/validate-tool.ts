@@ -179,7 +179,6 @@ function isMapping(value: unknown): value is Record<string, unknown> {
 
 /** Show a case on one line: as written, or JSON-quoted when it holds control characters. */
 function display(text: string): string {
-  // eslint-disable-next-line no-control-regex
   return /[\u0000-\u001f\u007f]/.test(text) ? JSON.stringify(text) : text;
 }
 

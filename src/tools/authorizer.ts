@@ -170,21 +170,23 @@ export class ToolboxAuthorizer implements Authorizer {
     for (const key of Object.keys(facts.submitParams)) {
       if (!this.#allowedSubmitParams.has(key)) deny('submit params', `submit parameter "${key}" is not allowed on this server (allowed_submit_params)`);
     }
-    // Config files: each must have its validator and satisfy it (PROTOCOL §14 item 17).
+    // Config files: each must have its validator and satisfy it (PROTOCOL §14 item 17). What
+    // cannot be read cannot be validated: the job is refused (never run unchecked).
     let names: string[];
     try {
       names = await fs.readdir(configsDirectory);
-    } catch {
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') deny('config file', `the config files cannot be listed (${errorCode(error)})`);
       names = [];
     }
     for (const name of names.sort()) {
       const validator = tool.configfileValidators.get(name);
       if (validator === undefined) deny('config file', `config file "${name}" has no configfile_validator`);
       const full = path.join(configsDirectory, name);
-      const st = await fs.lstat(full);
+      const st = await fs.lstat(full).catch((error: unknown) => deny('config file', `config file "${name}" cannot be read (${errorCode(error)})`));
       if (!st.isFile()) deny('config file', `config file "${name}" is not a regular file`);
       if (st.size > MAX_CONFIG_FILE_BYTES) deny('config file', `config file "${name}" is larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
-      const content = await fs.readFile(full, 'utf8');
+      const content = await fs.readFile(full, 'utf8').catch((error: unknown) => deny('config file', `config file "${name}" cannot be read (${errorCode(error)})`));
       const verdict = validator.validate(content, facts.jobDirectory);
       if (!verdict.ok) deny('config file', `configfile_validator "${name}" rejected the file: ${verdict.reason}`);
       this.#allow(jobId, tool.id, 'config file', name);
@@ -196,6 +198,12 @@ export class ToolboxAuthorizer implements Authorizer {
     if (facts.hasDependencies) this.#log.info({ jobId, toolId: tool.id, step: 'dependencies' }, 'dependencies_description ignored on a public server');
     this.#allow(jobId, tool.id, 'command line');
   }
+}
+
+/** The errno code of a file-system error (never its message, which names server paths). */
+function errorCode(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' ? code : 'unknown error';
 }
 
 /**

@@ -5,6 +5,7 @@ import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import { isValidJobId } from '../jobs/ids.js';
 import { loggableUrl, type Logger } from '../log.js';
 import { tokenMatcher } from './auth.js';
+import { errorAnswer } from './errors.js';
 import type { Services } from './routes.js';
 
 const STATUS_URL = /^(?:\/managers\/([^/?#]+))?\/jobs\/([^/?#]+)\/status(?:\?([^#]*))?$/;
@@ -62,18 +63,20 @@ export function fastStatus(
     // A client over its failed-authentication limit is refused by express (web/rate-limit.ts).
     if (service === undefined || !isValidJobId(jobId) || !authorized(req, query) || isBlocked(req)) return false;
     const start = logRequests ? process.hrtime.bigint() : 0n;
+    const answer = (status: number, body: string): void => {
+      res.writeHead(status, { ...base, 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+      if (logRequests) {
+        log.info({ method: req.method, url: loggableUrl(url), status, ms: Number(process.hrtime.bigint() - start) / 1e6 }, 'request');
+      }
+    };
     service.status(jobId).then(
-      (body) => {
-        res.writeHead(200, { ...base, 'content-length': Buffer.byteLength(body) });
-        res.end(body);
-        if (logRequests) {
-          log.info({ method: req.method, url: loggableUrl(url), status: 200, ms: Number(process.hrtime.bigint() - start) / 1e6 }, 'request');
-        }
-      },
+      (body) => answer(200, body),
       (error: unknown) => {
-        log.error({ err: error, jobId }, 'status failed');
-        if (!res.headersSent) res.writeHead(500, { ...base });
-        res.end(JSON.stringify({ error: 'MAG_ERR_INTERNAL', message: 'internal server error' }));
+        // As the express route would answer it (web/errors.ts).
+        const failed = errorAnswer(error, log, { method: req.method, route: url.split('?', 1).join('') });
+        if (res.headersSent) res.destroy();
+        else answer(failed.status, failed.body);
       },
     );
     return true;

@@ -77,10 +77,8 @@ export function rateLimits(
     const authorized = tokenMatcher(app.privateToken);
     isBlocked = (req) => store.isBlocked(clientKey(req));
     failedAuth = (req: Request, res: Response, next: NextFunction) => {
-      if (!authorized(req, queryOf(req))) {
-        void counter(req, res, next);
-        return;
-      }
+      // express 5 passes a rejection of the returned promise to the error handler.
+      if (!authorized(req, queryOf(req))) return counter(req, res, next);
       const key = clientKey(req);
       if (store.isBlocked(key)) {
         res.setHeader('Retry-After', String(store.secondsLeft(key)));

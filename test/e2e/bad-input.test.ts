@@ -11,9 +11,12 @@ import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
 import { qs, request, waitForJob, type Reply } from '../helpers/client.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import type { AppSection } from '../../src/config/types.js';
+import { createLogger } from '../../src/log.js';
+import { errorAnswer } from '../../src/web/errors.js';
 
 const CANARY_SECRET = 'CANARY-SECRET-DO-NOT-LEAK\n';
 
@@ -609,6 +612,32 @@ test('an unknown manager is a 404', async (t) => {
   // The configured manager answers under its prefix.
   const ok = await probe(t, fx, 'GET', '/managers/_default_/healthz', { status: 200 });
   t.is(typeof ok.json<{ version: string }>().version, 'string');
+});
+
+test('an undecodable path parameter is a 400 MAG_ERR_BAD_REQUEST (an error of the HTTP layer)', async (t) => {
+  const fx = await fixture(t);
+  for (const target of ['/jobs/%ZZ/status', `/jobs/%E0%A4%A/files?${qs({ name: 'x', type: 'input' })}`, '/managers/%ZZ/jobs/1/status']) {
+    const r = await probe(t, fx, 'GET', target, { status: 400 });
+    t.is(r.json<{ error: string }>().error, 'MAG_ERR_BAD_REQUEST', target);
+  }
+});
+
+test('errors of the HTTP layer take their code from the catalog: 413 is MAG_ERR_UPLOAD_TOO_LARGE, any other 4xx MAG_ERR_BAD_REQUEST', (t) => {
+  const logged: string[] = [];
+  const log = createLogger({ destination: new Writable({ write: (chunk: Buffer, _enc, cb) => { logged.push(chunk.toString()); cb(); } }) });
+  const at = { method: 'POST', route: '/jobs/j1/files' };
+  const httpError = (status: number, message: string, expose: boolean): Error => Object.assign(new Error(message), { status, expose });
+  const answer = (error: unknown): [number, unknown] => {
+    const { status, body } = errorAnswer(error, log, at);
+    return [status, JSON.parse(body)];
+  };
+  t.deepEqual(answer(httpError(413, 'request entity too large', true)), [413, { error: 'MAG_ERR_UPLOAD_TOO_LARGE', message: 'request entity too large' }]);
+  t.deepEqual(answer(httpError(413, 'detail', false)), [413, { error: 'MAG_ERR_UPLOAD_TOO_LARGE', message: 'request entity too large' }]);
+  t.deepEqual(answer(httpError(400, 'Failed to decode param', true)), [400, { error: 'MAG_ERR_BAD_REQUEST', message: 'Failed to decode param' }]);
+  t.deepEqual(answer(httpError(415, 'a detail not for clients', false)), [400, { error: 'MAG_ERR_BAD_REQUEST', message: 'bad request' }]);
+  t.deepEqual(logged, [], 'client errors are answers, not server errors');
+  t.deepEqual(answer(httpError(503, 'upstream', true)), [500, { error: 'MAG_ERR_INTERNAL', message: 'internal server error' }]);
+  t.is(logged.length, 1);
 });
 
 test('private_token: refused without or with a wrong token, Bearer accepted, never logged', async (t) => {
