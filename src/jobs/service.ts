@@ -72,6 +72,9 @@ export class JobService {
   readonly #inflightBytes = new Map<string, number>();
   /** Follow-ups that nobody awaits (a backend's "it started" news): errors are logged, never lost. */
   readonly #background = new Set<Promise<void>>();
+  /** Backend starts under way: shutdown waits for them, so none lands after it. */
+  readonly #starting = new Set<Promise<unknown>>();
+  #closing = false;
   #realStaging: string | undefined;
 
   constructor(options: JobServiceOptions) {
@@ -171,7 +174,11 @@ export class JobService {
 
   /** Start nothing more and stop writing records (running jobs go on; the next start re-attaches). */
   async shutdown(): Promise<void> {
+    this.#closing = true;
     this.#queue.close();
+    // A start under way finishes (its job is recorded and re-attached by the next start);
+    // none begins after this.
+    await Promise.allSettled([...this.#starting]);
     this.#backend.close();
     await this.#store.close();
   }
@@ -436,14 +443,21 @@ export class JobService {
 
   /** The run queue's task for a job: start it, then follow it to its end. */
   async #execute(id: string): Promise<void> {
-    const started = await this.#locks.run(id, async () => this.#startLocked(id));
+    const starting = this.#locks.run(id, async () => this.#startLocked(id));
+    this.#starting.add(starting);
+    let started: Awaited<typeof starting>;
+    try {
+      started = await starting;
+    } finally {
+      this.#starting.delete(starting);
+    }
     if (started !== undefined) await this.#follow(id, started.incarnation, started.externalId);
   }
 
   async #startLocked(id: string): Promise<{ incarnation: string; externalId: string } | undefined> {
     const record = this.#store.get(id);
-    // Cancelled or cleaned while it waited: its slot goes to the next job.
-    if (record === undefined || record.state !== 'queued' || record.externalId !== undefined) return undefined;
+    // Cancelled or cleaned while it waited (its slot goes to the next job), or the server is stopping.
+    if (this.#closing || record === undefined || record.state !== 'queued' || record.externalId !== undefined) return undefined;
     const dir = this.#dir(id);
     let externalId: string;
     try {

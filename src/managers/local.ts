@@ -1,5 +1,6 @@
 import * as fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { BackendError } from '../errors.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from './backend.js';
 import { Launcher } from './launcher.js';
 
@@ -20,6 +21,7 @@ export class LocalBackend implements Backend {
   readonly #scripts = new Map<number, string>();
   #launcher: Launcher | undefined;
   #launcherEnv: Readonly<Record<string, string>> | undefined;
+  #closed = false;
 
   /** `maxConcurrent`: `num_concurrent_jobs` (queued_python) or Infinity (unqueued). */
   constructor(maxConcurrent: number) {
@@ -35,14 +37,15 @@ export class LocalBackend implements Backend {
   }
 
   async submit(spec: LaunchSpec): Promise<string> {
-    if (!Launcher.canLaunch(spec)) throw new Error('job paths must not contain newlines');
+    if (this.#closed) throw new BackendError('MAG_ERR_BACKEND_SUBMIT', 'the server is stopping: no job is started');
+    if (!Launcher.canLaunch(spec)) throw new BackendError('MAG_ERR_BACKEND_SUBMIT', 'job paths must not contain newlines');
     if (this.#launcher === undefined || !this.#launcher.alive || this.#launcherEnv !== spec.env) {
       this.#launcher?.stop();
       this.#launcher = Launcher.start(spec.env);
       this.#launcherEnv = spec.env;
     }
     const { pid, exit } = await this.#launcher.launch(spec);
-    if (!Number.isSafeInteger(pid) || pid <= 1) throw new Error('the job launcher reported no pid');
+    if (!Number.isSafeInteger(pid) || pid <= 1) throw new BackendError('MAG_ERR_BACKEND_SUBMIT', 'the job launcher reported no pid');
     this.#scripts.set(pid, spec.scriptPath);
     const exited = exit.then(async (status) => {
       // The launcher went away before the job ended: watch the pid instead.
@@ -57,6 +60,7 @@ export class LocalBackend implements Backend {
 
   /** Stop the launcher (running jobs are not affected). */
   close(): void {
+    this.#closed = true;
     this.#launcher?.stop();
   }
 
