@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { isSafeRelativeName, isStrictlyInside } from '../jobs/paths.js';
 import type { ToolDefinition } from './types.js';
 
 interface CachedDigest {
@@ -33,7 +34,7 @@ export class ToolFiles {
     } catch {
       return undefined;
     }
-    if (!real.startsWith(base.endsWith('/') ? base : `${base}/`)) return undefined;
+    if (!isStrictlyInside(base, real)) return undefined;
     let st: Stats;
     try {
       st = await fs.stat(real);
@@ -52,13 +53,6 @@ export class ToolFiles {
     this.#cache.set(real, { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, digest });
     return digest;
   }
-}
-
-/** A relative name of `/`-separated plain segments (no `.`/`..`/empty segments, backslash or NUL). */
-export function isSafeRelativeName(name: string): boolean {
-  if (name === '' || name.length > 4096) return false;
-  if (name.includes('\0') || name.includes('\\') || name.startsWith('/')) return false;
-  return name.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..');
 }
 
 async function sha256File(file: string): Promise<string> {

@@ -9,6 +9,7 @@
  * So shell syntax in an accepted line is exactly the syntax some `literal` (or `tool_wrapper`,
  * `configfile`, parameter name) spells.
  */
+import { relativeNameProblem } from '../jobs/paths.js';
 import { Automaton, AutomatonTooLarge } from './automaton.js';
 import {
   CharSet,
@@ -326,8 +327,9 @@ function valueOrText(el: XmlElement, attribute: string, where: string, ctx: Cont
 /** A file name under a job sub-directory: relative, no empty, `.` or `..` components. */
 function relativeName(name: string, where: string): string {
   if (name === '') throw new ValidatorLoadError(`${where}: a file name is required`);
-  if (name.startsWith('/') || name.split('/').some((c) => c === '' || c === '.' || c === '..')) {
-    throw new ValidatorLoadError(`${where}: ${quoted(name)} must be a relative path without empty, "." or ".." components`);
+  const problem = relativeNameProblem(name);
+  if (problem !== undefined) {
+    throw new ValidatorLoadError(`${where}: ${quoted(name)} must be a relative path without empty, "." or ".." components (${problem.reason})`);
   }
   if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) throw new ValidatorLoadError(`${where}: control character in ${quoted(name)}`);
   return name;

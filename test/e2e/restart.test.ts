@@ -88,3 +88,42 @@ test('a server killed while jobs are only queued runs them all after the restart
   const out = await request(server.url, 'GET', `/jobs/q3/files?${qs({ job_id: 'q3', name: 'out.txt' })}`);
   t.is(out.text, 'input of q3\n');
 });
+
+test('preprocessing and postprocessing are persisted states: a server killed in either resumes the job after the restart', async (t) => {
+  const root = await makeRoot();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const ini = await writeServerIni(root, [`staging_directory = ${root}/staging`, `persistence_directory = ${root}/persisted`]);
+  let server = await spawnServer(ini);
+  t.teardown(() => server.kill('SIGKILL'));
+  const records = path.join(root, 'persisted', '_default_-jobs');
+
+  // "pre": set up and staged; the server dies right after recording the submit (preprocessing).
+  const setup = await request(server.url, 'POST', `/jobs?${qs({ job_id: 'pre' })}`);
+  t.is(setup.status, 200);
+  const outputs = setup.json().outputs_directory as string;
+  const up = await request(server.url, 'POST', `/jobs/pre/files?${qs({ job_id: 'pre', name: 'in.txt', type: 'input' })}`, { body: 'input of pre\n' });
+  t.is(up.status, 200);
+  // "post": ran to the end; the server dies while postprocessing it.
+  await setupAndSubmit(server.url, 'post', (out) => `cat ../inputs/in.txt > '${out}/out.txt'`);
+  t.is((await waitForJob(server.url, 'post')).status, 'complete');
+  await server.kill('SIGKILL');
+
+  const commandLine = `cat ../inputs/in.txt > '${outputs}/out.txt'; echo resumed`;
+  const pre = JSON.parse(await fs.readFile(path.join(records, 'pre.json'), 'utf8')) as Record<string, unknown>;
+  const request_ = { commandLine, submitParams: {}, dependenciesDescription: null, env: [], remoteStaging: {}, touchOutputs: [], dynamicFileSources: [] };
+  await fs.writeFile(path.join(records, 'pre.json'), JSON.stringify({ ...pre, state: 'preprocessing', launch: { request: request_, commandLine, submitParams: {} } }));
+  const post = JSON.parse(await fs.readFile(path.join(records, 'post.json'), 'utf8')) as Record<string, unknown>;
+  await fs.writeFile(path.join(records, 'post.json'), JSON.stringify({ ...post, state: 'postprocessing' }));
+
+  server = await spawnServer(ini);
+  const preDoc = await waitForJob(server.url, 'pre', '', '', 30_000);
+  t.is(preDoc.status, 'complete', JSON.stringify(preDoc));
+  t.is(preDoc.job_stdout, 'resumed\n');
+  const out = await request(server.url, 'GET', `/jobs/pre/files?${qs({ job_id: 'pre', name: 'out.txt', type: 'output' })}`);
+  t.is(out.text, 'input of pre\n');
+  const postDoc = await waitForJob(server.url, 'post', '', '', 30_000);
+  t.is(postDoc.status, 'complete', JSON.stringify(postDoc));
+  t.is(postDoc.returncode, 0);
+  const saved = JSON.parse(await fs.readFile(path.join(records, 'post.json'), 'utf8')) as { state: string };
+  t.is(saved.state, 'complete', 'the resumed postprocessing was recorded');
+});
