@@ -416,11 +416,13 @@ export class CondorBackend implements Backend {
     }
     this.#condorEnv = condorEnv;
     this.#toolEnv = { ...toolEnv, ...condorEnv };
-    this.#monitor = new PollingMonitor(
-      manager.minPollingInterval * 1000,
-      (ids) => this.#pollBatch(ids),
-      async () => ({ exitCode: null }),
-    );
+    this.#monitor = new PollingMonitor({
+      intervalMs: manager.minPollingInterval * 1000,
+      pollBatch: async (ids) => this.#pollBatch(ids),
+      // Not in the queue and no final event: the job's return_code file decides (in the service).
+      onGone: async () => ({ exitCode: null }),
+      log: this.#log,
+    });
   }
 
   scriptHeader(): readonly string[] {

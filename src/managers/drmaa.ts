@@ -143,7 +143,13 @@ export class DrmaaJobs {
   constructor(options: DrmaaJobsOptions) {
     this.client = options.client;
     this.#log = options.log;
-    this.#monitor = new PollingMonitor(options.intervalMs, (ids) => this.#pollBatch(ids), async () => ({ exitCode: null }));
+    this.#monitor = new PollingMonitor({
+      intervalMs: options.intervalMs,
+      pollBatch: async (ids) => this.#pollBatch(ids),
+      // Reaped or never known: the job's return_code file decides (in the service).
+      onGone: async () => ({ exitCode: null }),
+      log: options.log,
+    });
   }
 
   async submit(template: TemplateMessage): Promise<string> {

@@ -81,11 +81,12 @@ export class CliBackend implements Backend {
     });
     this.#graceMs = tuning.graceMs ?? RETURN_CODE_GRACE_MS;
     this.#log = ctx.log.child({ manager: manager.name, backend: 'queued_cli', jobPlugin: this.plugin.name, shellPlugin: options.shell.name });
-    this.#monitor = new PollingMonitor(
-      manager.minPollingInterval * 1000,
-      (ids) => this.#pollBatch(ids),
-      (id) => this.#judgeGone(id),
-    );
+    this.#monitor = new PollingMonitor({
+      intervalMs: manager.minPollingInterval * 1000,
+      pollBatch: async (ids) => this.#pollBatch(ids),
+      onGone: async (id) => this.#judgeGone(id),
+      log: this.#log,
+    });
   }
 
   /** Runs one scheduler command through the shell plugin (also used by tests and diagnostics). */
