@@ -2,14 +2,15 @@ import { constants as fsConstants } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { ManagerConfig } from '../../config/types.js';
+import { BackendError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from '../backend.js';
 import type { BackendContext } from '../context.js';
 import { PollingMonitor, type PolledState } from '../monitor.js';
+import { CommandRunner } from '../process-runner.js';
 import { describeFailure, type Command, type CommandResult } from './command.js';
 import { isExternalId, type JobPlugin, type SchedulerStatus } from './job-plugin.js';
 import { parseCliOptions, type CliOptions } from './options.js';
-import { CommandRunner } from './shell.js';
 
 /**
  * Server environment variables scheduler commands may see. Everything else (tokens, config
@@ -22,10 +23,6 @@ const SCHEDULER_ENV = [
   'LSF_ENVDIR', 'LSF_SERVERDIR', 'LSF_BINDIR', 'LSF_LIBDIR',
   'PBS_CONF_FILE', 'PBS_DEFAULT', 'PBS_SERVER', 'PBS_EXEC', 'PBS_HOME',
 ] as const;
-
-/** Concurrent scheduler commands: local processes, and ssh/rsh connections (sshd's MaxStartups is 10). */
-const LOCAL_PARALLEL = 8;
-const REMOTE_PARALLEL = 4;
 
 /**
  * A job the scheduler reports ended (or no longer lists) but whose `return_code` file is not
@@ -74,11 +71,7 @@ export class CliBackend implements Backend {
   constructor(manager: ManagerConfig, options: CliOptions, ctx: BackendContext, tuning: { graceMs?: number } = {}) {
     this.plugin = options.jobPlugin;
     this.#env = Object.freeze(schedulerEnvironment(ctx.serverEnv));
-    this.#runner = new CommandRunner(options.shell, {
-      timeoutMs: options.commandTimeoutMs,
-      env: this.#env,
-      parallel: options.shell.remote ? REMOTE_PARALLEL : LOCAL_PARALLEL,
-    });
+    this.#runner = new CommandRunner(options.shell, { timeoutMs: options.commandTimeoutMs, env: this.#env });
     this.#graceMs = tuning.graceMs ?? RETURN_CODE_GRACE_MS;
     this.#log = ctx.log.child({ manager: manager.name, backend: 'queued_cli', jobPlugin: this.plugin.name, shellPlugin: options.shell.name });
     this.#monitor = new PollingMonitor({
@@ -109,17 +102,10 @@ export class CliBackend implements Backend {
     // clean environment plus the scheduler settings. Over rsh/ssh the remote login environment applies.
     const env = this.#runner.shell.remote ? undefined : { ...spec.env, ...this.#env };
     const result = await this.#runner.run(command, env);
-    if (result.code !== 0) {
-      const shell = this.#runner.shell;
-      if (result.code === null || shell.transportFailed(result)) {
-        const where = shell.remote ? ` on ${shell.target}` : '';
-        throw new Error(`${shell.name} could not run ${command.argv[0]}${where}: ${describeFailure(result)}`);
-      }
-      throw new Error(`${this.plugin.scheduler} did not accept the job: ${describeFailure(result)}`);
-    }
+    if (result.code !== 0) throw this.#runner.failure(command, result, 'MAG_ERR_BACKEND_SUBMIT', `${this.plugin.scheduler} did not accept the job`);
     const id = this.plugin.parseSubmit(result.stdout);
     if (id === undefined) {
-      throw new Error(`no job id in the answer of ${command.argv[0]}: ${JSON.stringify(result.stdout.trim().slice(0, 500))}`);
+      throw new BackendError('MAG_ERR_BACKEND_COMMAND', `no job id in the answer of ${command.argv[0]}: ${JSON.stringify(result.stdout.trim().slice(0, 500))}`);
     }
     this.#jobDirectories.set(id, spec.jobDirectory);
     this.#log.info({ jobId: spec.jobId, externalId: id }, 'job submitted');
