@@ -433,13 +433,13 @@ test('jobs without a log are looked up with ONE condor_q per round; gone jobs en
   t.deepEqual([...parseCondorQ('8135.0 2\n8135.1 1\n  77.0 5  \ngarbage\n').entries()], [['8135', 2], ['77', 5]]);
 });
 
-test('an unreachable schedd: status is unknown, waits go on, the failure is logged once, the next good answer settles them', async (t) => {
+test('an unreachable schedd: status says queued (keep watching), waits go on, the failure is logged once, the next good answer settles them', async (t) => {
   const { backend, spec, fake, logLines } = await setup(t);
   const job = await spec();
   const id = await backend.submit(job);
   await fs.rm(logOf(job));
   await fake.answer('condor_q', '', 1, Q_UNREACHABLE);
-  t.is(await backend.status(id), 'unknown');
+  t.is(await backend.status(id), 'queued', 'cannot ask is not "ended": the job stays watched, as with the cli and DRMAA backends');
   const exit = backend.waitForExit(id);
   const failures = (): string[] => logLines.filter((l) => l.includes('condor_q failed; trying again next round'));
   await within(until(() => failures().some((l) => l.includes('Failed to fetch ads'))));
@@ -449,6 +449,21 @@ test('an unreachable schedd: status is unknown, waits go on, the failure is logg
   t.is(failures().length, 1, 'the same failure, round after round, is logged once');
   await fs.appendFile(logOf(job), SUBMIT_EVENT(id) + EXECUTE_EVENT(id) + TERMINATED_EVENT(id, 0));
   t.deepEqual(await within(exit), { exitCode: 0 });
+});
+
+test('restart during a condor_q outage: a recovered job without a log is kept (queued), and ends once condor_q answers', async (t) => {
+  const { backend, spec, fake } = await setup(t);
+  const job = await spec();
+  await fake.answer('condor_q', '', 1, Q_UNREACHABLE);
+  t.is(await backend.recover(job, '8300'), '8300');
+  t.is(await backend.status('8300'), 'queued');
+  const started = backend.waitForStart('8300');
+  const exit = backend.waitForExit('8300');
+  await sleep(150);
+  await fake.answer('condor_q', '8300.0 2\n');
+  await within(started);
+  await fake.answer('condor_q', '');
+  t.deepEqual(await within(exit), { exitCode: null }, 'gone: the return_code file decides');
 });
 
 test('every so often condor_q checks unfinished jobs: one that left the queue without a final event ends', async (t) => {

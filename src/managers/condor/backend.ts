@@ -17,7 +17,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { ManagerConfig } from '../../config/types.js';
-import { BackendError } from '../../errors.js';
+import { BackendError, messageOf } from '../../errors.js';
 import { CONTROL_FILES } from '../../jobs/layout.js';
 import type { Logger } from '../../log.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from '../backend.js';
@@ -138,12 +138,17 @@ class CondorBackend implements Backend {
     return clusterId;
   }
 
+  /**
+   * One job's state (restart recovery). When neither its log nor condor_q can answer, the job is
+   * `queued`: it stays watched and the monitor asks again, as the cli and DRMAA backends do.
+   */
   async status(externalId: string): Promise<BackendState> {
     let polled: PolledState | undefined;
     try {
       polled = (await this.#poll([externalId], true)).get(externalId);
-    } catch {
-      return 'unknown';
+    } catch (error) {
+      this.#log.warn({ externalId, err: messageOf(error) }, 'HTCondor cannot be asked about the job now; it stays watched');
+      return 'queued';
     }
     if (polled === undefined || polled.state === 'gone') return 'exited';
     return polled.state;
