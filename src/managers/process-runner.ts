@@ -119,117 +119,138 @@ function spawnFailure(invocation: Invocation, error: NodeJS.ErrnoException): str
   return error.message;
 }
 
-/**
- * One process, leader of its own process group so that a timeout reaches everything it started.
- * Resolves once its output is closed; never rejects.
- */
+/** One process: resolves once its output is closed (or given up on); never rejects. */
 function execute(invocation: Invocation, env: Readonly<Record<string, string>>, timeoutMs: number): Promise<CommandResult> {
   return new Promise((resolve) => {
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    let size = 0;
-    /** Why there will be no exit status (set once: the first reason wins). */
-    let failure: string | undefined;
-    let leaderExited = false;
-    let settled = false;
-    let killTimer: NodeJS.Timeout | undefined;
     let child: ChildProcess;
-
-    const finish = (code: number | null, signal: NodeJS.Signals | null): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(killTimer);
-      const out = Buffer.concat(stdout).toString('utf8');
-      const err = Buffer.concat(stderr).toString('utf8');
-      if (failure !== undefined) resolve({ code: null, stdout: out, stderr: err, error: failure });
-      else if (code !== null) resolve({ code, stdout: out, stderr: err });
-      else resolve({ code: null, stdout: out, stderr: err, error: signal === null ? 'no exit status' : `killed by ${signal}` });
-    };
-    /** Stop waiting for output still held open by something the command left behind. */
-    const abandonOutput = (): void => {
-      child.stdout?.destroy();
-      child.stderr?.destroy();
-      finish(child.exitCode, child.signalCode);
-    };
-    /**
-     * SIGTERM now, SIGKILL after the grace period. Never later than the leader's end: once it is
-     * gone and its group empty, the group id may be reused, and a late kill could hit another program.
-     */
-    const stop = (why: string): void => {
-      failure ??= why;
-      if (leaderExited) {
-        abandonOutput();
-        return;
-      }
-      signalGroup(child, 'SIGTERM');
-      killTimer ??= setTimeout(() => signalGroup(child, 'SIGKILL'), KILL_GRACE_MS);
-    };
-    const timer = setTimeout(() => {
-      // The leader has ended but a process it started keeps the output open: stop waiting for it.
-      if (leaderExited) abandonOutput();
-      else stop(`timed out after ${Math.round(timeoutMs / 1000)} s`);
-    }, timeoutMs);
-
     try {
       child = spawn(invocation.file, [...invocation.args], {
         env: { ...env },
         ...(invocation.cwd === undefined ? {} : { cwd: invocation.cwd }),
+        // The leader of its own process group, so that stopping it reaches everything it started.
         detached: true,
         stdio: ['pipe', 'pipe', 'pipe'],
         windowsHide: true,
       });
     } catch (error) {
       // Arguments spawn refuses outright (a NUL byte): nothing was started.
-      failure = (error as Error).message;
-      settled = true;
-      clearTimeout(timer);
-      resolve({ code: null, stdout: '', stderr: '', error: failure });
+      resolve({ code: null, stdout: '', stderr: '', error: (error as Error).message });
       return;
     }
-
-    const collect = (into: Buffer[]) => (chunk: Buffer): void => {
-      if (size > MAX_OUTPUT_BYTES) return;
-      size += chunk.length;
-      if (size > MAX_OUTPUT_BYTES) stop('printed more output than magnetar reads');
-      else into.push(chunk);
-    };
-    child.stdout?.on('data', collect(stdout));
-    child.stderr?.on('data', collect(stderr));
-    child.once('error', (error: NodeJS.ErrnoException) => {
-      // It could not be started (or signalled): there is nothing to wait for.
-      failure ??= spawnFailure(invocation, error);
-      leaderExited = true;
-      abandonOutput();
-    });
-    child.once('exit', () => {
-      leaderExited = true;
-      if (failure === undefined) return;
-      // Stopped: take out whatever is left of its group now, while the group id is still its own.
-      signalGroup(child, 'SIGKILL');
-      clearTimeout(killTimer);
-      killTimer = setTimeout(abandonOutput, KILL_GRACE_MS);
-    });
-    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => finish(code, signal));
-    feedInput(child, invocation, (why) => stop(why));
+    const running = new RunningCommand(child, invocation, timeoutMs, resolve);
+    running.feedInput();
   });
 }
 
-/** The command's standard input: the invocation's file, or nothing (closed at once). */
-function feedInput(child: ChildProcess, invocation: Invocation, fail: (why: string) => void): void {
-  const stdin = child.stdin;
-  if (stdin === null) return;
-  stdin.on('error', () => {
-    // The command exited without reading all of its input: its exit status says what happened.
-  });
-  if (invocation.stdinFile === undefined) {
-    stdin.end();
-    return;
+/**
+ * A started command until its result is known: output collected up to MAX_OUTPUT_BYTES, and a
+ * timeout that stops its whole process group (SIGTERM, SIGKILL after the grace period).
+ */
+class RunningCommand {
+  readonly #child: ChildProcess;
+  readonly #invocation: Invocation;
+  readonly #resolve: (result: CommandResult) => void;
+  readonly #stdout: Buffer[] = [];
+  readonly #stderr: Buffer[] = [];
+  readonly #timer: NodeJS.Timeout;
+  #size = 0;
+  /** Why there will be no exit status (the first reason wins). */
+  #failure: string | undefined;
+  #leaderExited = false;
+  #settled = false;
+  #killTimer: NodeJS.Timeout | undefined;
+
+  constructor(child: ChildProcess, invocation: Invocation, timeoutMs: number, resolve: (result: CommandResult) => void) {
+    this.#child = child;
+    this.#invocation = invocation;
+    this.#resolve = resolve;
+    this.#timer = setTimeout(() => this.#onTimeout(timeoutMs), timeoutMs);
+    child.stdout?.on('data', (chunk: Buffer) => this.#collect(this.#stdout, chunk));
+    child.stderr?.on('data', (chunk: Buffer) => this.#collect(this.#stderr, chunk));
+    child.once('error', (error: NodeJS.ErrnoException) => this.#onSpawnError(error));
+    child.once('exit', () => this.#onLeaderExit());
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => this.#finish(code, signal));
   }
-  const input = createReadStream(invocation.stdinFile);
-  input.on('error', (error) => {
-    stdin.destroy();
-    fail(`cannot read ${invocation.stdinFile}: ${error.message}`);
-  });
-  input.pipe(stdin);
+
+  /** The command's standard input: the invocation's file, or nothing (closed at once). */
+  feedInput(): void {
+    const stdin = this.#child.stdin;
+    if (stdin === null) return;
+    stdin.on('error', () => {
+      // The command exited without reading all of its input: its exit status says what happened.
+    });
+    const file = this.#invocation.stdinFile;
+    if (file === undefined) {
+      stdin.end();
+      return;
+    }
+    const input = createReadStream(file);
+    input.on('error', (error) => {
+      stdin.destroy();
+      this.#stop(`cannot read ${file}: ${error.message}`);
+    });
+    input.pipe(stdin);
+  }
+
+  #collect(into: Buffer[], chunk: Buffer): void {
+    if (this.#size > MAX_OUTPUT_BYTES) return;
+    this.#size += chunk.length;
+    if (this.#size > MAX_OUTPUT_BYTES) this.#stop('printed more output than magnetar reads');
+    else into.push(chunk);
+  }
+
+  #onTimeout(timeoutMs: number): void {
+    // The leader has ended but a process it started keeps the output open: stop waiting for it.
+    if (this.#leaderExited) this.#abandonOutput();
+    else this.#stop(`timed out after ${Math.round(timeoutMs / 1000)} s`);
+  }
+
+  /** It could not be started: there is nothing to wait for. */
+  #onSpawnError(error: NodeJS.ErrnoException): void {
+    this.#failure ??= spawnFailure(this.#invocation, error);
+    this.#leaderExited = true;
+    this.#abandonOutput();
+  }
+
+  #onLeaderExit(): void {
+    this.#leaderExited = true;
+    if (this.#failure === undefined) return;
+    // Stopped: take out whatever is left of its group now, while the group id is still its own.
+    signalGroup(this.#child, 'SIGKILL');
+    clearTimeout(this.#killTimer);
+    this.#killTimer = setTimeout(() => this.#abandonOutput(), KILL_GRACE_MS);
+  }
+
+  /**
+   * SIGTERM now, SIGKILL after the grace period. Never later than the leader's end: once it is
+   * gone and its group empty, the group id may be reused, and a late kill could hit another program.
+   */
+  #stop(why: string): void {
+    this.#failure ??= why;
+    if (this.#leaderExited) {
+      this.#abandonOutput();
+      return;
+    }
+    signalGroup(this.#child, 'SIGTERM');
+    this.#killTimer ??= setTimeout(() => signalGroup(this.#child, 'SIGKILL'), KILL_GRACE_MS);
+  }
+
+  /** Stop waiting for output still held open by something the command left behind. */
+  #abandonOutput(): void {
+    this.#child.stdout?.destroy();
+    this.#child.stderr?.destroy();
+    this.#finish(this.#child.exitCode, this.#child.signalCode);
+  }
+
+  #finish(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#killTimer);
+    const stdout = Buffer.concat(this.#stdout).toString('utf8');
+    const stderr = Buffer.concat(this.#stderr).toString('utf8');
+    if (this.#failure !== undefined) this.#resolve({ code: null, stdout, stderr, error: this.#failure });
+    else if (code !== null) this.#resolve({ code, stdout, stderr });
+    else this.#resolve({ code: null, stdout, stderr, error: signal === null ? 'no exit status' : `killed by ${signal}` });
+  }
 }
