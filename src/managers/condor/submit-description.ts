@@ -27,7 +27,7 @@ const RESERVED_SUBMIT_KEYS: ReadonlySet<string> = new Set(['executable', 'output
 const RESERVED_ATTRIBUTES: ReadonlySet<string> = new Set(['cmd', 'out', 'err', 'userlog', 'ulogusexml']);
 
 /** Why a submit key is refused, or undefined when it is acceptable. */
-export function submitKeyProblem(key: string): string | undefined {
+function submitKeyProblem(key: string): string | undefined {
   if (!SUBMIT_KEY_RE.test(key)) return 'is not an HTCondor submit command name';
   const lower = key.toLowerCase();
   if (RESERVED_SUBMIT_KEYS.has(lower)) return 'is set by magnetar';
@@ -37,7 +37,7 @@ export function submitKeyProblem(key: string): string | undefined {
 }
 
 /** Why a submit value is refused, or undefined when it is acceptable. */
-export function submitValueProblem(value: string): string | undefined {
+function submitValueProblem(value: string): string | undefined {
   if (/[\n\r\0]/.test(value)) return 'contains a line break or NUL';
   // A trailing backslash continues the line: it would swallow the next one.
   if (/\\\s*$/.test(value)) return 'ends with a backslash (line continuation)';

@@ -36,9 +36,9 @@ export interface CondorLogSummary {
   readonly removeFromQueue: boolean;
 }
 
-export const EMPTY_SUMMARY: CondorLogSummary = Object.freeze({ submitted: false, state: 'queued', exitCode: null, reason: undefined, removeFromQueue: false });
+const EMPTY_SUMMARY: CondorLogSummary = Object.freeze({ submitted: false, state: 'queued', exitCode: null, reason: undefined, removeFromQueue: false });
 
-export interface LogEvent {
+interface LogEvent {
   readonly code: string;
   readonly cluster: number;
   readonly proc: number;
@@ -49,7 +49,7 @@ export interface LogEvent {
 const EVENT_HEADER = /^(\d{3}) \((\d+)\.(\d+)\.(\d+)\) (.*)$/;
 
 /** Complete events (each ends with a `...` line) in a piece of a user log. */
-export function parseLogEvents(text: string): LogEvent[] {
+function parseLogEvents(text: string): LogEvent[] {
   const events: LogEvent[] = [];
   let current: { code: string; cluster: number; proc: number; title: string; body: string[] } | undefined;
   for (const line of text.split('\n')) {
@@ -82,7 +82,7 @@ function firstDetail(event: LogEvent): string | undefined {
 const SIGNAL_NAMES: Readonly<Record<number, string>> = { 1: 'SIGHUP', 2: 'SIGINT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 15: 'SIGTERM' };
 
 /** The summary after `events` (for cluster `clusterId`, process 0) happened to `summary`. */
-export function applyLogEvents(summary: CondorLogSummary, events: readonly LogEvent[], clusterId: number): CondorLogSummary {
+function applyLogEvents(summary: CondorLogSummary, events: readonly LogEvent[], clusterId: number): CondorLogSummary {
   let s = summary;
   for (const event of events) {
     if (event.cluster !== clusterId || event.proc !== 0) continue;
