@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { z } from 'zod';
+import { BackendError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ControlAction } from './constants.js';
 import {
@@ -50,21 +51,22 @@ export function drmaaProcessEnvironment(serverEnv: Readonly<Record<string, strin
   return env;
 }
 
-/** The helper answered a call with a DRMAA error (`code` is its DRMAA name, e.g. DENIED_BY_DRM). */
-export class DrmaaCallError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'DrmaaCallError';
-    this.code = code;
+/**
+ * The helper answered a call with a DRMAA error: the DRM was asked and said no.
+ * `drmaaCode` is the error's DRMAA name (e.g. DENIED_BY_DRM).
+ */
+export class DrmaaCallError extends BackendError {
+  readonly drmaaCode: string;
+  constructor(drmaaCode: string, message: string) {
+    super('MAG_ERR_BACKEND_COMMAND', message);
+    this.drmaaCode = drmaaCode;
   }
 }
 
 /** The helper process could not answer: it died, hung, or could not be started. */
-export class DrmaaHelperError extends Error {
+export class DrmaaHelperError extends BackendError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'DrmaaHelperError';
+    super('MAG_ERR_BACKEND_UNREACHABLE', message, options);
   }
 }
 

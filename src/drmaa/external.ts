@@ -7,6 +7,10 @@ import { templateSchema, type TemplateMessage } from './protocol.js';
  * `scripts/drmaa-kill.sh`), which run as the job's real user through sudo. They refuse anything
  * that is not exactly what the server would ask for: a job template confined to one job directory
  * directly under the staging root, and a plain job id.
+ *
+ * This module runs under sudo as another user and imports nothing from the server on purpose
+ * (only the DRMAA protocol schema): what it needs of the server's rules it keeps as its own
+ * copies, each saying so (`TEMPLATE_FILE_NAME`, `isInside`).
  */
 
 /** OS user names the server accepts from clients (and the helpers from the server). */
@@ -17,6 +21,8 @@ export const DRM_JOB_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const JOB_DIRECTORY_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const JOB_NAME_RE = /^[A-Za-z0-9._-]{1,200}$/;
 const TEMPLATE_MAX_BYTES = 64 * 1024;
+/** Own copy of `CONTROL_FILES.drmaaTemplate` (`jobs/layout.ts`): the name the server writes the template under. */
+const TEMPLATE_FILE_NAME = 'jt.json';
 
 export class RefusedError extends Error {
   constructor(message: string) {
@@ -39,7 +45,11 @@ export function parseArguments(argv: readonly string[], known: readonly string[]
   return values;
 }
 
-/** `child` is strictly inside `parent` (both absolute and normalised): separator-aware. */
+/**
+ * `child` is strictly inside `parent` (both absolute and normalised): separator-aware. Own copy of
+ * `isStrictlyInside` (`jobs/paths.ts`), stricter still: a first component starting with `..`
+ * (`..x`) is refused too, as nothing the server writes is named so.
+ */
 export function isInside(parent: string, child: string): boolean {
   const relative = path.relative(parent, child);
   return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative);
@@ -63,8 +73,8 @@ export async function readJobTemplate(file: string, stagingRoot: string): Promis
   const real = await fs.realpath(file).catch(() => undefined);
   if (real !== file) throw new RefusedError('--job_attributes must exist and must not pass through a symbolic link');
   const jobDirectory = path.dirname(real);
-  if (path.basename(real) !== 'jt.json' || path.dirname(jobDirectory) !== stagingRoot || !JOB_DIRECTORY_NAME_RE.test(path.basename(jobDirectory))) {
-    throw new RefusedError('--job_attributes must be <staging root>/<job id>/jt.json');
+  if (path.basename(real) !== TEMPLATE_FILE_NAME || path.dirname(jobDirectory) !== stagingRoot || !JOB_DIRECTORY_NAME_RE.test(path.basename(jobDirectory))) {
+    throw new RefusedError(`--job_attributes must be <staging root>/<job id>/${TEMPLATE_FILE_NAME}`);
   }
   const stat = await fs.lstat(real);
   if (!stat.isFile() || stat.size > TEMPLATE_MAX_BYTES) throw new RefusedError('--job_attributes is not a regular file of at most 64 KiB');

@@ -4,7 +4,7 @@ import type { ManagerConfig } from '../config/types.js';
 import { DrmaaCallError, DrmaaClient, drmaaProcessEnvironment } from '../drmaa/client.js';
 import { JOB_PS, jobPsName } from '../drmaa/constants.js';
 import type { PollEntry, TemplateMessage } from '../drmaa/protocol.js';
-import { ConfigError } from '../errors.js';
+import { BackendError, ConfigError, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from './backend.js';
 import type { BackendContext } from './context.js';
@@ -60,22 +60,27 @@ export function nativeSpecification(managerSpec: string | undefined, submitParam
   if (managerSpec !== undefined && managerSpec.trim() !== '') return managerSpec;
   const fromClient = submitParams['native_specification'] ?? submitParams['submit_native_specification'];
   if (fromClient === undefined || fromClient === null || fromClient === '') return undefined;
-  if (typeof fromClient !== 'string') throw new Error('the native_specification submit parameter must be a string');
+  if (typeof fromClient !== 'string') throw refused('the native_specification submit parameter must be a string');
   checkClientNativeSpecification(fromClient);
   return fromClient;
 }
 
-/** Throws an Error saying why a client's native specification is refused. */
+/** A client's submit parameter the DRM must not see: the job fails with why. */
+function refused(message: string): BackendError {
+  return new BackendError('MAG_ERR_BACKEND_SUBMIT', message);
+}
+
+/** Throws a BackendError saying why a client's native specification is refused. */
 export function checkClientNativeSpecification(spec: string): void {
-  if (spec.length > CLIENT_NATIVE_MAX) throw new Error(`the native specification is longer than ${CLIENT_NATIVE_MAX} characters`);
+  if (spec.length > CLIENT_NATIVE_MAX) throw refused(`the native specification is longer than ${CLIENT_NATIVE_MAX} characters`);
   const tokens = spec.trim().split(/[ \t]+/).filter((t) => t !== '');
   tokens.forEach((token, i) => {
-    if (!CLIENT_NATIVE_TOKEN.test(token)) throw new Error(`the native specification may not contain ${JSON.stringify(token)} (letters, digits and _ . , : = + @ * - only)`);
+    if (!CLIENT_NATIVE_TOKEN.test(token)) throw refused(`the native specification may not contain ${JSON.stringify(token)} (letters, digits and _ . , : = + @ * - only)`);
     // Values follow their option (`-pe smp 4`); a negative number is a value (`-p -100`).
     const isOption = token.startsWith('-') && !/^-\d+$/.test(token);
-    if (!isOption && i === 0) throw new Error('the native specification must start with an option');
+    if (!isOption && i === 0) throw refused('the native specification must start with an option');
     if (isOption && !CLIENT_NATIVE_OPTIONS.has(token)) {
-      throw new Error(`the native specification option ${token} is not allowed from clients (allowed: ${[...CLIENT_NATIVE_OPTIONS].join(' ')})`);
+      throw refused(`the native specification option ${token} is not allowed from clients (allowed: ${[...CLIENT_NATIVE_OPTIONS].join(' ')})`);
     }
   });
 }
@@ -84,7 +89,11 @@ const QUEUED_STATES: ReadonlySet<number> = new Set([JOB_PS.UNDETERMINED, JOB_PS.
 const RUNNING_STATES: ReadonlySet<number> = new Set([JOB_PS.RUNNING, JOB_PS.SYSTEM_SUSPENDED, JOB_PS.USER_SUSPENDED, JOB_PS.USER_SYSTEM_SUSPENDED]);
 
 /** Thrown by `mapPollEntry` when the DRM could not be asked: the whole poll is retried. */
-export class DrmaaPollError extends Error {}
+export class DrmaaPollError extends BackendError {
+  constructor(message: string) {
+    super('MAG_ERR_BACKEND_UNREACHABLE', message);
+  }
+}
 
 /**
  * What one job's poll answer means (every DRMAA state is mapped; PROTOCOL §14 item 26: FAILED is
@@ -143,7 +152,13 @@ export class DrmaaJobs {
   constructor(options: DrmaaJobsOptions) {
     this.client = options.client;
     this.#log = options.log;
-    this.#monitor = new PollingMonitor(options.intervalMs, (ids) => this.#pollBatch(ids), async () => ({ exitCode: null }));
+    this.#monitor = new PollingMonitor({
+      intervalMs: options.intervalMs,
+      pollBatch: async (ids) => this.#pollBatch(ids),
+      // Reaped or never known: the job's return_code file decides (in the service).
+      onGone: async () => ({ exitCode: null }),
+      log: options.log,
+    });
   }
 
   async submit(template: TemplateMessage): Promise<string> {
@@ -154,8 +169,8 @@ export class DrmaaJobs {
       if (error instanceof DrmaaCallError) {
         const drm = this.client.drmSystem ?? 'the DRM';
         const diagnosis = error.message.replace(/^drmaa_run_job: /, '');
-        if (error.code === 'DENIED_BY_DRM') throw new Error(`${drm} refused the job: ${diagnosis}`, { cause: error });
-        throw new Error(`${drm} did not accept the job: ${diagnosis}`, { cause: error });
+        const verdict = error.drmaaCode === 'DENIED_BY_DRM' ? 'refused the job' : 'did not accept the job';
+        throw new BackendError('MAG_ERR_BACKEND_SUBMIT', `${drm} ${verdict}: ${diagnosis}`, { cause: error });
       }
       throw error;
     }
@@ -201,7 +216,7 @@ export class DrmaaJobs {
     try {
       await this.client.control(jobId, 'TERMINATE');
     } catch (error) {
-      if (error instanceof DrmaaCallError && error.code === 'INVALID_JOB') return;
+      if (error instanceof DrmaaCallError && error.drmaaCode === 'INVALID_JOB') return;
       throw error;
     }
   }
@@ -221,7 +236,7 @@ export class DrmaaJobs {
       states.set(id, polled);
       if ('ps' in entry && entry.ps === JOB_PS.FAILED && entry.reapError?.code === 'EXIT_TIMEOUT') {
         // FAILED but not final: the job sits in an error state in the queue. Remove it.
-        void this.terminate(id).catch((error: unknown) => this.#log.warn({ externalId: id, err: error }, 'could not remove a failed job'));
+        this.terminate(id).catch((error: unknown) => this.#log.warn({ externalId: id, err: messageOf(error) }, 'could not remove a failed job'));
       }
       if (polled.state === 'exited' && polled.reason !== undefined) {
         this.#log.warn({ externalId: id, ps: 'ps' in entry ? jobPsName(entry.ps) : undefined, reason: polled.reason }, 'DRMAA job ended abnormally');

@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -6,11 +5,15 @@ import { fileURLToPath } from 'node:url';
 import type { ManagerConfig } from '../config/types.js';
 import { DrmaaClient, drmaaProcessEnvironment } from '../drmaa/client.js';
 import { DRM_JOB_ID_RE, USER_NAME_RE } from '../drmaa/external.js';
-import { ConfigError } from '../errors.js';
+import { BackendError, ConfigError } from '../errors.js';
+import { CONTROL_FILES } from '../jobs/layout.js';
 import type { Logger } from '../log.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from './backend.js';
+import type { Command } from './cli/command.js';
+import { localShell } from './cli/shell.js';
 import type { BackendContext } from './context.js';
 import { DrmaaJobs, checkBackendOptions, contactFile, drmaaLibraryPath, jobTemplate, nativeSpecification } from './drmaa.js';
+import { CommandRunner, type CommandFailureCode } from './process-runner.js';
 
 const EXTERNAL_OPTIONS = new Set(['production', 'chown_working_directory_script', 'drmaa_launch_script', 'drmaa_kill_script', 'native_specification']);
 const SCRIPTS = fileURLToPath(new URL('../../../scripts/', import.meta.url));
@@ -23,6 +26,8 @@ const DEFAULT_SCRIPTS = {
 export const MIN_JOB_UID = 1000;
 export const MAX_JOB_UID = 60000;
 const HELPER_TIMEOUT_MS = 60_000;
+/** `getent passwd` answers from local files or a directory service: it must not hold a submission long. */
+const LOOKUP_TIMEOUT_MS = 10_000;
 
 interface ExternalOptions {
   readonly production: boolean;
@@ -91,21 +96,6 @@ function parseOptions(manager: ManagerConfig, ctx: BackendContext): ExternalOpti
   };
 }
 
-/** Run a helper (argument array, no shell); resolves with its stdout, rejects with its stderr. */
-function runHelper(file: string, args: readonly string[], env: Readonly<Record<string, string>>): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { env, timeout: HELPER_TIMEOUT_MS, maxBuffer: 1024 * 1024, killSignal: 'SIGKILL' }, (error, stdout, stderr) => {
-      if (error === null) {
-        resolve(stdout);
-        return;
-      }
-      const said = stderr.trim().split('\n').slice(-5).join('; ');
-      const how = error.killed ? 'timed out' : `exited with status ${String(error.code ?? '?')}`;
-      reject(new Error(said === '' ? how : `${said} (${how})`));
-    });
-  });
-}
-
 /**
  * `queued_external_drmaa`: each job runs as the OS user its client names in
  * `submit_params.user` (allow-listed by the administrator through `allowed_submit_params`).
@@ -120,7 +110,10 @@ class ExternalDrmaaBackend implements Backend {
   readonly maxConcurrent = Number.POSITIVE_INFINITY;
   readonly #options: ExternalOptions;
   readonly #jobs: DrmaaJobs;
-  readonly #env: Readonly<Record<string, string>>;
+  /** Runs sudo and the helpers on this host, with the helpers' environment. */
+  readonly #runner: CommandRunner;
+  /** Runs `getent` (same environment, shorter limit). */
+  readonly #lookup: CommandRunner;
   readonly #log: Logger;
   /** Who owns each watched job (rebuilt from the launch record after a restart). */
   readonly #owners = new Map<string, JobOwner>();
@@ -128,7 +121,8 @@ class ExternalDrmaaBackend implements Backend {
   constructor(options: ExternalOptions, jobs: DrmaaJobs, env: Readonly<Record<string, string>>, log: Logger) {
     this.#options = options;
     this.#jobs = jobs;
-    this.#env = env;
+    this.#runner = new CommandRunner(localShell(), { timeoutMs: HELPER_TIMEOUT_MS, env });
+    this.#lookup = new CommandRunner(localShell(), { timeoutMs: LOOKUP_TIMEOUT_MS, env });
     this.#log = log;
   }
 
@@ -137,7 +131,7 @@ class ExternalDrmaaBackend implements Backend {
   }
 
   async submit(spec: LaunchSpec): Promise<string> {
-    const user = await checkJobUser(spec.submitParams['user']);
+    const user = await checkJobUser(spec.submitParams['user'], this.#lookup);
     const native = nativeSpecification(this.#options.nativeSpecification, spec.submitParams);
     // The helpers compare resolved paths: hand them no symlinked staging directory.
     const stagingRoot = await fs.realpath(this.#options.stagingDirectory);
@@ -147,12 +141,14 @@ class ExternalDrmaaBackend implements Backend {
       ...spec,
       jobDirectory,
       scriptPath: rebase(spec.scriptPath),
+      pidPath: rebase(spec.pidPath),
+      returnCodePath: rebase(spec.returnCodePath),
       workingDirectory: rebase(spec.workingDirectory),
       stdoutPath: rebase(spec.stdoutPath),
       stderrPath: rebase(spec.stderrPath),
     };
     const owner: JobOwner = { user, jobId: spec.jobId, jobDirectory };
-    const templateFile = path.join(jobDirectory, 'jt.json');
+    const templateFile = path.join(jobDirectory, CONTROL_FILES.drmaaTemplate);
     // The job's user owned this directory before if the job is launched again after a restart: never
     // write through something it left there.
     await fs.rm(templateFile, { force: true });
@@ -160,19 +156,19 @@ class ExternalDrmaaBackend implements Backend {
     await this.#chown(owner, ['--user', user]);
     let output: string;
     try {
-      output = await runHelper(
-        this.#options.sudo,
-        ['-n', '-E', '-u', user, this.#options.launchScript, '--job_attributes', templateFile, '--staging_root', stagingRoot],
-        this.#env,
+      output = await this.#helper(
+        [this.#options.sudo, '-n', '-E', '-u', user, this.#options.launchScript, '--job_attributes', templateFile, '--staging_root', stagingRoot],
+        'MAG_ERR_BACKEND_SUBMIT',
+        `the DRMAA launch helper failed as ${user}`,
       );
     } catch (error) {
       await this.#restore(owner);
-      throw new Error(`the DRMAA launch helper failed as ${user}: ${(error as Error).message}`, { cause: error });
+      throw error;
     }
     const externalId = output.trim().split('\n').pop() ?? '';
     if (!DRM_JOB_ID_RE.test(externalId)) {
       await this.#restore(owner);
-      throw new Error(`the DRMAA launch helper printed no job id (${JSON.stringify(output.slice(0, 200))})`);
+      throw new BackendError('MAG_ERR_BACKEND_COMMAND', `the DRMAA launch helper printed no job id (${JSON.stringify(output.slice(0, 200))})`);
     }
     this.#owners.set(externalId, owner);
     return externalId;
@@ -203,12 +199,16 @@ class ExternalDrmaaBackend implements Backend {
       await this.#jobs.terminate(externalId);
       return;
     }
-    await runHelper(this.#options.sudo, ['-n', '-E', '-u', owner.user, this.#options.killScript, '--job_id', externalId], this.#env);
+    await this.#helper(
+      [this.#options.sudo, '-n', '-E', '-u', owner.user, this.#options.killScript, '--job_id', externalId],
+      'MAG_ERR_BACKEND_COMMAND',
+      `the DRMAA kill helper failed as ${owner.user}`,
+    );
   }
 
   async recover(spec: LaunchSpec, externalId: string | undefined): Promise<string | undefined> {
     if (externalId === undefined) return undefined;
-    const user = await checkJobUser(spec.submitParams['user']);
+    const user = await checkJobUser(spec.submitParams['user'], this.#lookup);
     this.#owners.set(externalId, { user, jobId: spec.jobId, jobDirectory: spec.jobDirectory });
     this.#jobs.adopt(externalId);
     return externalId;
@@ -218,13 +218,21 @@ class ExternalDrmaaBackend implements Backend {
     this.#jobs.close();
   }
 
+  /** Run a helper (argument array, no shell); resolves with its stdout, throws a BackendError. */
+  async #helper(argv: readonly [string, ...string[]], code: CommandFailureCode, what: string): Promise<string> {
+    const command: Command = { argv };
+    const result = await this.#runner.run(command);
+    if (result.code !== 0) throw this.#runner.failure(command, result, code, what);
+    return result.stdout;
+  }
+
   async #chown(owner: JobOwner, target: readonly string[]): Promise<void> {
     const where = this.#options.production ? ['--job_id', owner.jobId] : ['--job_directory', owner.jobDirectory];
-    try {
-      await runHelper(this.#options.sudo, ['-n', this.#options.chownScript, '--staging_root', this.#options.stagingDirectory, ...where, ...target], this.#env);
-    } catch (error) {
-      throw new Error(`the ownership helper failed: ${(error as Error).message}`, { cause: error });
-    }
+    await this.#helper(
+      [this.#options.sudo, '-n', this.#options.chownScript, '--staging_root', this.#options.stagingDirectory, ...where, ...target],
+      'MAG_ERR_BACKEND_SUBMIT',
+      'the ownership helper failed',
+    );
   }
 
   /** Give the job directory back to the server user (logged, never thrown: the job has ended). */
@@ -237,22 +245,30 @@ class ExternalDrmaaBackend implements Backend {
   }
 }
 
+/** A `submit_params.user` the server will not run a job as: the job fails with why. */
+function refusedUser(message: string): BackendError {
+  return new BackendError('MAG_ERR_BACKEND_SUBMIT', message);
+}
+
 /**
  * The OS user a client names in `submit_params.user`: a plain user name of an existing account
- * that is neither root nor a system account (1000 <= uid <= 60000). Throws an Error saying why not.
+ * that is neither root nor a system account (1000 <= uid <= 60000). Throws a BackendError saying
+ * why not. `runner` runs `getent` (its environment needs a PATH).
  */
-export async function checkJobUser(value: unknown): Promise<string> {
+export async function checkJobUser(value: unknown, runner: CommandRunner): Promise<string> {
   if (value === undefined || value === null || value === '') {
-    throw new Error('queued_external_drmaa needs submit_params.user (the OS user the job runs as), and the administrator must allow it (allowed_submit_params = user)');
+    throw refusedUser('queued_external_drmaa needs submit_params.user (the OS user the job runs as), and the administrator must allow it (allowed_submit_params = user)');
   }
-  if (typeof value !== 'string' || !USER_NAME_RE.test(value)) throw new Error(`submit_params.user must be a user name matching ${USER_NAME_RE.source}`);
-  const entry = await new Promise<string | undefined>((resolve) => {
-    execFile('getent', ['passwd', value], { timeout: 10_000 }, (error, stdout) => resolve(error === null ? stdout : undefined));
-  });
+  if (typeof value !== 'string' || !USER_NAME_RE.test(value)) throw refusedUser(`submit_params.user must be a user name matching ${USER_NAME_RE.source}`);
+  const command: Command = { argv: ['getent', 'passwd', value] };
+  const result = await runner.run(command);
+  // getent exits 2 for "no such key"; anything else means the account database cannot be read.
+  if (result.code !== 0 && result.code !== 2) throw runner.failure(command, result, 'MAG_ERR_BACKEND_COMMAND', 'the user database cannot be read');
+  const entry = result.code === 0 ? result.stdout : undefined;
   const uid = Number(entry?.split(':')[2]);
-  if (entry === undefined || entry.split(':')[0] !== value || !Number.isSafeInteger(uid)) throw new Error(`submit_params.user: there is no user ${value}`);
+  if (entry === undefined || entry.split(':')[0] !== value || !Number.isSafeInteger(uid)) throw refusedUser(`submit_params.user: there is no user ${value}`);
   if (uid < MIN_JOB_UID || uid > MAX_JOB_UID) {
-    throw new Error(`submit_params.user: ${value} is root or a system account (uid ${uid} outside ${MIN_JOB_UID}-${MAX_JOB_UID}); jobs never run as such`);
+    throw refusedUser(`submit_params.user: ${value} is root or a system account (uid ${uid} outside ${MIN_JOB_UID}-${MAX_JOB_UID}); jobs never run as such`);
   }
   return value;
 }

@@ -1,4 +1,7 @@
+import { messageOf } from '../errors.js';
+import type { Logger } from '../log.js';
 import type { ExitReport } from './backend.js';
+import { RepeatedFailureLog } from './failure-log.js';
 
 /** What one batch poll says about a job. */
 export type PolledState =
@@ -14,32 +17,42 @@ interface Watched {
   readonly onExit: ((report: ExitReport) => void)[];
 }
 
+export interface PollingMonitorOptions {
+  readonly intervalMs: number;
+  /** One question to the scheduler about all `ids`; throws when it cannot be asked. */
+  readonly pollBatch: (ids: readonly string[]) => Promise<ReadonlyMap<string, PolledState>>;
+  /**
+   * What a job the scheduler forgot means (e.g. look at the return-code file, or ask
+   * accounting); jobs missing from a poll's answer count as gone.
+   */
+  readonly onGone: (id: string) => Promise<ExitReport>;
+  /** The backend's logger: failing polls are reported here (without flooding it). */
+  readonly log: Logger;
+}
+
 /**
  * One monitor loop for the jobs of an external backend (PROTOCOL §5.3): every
  * `intervalMs` it asks the scheduler about all watched jobs in ONE call (`pollBatch`), and
- * settles the waits of those that started or ended. A failing poll is retried next round.
+ * settles the waits of those that started or ended. A failing poll is logged and retried next
+ * round: the jobs stay as they were until the scheduler answers again.
  */
 export class PollingMonitor {
   readonly #intervalMs: number;
   readonly #pollBatch: (ids: readonly string[]) => Promise<ReadonlyMap<string, PolledState>>;
   readonly #onGone: (id: string) => Promise<ExitReport>;
+  readonly #log: Logger;
+  readonly #failures: RepeatedFailureLog;
   readonly #watched = new Map<string, Watched>();
   #timer: NodeJS.Timeout | undefined;
   #polling = false;
   #closed = false;
 
-  /**
-   * `onGone` decides what a job the scheduler forgot means (e.g. look at the return-code file, or
-   * ask accounting); jobs missing from a poll's answer count as gone.
-   */
-  constructor(
-    intervalMs: number,
-    pollBatch: (ids: readonly string[]) => Promise<ReadonlyMap<string, PolledState>>,
-    onGone: (id: string) => Promise<ExitReport>,
-  ) {
-    this.#intervalMs = Math.max(50, intervalMs);
-    this.#pollBatch = pollBatch;
-    this.#onGone = onGone;
+  constructor(options: PollingMonitorOptions) {
+    this.#intervalMs = Math.max(50, options.intervalMs);
+    this.#pollBatch = options.pollBatch;
+    this.#onGone = options.onGone;
+    this.#log = options.log;
+    this.#failures = new RepeatedFailureLog(options.log, 'status poll');
   }
 
   #entry(id: string): Watched {
@@ -72,7 +85,7 @@ export class PollingMonitor {
     if (this.#closed || this.#timer !== undefined || this.#polling || this.#watched.size === 0) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      void this.#poll();
+      this.#poll().catch((error: unknown) => this.#log.error({ err: error }, 'status poll round failed'));
     }, this.#intervalMs);
     this.#timer.unref();
   }
@@ -84,9 +97,11 @@ export class PollingMonitor {
       let states: ReadonlyMap<string, PolledState>;
       try {
         states = await this.#pollBatch(ids);
-      } catch {
-        return; // scheduler briefly unreachable: try again next round
+      } catch (error) {
+        this.#failures.failed(error);
+        return; // the scheduler cannot be asked now: try again next round
       }
+      this.#failures.succeeded();
       for (const id of ids) {
         const entry = this.#watched.get(id);
         if (entry === undefined) continue;
@@ -96,7 +111,7 @@ export class PollingMonitor {
         if (polled.state === 'running') continue;
         const report: ExitReport =
           polled.state === 'gone'
-            ? await this.#onGone(id).catch((error: unknown) => ({ exitCode: null, reason: String(error) }))
+            ? await this.#onGone(id).catch((error: unknown) => ({ exitCode: null, reason: messageOf(error) }))
             : polled.reason === undefined
               ? { exitCode: polled.exitCode ?? null }
               : { exitCode: polled.exitCode ?? null, reason: polled.reason };

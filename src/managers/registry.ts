@@ -1,7 +1,7 @@
 import type { ManagerConfig } from '../config/types.js';
 import type { Backend } from './backend.js';
 import { createCliBackend } from './cli/cli-backend.js';
-import { createCondorBackend } from './condor.js';
+import { createCondorBackend } from './condor/backend.js';
 import type { BackendContext } from './context.js';
 import { createDrmaaBackend } from './drmaa.js';
 import { createExternalDrmaaBackend } from './external-drmaa.js';

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { DrmaaCallError, DrmaaClient, DrmaaHelperError } from '../../src/drmaa/client.js';
+import { BackendError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { DrmaaJobs } from '../../src/managers/drmaa.js';
 
@@ -73,11 +74,14 @@ test('a helper that crashes mid-call fails that call with the reason; the next c
 test('DRMAA errors keep their code; the backend turns a refusal into the DRM\'s reason', async (t) => {
   const { client } = await fixture(t);
   const error = await t.throwsAsync(client.control('1', 'TERMINATE'), { instanceOf: DrmaaCallError });
-  t.is(error.code, 'INVALID_JOB');
+  t.is(error.drmaaCode, 'INVALID_JOB');
+  t.is(error.code, 'MAG_ERR_BACKEND_COMMAND');
   const jobs = new DrmaaJobs({ client, intervalMs: 50, log: createLogger({ destination: new Writable({ write: (_c, _e, cb) => cb() }) }) });
   await t.notThrowsAsync(jobs.terminate('1'), 'terminating a job the DRM forgot is not an error');
-  await t.throwsAsync(jobs.submit(template('deny')), { message: 'Fake 1.0 refused the job: DENIED_BY_DRM: unknown resource "x"' });
-  await t.throwsAsync(jobs.submit(template('crash')), { message: /killed by SIGSEGV while submitting the job/ });
+  const denied = await t.throwsAsync(jobs.submit(template('deny')), { instanceOf: BackendError, message: 'Fake 1.0 refused the job: DENIED_BY_DRM: unknown resource "x"' });
+  t.is(denied.code, 'MAG_ERR_BACKEND_SUBMIT');
+  const crashed = await t.throwsAsync(jobs.submit(template('crash')), { instanceOf: BackendError, message: /killed by SIGSEGV while submitting the job/ });
+  t.is(crashed.code, 'MAG_ERR_BACKEND_UNREACHABLE');
   const id = await jobs.submit(template());
   t.is(await jobs.status(id), 'running');
   await jobs.waitForStart(id);

@@ -4,11 +4,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { checkTemplate, isInside, parseArguments, RefusedError } from '../../src/drmaa/external.js';
-import { ConfigError } from '../../src/errors.js';
+import { BackendError, ConfigError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { BackendContext } from '../../src/managers/context.js';
 import { createDrmaaBackend } from '../../src/managers/drmaa.js';
+import { localShell } from '../../src/managers/cli/shell.js';
 import { checkJobUser, createExternalDrmaaBackend } from '../../src/managers/external-drmaa.js';
+import { CommandRunner } from '../../src/managers/process-runner.js';
 import { managerConfig } from '../helpers/server.js';
 
 const log = createLogger({ destination: new Writable({ write: (_c, _e, cb) => cb() }) });
@@ -54,13 +56,17 @@ test('queued_external_drmaa options: production, helper scripts (default: script
 });
 
 test('submit_params.user: a plain name of an existing regular account', async (t) => {
-  await t.throwsAsync(checkJobUser(undefined), { message: /needs submit_params.user/ });
-  await t.throwsAsync(checkJobUser('root'), { message: /root or a system account/ });
-  await t.throwsAsync(checkJobUser('nobody'), { message: /root or a system account/ });
-  await t.throwsAsync(checkJobUser('Root'), { message: /must be a user name/ });
-  await t.throwsAsync(checkJobUser("a'b"), { message: /must be a user name/ });
-  await t.throwsAsync(checkJobUser('a'.repeat(33)), { message: /must be a user name/ });
-  await t.throwsAsync(checkJobUser('nosuchuser_mg'), { message: /there is no user/ });
+  const lookup = new CommandRunner(localShell(), { timeoutMs: 10_000, env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' } });
+  await t.throwsAsync(checkJobUser(undefined, lookup), { instanceOf: BackendError, message: /needs submit_params.user/ });
+  await t.throwsAsync(checkJobUser('root', lookup), { instanceOf: BackendError, message: /root or a system account/ });
+  await t.throwsAsync(checkJobUser('nobody', lookup), { instanceOf: BackendError, message: /root or a system account/ });
+  await t.throwsAsync(checkJobUser('Root', lookup), { instanceOf: BackendError, message: /must be a user name/ });
+  await t.throwsAsync(checkJobUser("a'b", lookup), { instanceOf: BackendError, message: /must be a user name/ });
+  await t.throwsAsync(checkJobUser('a'.repeat(33), lookup), { instanceOf: BackendError, message: /must be a user name/ });
+  await t.throwsAsync(checkJobUser('nosuchuser_mg', lookup), { instanceOf: BackendError, message: /there is no user/ });
+  const noGetent = new CommandRunner(localShell(), { timeoutMs: 10_000, env: { PATH: '/nonexistent' } });
+  const unreachable = await t.throwsAsync(checkJobUser('someone', noGetent), { instanceOf: BackendError, message: /could not run getent: .*command not found/ });
+  t.is(unreachable.code, 'MAG_ERR_BACKEND_UNREACHABLE', 'no account database is not "no such user"');
 });
 
 test('helper argument and template checks', (t) => {

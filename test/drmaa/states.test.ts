@@ -2,6 +2,7 @@ import test from 'ava';
 import { drmaaProcessEnvironment } from '../../src/drmaa/client.js';
 import { JOB_PS, type JobPsName } from '../../src/drmaa/constants.js';
 import type { ExitMessage } from '../../src/drmaa/protocol.js';
+import { BackendError } from '../../src/errors.js';
 import { DrmaaPollError, checkClientNativeSpecification, jobTemplate, mapPollEntry, nativeSpecification } from '../../src/managers/drmaa.js';
 import type { LaunchSpec } from '../../src/managers/backend.js';
 
@@ -46,7 +47,8 @@ test('DONE carries the exit status; FAILED is a failure with a reason, never a p
 
 test('a job the DRM does not know is gone; any other error makes the poll retry', (t) => {
   t.deepEqual(mapPollEntry({ error: { code: 'INVALID_JOB', message: 'gone' } }), { state: 'gone' });
-  t.throws(() => mapPollEntry({ error: { code: 'DRM_COMMUNICATION_FAILURE', message: 'qmaster down' } }), { instanceOf: DrmaaPollError, message: 'qmaster down' });
+  const down = t.throws(() => mapPollEntry({ error: { code: 'DRM_COMMUNICATION_FAILURE', message: 'qmaster down' } }), { instanceOf: DrmaaPollError, message: 'qmaster down' });
+  t.is(down?.code, 'MAG_ERR_BACKEND_UNREACHABLE');
 });
 
 test('client native specifications: resource requests only', (t) => {
@@ -68,7 +70,10 @@ test('client native specifications: resource requests only', (t) => {
     ['all.q', /must start with an option/],
     ['-' + 'l'.repeat(2000), /longer than/],
   ];
-  for (const [spec, reason] of refused) t.throws(() => checkClientNativeSpecification(spec), { message: reason }, spec);
+  for (const [spec, reason] of refused) {
+    const error = t.throws(() => checkClientNativeSpecification(spec), { instanceOf: BackendError, message: reason }, spec);
+    t.is(error?.code, 'MAG_ERR_BACKEND_SUBMIT', 'the job fails: the backend refuses it');
+  }
 });
 
 test('the manager\'s native specification wins over the client\'s, which is checked', (t) => {

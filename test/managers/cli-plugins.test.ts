@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import type { ManagerConfig } from '../../src/config/types.js';
-import { ConfigError } from '../../src/errors.js';
+import { BackendError, ConfigError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { LaunchSpec } from '../../src/managers/backend.js';
 import { CliBackend, schedulerEnvironment } from '../../src/managers/cli/cli-backend.js';
@@ -14,7 +14,7 @@ import { parseQacct, parseQstatXml, parseSgeErrorReason, parseSgeQsub, sgeStateK
 import type { HeaderJob, JobPluginName, SchedulerStatus } from '../../src/managers/cli/job-plugin.js';
 import { LSF_STATES, parseBjobs, parseBsub } from '../../src/managers/cli/lsf.js';
 import { parseCliOptions } from '../../src/managers/cli/options.js';
-import { CommandRunner, localShell, remoteShell, secureShell } from '../../src/managers/cli/shell.js';
+import { localShell, remoteShell, secureShell } from '../../src/managers/cli/shell.js';
 import { parseSbatch, parseScontrol, parseSqueue, SLURM_STATES } from '../../src/managers/cli/slurm.js';
 import { parseQstatFull, parseQstatJson, parseQstatTable, parseQsub, PBS_STATES } from '../../src/managers/cli/torque.js';
 import { createBackend } from '../../src/managers/registry.js';
@@ -259,13 +259,16 @@ test('POSIX quoting: hostile values stay one literal word for sh', async (t) => 
   t.is(posixQuote(HOSTILE), `'x'\\''; rm -rf / #'`);
   t.is(remoteCommandLine({ argv: ['scancel', HOSTILE] }), `'scancel' 'x'\\''; rm -rf / #'`);
   t.is(remoteCommandLine({ argv: ['bsub'], stdinFile: `/s/${HOSTILE}` }), `'bsub' < '/s/x'\\''; rm -rf / #'`);
-  t.throws(() => posixQuote('a\0b'), { message: /NUL/ });
+  t.is(remoteCommandLine({ argv: ['condor_submit', 'j.submit'], cwd: `/s/${HOSTILE}` }), `cd '/s/x'\\''; rm -rf / #' && 'condor_submit' 'j.submit'`);
+  t.throws(() => remoteCommandLine({ argv: ['true'], cwd: '-P' }), { instanceOf: BackendError, message: /absolute/ });
+  t.throws(() => posixQuote('a\0b'), { instanceOf: BackendError, message: /NUL/ });
 });
 
 test('shell plugins: LocalShell runs argv directly; RemoteShell and SecureShell send one quoted command string', (t) => {
   const command: Command = { argv: ['qdel', HOSTILE] };
   t.deepEqual(localShell().invocation(command), { file: 'qdel', args: [HOSTILE] });
   t.deepEqual(localShell().invocation({ argv: ['bsub'], stdinFile: '/s/c.sh' }), { file: 'bsub', args: [], stdinFile: '/s/c.sh' });
+  t.deepEqual(localShell().invocation({ argv: ['condor_submit', 'j'], cwd: '/s/w' }), { file: 'condor_submit', args: ['j'], cwd: '/s/w' });
 
   t.deepEqual(remoteShell({ rsh: 'rsh', hostname: 'submit1', username: 'galaxy' }).invocation(command), {
     file: 'rsh',
@@ -293,33 +296,6 @@ test('shell plugins: LocalShell runs argv directly; RemoteShell and SecureShell 
   });
   const lax = options({ job_plugin: 'Slurm', shell_plugin: 'ssh', shell_strict_host_key_checking: 'false' }).shell.invocation({ argv: ['true'] });
   t.deepEqual(lax.args.slice(0, 10), ['-o', 'BatchMode=yes', '-o', 'LogLevel=ERROR', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=60']);
-});
-
-test('LocalShell runner: no shell in between, stdin from a file, timeouts and missing programs reported', async (t) => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-shell-'));
-  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
-  const runner = new CommandRunner(localShell(), { timeoutMs: 500, env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, parallel: 2 });
-  const canary = path.join(dir, 'canary');
-  const literal = await runner.run({ argv: ['printf', '%s', `; touch ${canary}`] });
-  t.is(literal.code, 0);
-  t.is(literal.stdout, `; touch ${canary}`);
-  await t.throwsAsync(fs.access(canary));
-
-  const input = path.join(dir, 'script.sh');
-  await fs.writeFile(input, '#BSUB -J x\necho hi\n');
-  t.is((await runner.run({ argv: ['cat'], stdinFile: input })).stdout, '#BSUB -J x\necho hi\n');
-  const unreadable = await runner.run({ argv: ['cat'], stdinFile: path.join(dir, 'missing') });
-  t.is(unreadable.code, null);
-  t.regex(unreadable.error ?? '', /cannot read/);
-
-  const slow = await runner.run({ argv: ['sleep', '5'] });
-  t.is(slow.code, null);
-  t.regex(slow.error ?? '', /timed out/);
-  const missing = await runner.run({ argv: ['magnetar-no-such-program'] });
-  t.is(missing.code, null);
-  t.regex(missing.error ?? '', /command not found/);
-  const failing = await runner.run({ argv: ['sh', '-c', 'echo oops >&2; exit 7'] });
-  t.deepEqual([failing.code, failing.stderr], [7, 'oops\n']);
 });
 
 // ------------------------------------------------------------------------------------ Slurm outputs
@@ -734,9 +710,14 @@ test('backend flow (fake LSF): a vanished job without return code fails "schedul
 test('backend: a submission the scheduler refuses, or whose output has no id, is an error with its message', async (t) => {
   const { root, backend, spec } = await lsfBackend(t);
   await fs.writeFile(path.join(root, 'bin', 'bsub'), '#!/bin/bash\necho "Bad queue name. Job not submitted." >&2\nexit 255\n', { mode: 0o755 });
-  await t.throwsAsync(backend.submit(await spec('refused')), { message: 'LSF did not accept the job: Bad queue name. Job not submitted. (exit status 255)' });
+  const refused = await t.throwsAsync(backend.submit(await spec('refused')), { instanceOf: BackendError, message: 'LSF did not accept the job: Bad queue name. Job not submitted. (exit status 255)' });
+  t.is(refused?.code, 'MAG_ERR_BACKEND_SUBMIT');
   await fs.writeFile(path.join(root, 'bin', 'bsub'), '#!/bin/bash\necho "all good"\n', { mode: 0o755 });
-  await t.throwsAsync(backend.submit(await spec('noid')), { message: 'no job id in the answer of bsub: "all good"' });
+  const noId = await t.throwsAsync(backend.submit(await spec('noid')), { instanceOf: BackendError, message: 'no job id in the answer of bsub: "all good"' });
+  t.is(noId?.code, 'MAG_ERR_BACKEND_COMMAND');
+  await fs.rm(path.join(root, 'bin', 'bsub'));
+  const missing = await t.throwsAsync(backend.submit(await spec('missing')), { instanceOf: BackendError, message: /^LocalShell could not run bsub: .*command not found/ });
+  t.is(missing?.code, 'MAG_ERR_BACKEND_UNREACHABLE');
   await fs.writeFile(path.join(root, 'bin', 'bjobs'), '#!/bin/bash\necho "LSF is down" >&2\nexit 255\n', { mode: 0o755 });
   t.is(await backend.status('5'), 'queued', 'scheduler unreachable after a restart: keep watching');
 });

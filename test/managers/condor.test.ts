@@ -6,19 +6,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { ManagerConfig } from '../../src/config/types.js';
-import { ConfigError } from '../../src/errors.js';
+import { BackendError, ConfigError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import type { Backend, LaunchSpec } from '../../src/managers/backend.js';
-import {
-  buildSubmitDescription,
-  condorQArguments,
-  createCondorBackend,
-  parseClusterId,
-  parseCondorQ,
-  parseUserLog,
-  submittedCluster,
-  type CondorBackendOptions,
-} from '../../src/managers/condor.js';
+import { createCondorBackend, type CondorBackendOptions } from '../../src/managers/condor/backend.js';
+import { condorQArguments, parseCondorQ } from '../../src/managers/condor/queue.js';
+import { buildSubmitDescription, parseClusterId } from '../../src/managers/condor/submit-description.js';
+import { parseUserLog, submittedCluster } from '../../src/managers/condor/user-log.js';
 import type { BackendContext } from '../../src/managers/context.js';
 import { createBackend } from '../../src/managers/registry.js';
 import { managerConfig } from '../helpers/server.js';
@@ -262,7 +256,8 @@ test('client submit parameters that would add or replace lines are refused befor
   ];
   for (const [params, message] of hostile) {
     const job = await spec(undefined, params);
-    await t.throwsAsync(backend.submit(job), { message }, JSON.stringify(params));
+    const error = await t.throwsAsync(backend.submit(job), { instanceOf: BackendError, message }, JSON.stringify(params));
+    t.is(error?.code, 'MAG_ERR_BACKEND_SUBMIT');
     await t.throwsAsync(fs.access(path.join(job.jobDirectory, 'job.condor.submit')), undefined, 'no submit file');
   }
   t.deepEqual(await fake.calls(), [], 'condor_submit never ran');
@@ -308,15 +303,18 @@ test('the external id is the cluster of condor_submit; failures carry its messag
 
   const { backend, spec, fake } = await setup(t);
   await fake.answer('condor_submit', '', 1, SUBMIT_PARSE_ERROR);
-  await t.throwsAsync(backend.submit(await spec()), { message: /^condor_submit failed \(exit 1\): ERROR: on Line 5 of submit file/ });
+  const refused = await t.throwsAsync(backend.submit(await spec()), { instanceOf: BackendError, message: /^HTCondor did not accept the job: ERROR: on Line 5 of submit file.*\(exit status 1\)$/s });
+  t.is(refused?.code, 'MAG_ERR_BACKEND_SUBMIT');
   await fake.answer('condor_submit', '', 1, SUBMIT_NO_SCHEDD);
   await t.throwsAsync(backend.submit(await spec()), { message: /Can't find address of local schedd/ });
   await fake.answer('condor_submit', 'Submitting job(s).\n', 0);
-  await t.throwsAsync(backend.submit(await spec()), { message: /did not say which cluster/ });
+  const unreadable = await t.throwsAsync(backend.submit(await spec()), { instanceOf: BackendError, message: /did not say which cluster/ });
+  t.is(unreadable?.code, 'MAG_ERR_BACKEND_COMMAND');
 
   const missing = createCondorBackend(condorManager(), context(), { commands: { condorSubmit: path.join(fake.dir, 'nowhere', 'condor_submit') } });
   t.teardown(() => missing.close());
-  await t.throwsAsync(missing.submit(await spec()), { message: /condor_submit was not found \(is HTCondor installed/ });
+  const notFound = await t.throwsAsync(missing.submit(await spec()), { instanceOf: BackendError, message: /could not run .*condor_submit: .*command not found.*is it installed/ });
+  t.is(notFound?.code, 'MAG_ERR_BACKEND_UNREACHABLE');
 });
 
 // ------------------------------------------------------------------------------------------------
@@ -435,17 +433,37 @@ test('jobs without a log are looked up with ONE condor_q per round; gone jobs en
   t.deepEqual([...parseCondorQ('8135.0 2\n8135.1 1\n  77.0 5  \ngarbage\n').entries()], [['8135', 2], ['77', 5]]);
 });
 
-test('an unreachable schedd: status is unknown, waits go on, the next good answer settles them', async (t) => {
+test('an unreachable schedd: status says queued (keep watching), waits go on, the failure is logged once, the next good answer settles them', async (t) => {
   const { backend, spec, fake, logLines } = await setup(t);
   const job = await spec();
   const id = await backend.submit(job);
   await fs.rm(logOf(job));
   await fake.answer('condor_q', '', 1, Q_UNREACHABLE);
-  t.is(await backend.status(id), 'unknown');
+  t.is(await backend.status(id), 'queued', 'cannot ask is not "ended": the job stays watched, as with the cli and DRMAA backends');
   const exit = backend.waitForExit(id);
-  await within(until(() => logLines.some((l) => l.includes('condor_q failed') && l.includes('Failed to fetch ads'))));
+  const failures = (): string[] => logLines.filter((l) => l.includes('condor_q failed; trying again next round'));
+  await within(until(() => failures().some((l) => l.includes('Failed to fetch ads'))));
+  const rounds = async (): Promise<number> => (await fake.calls()).filter((call) => call.tool === 'condor_q').length;
+  const before = await rounds();
+  while ((await rounds()) < before + 3) await sleep(20);
+  t.is(failures().length, 1, 'the same failure, round after round, is logged once');
   await fs.appendFile(logOf(job), SUBMIT_EVENT(id) + EXECUTE_EVENT(id) + TERMINATED_EVENT(id, 0));
   t.deepEqual(await within(exit), { exitCode: 0 });
+});
+
+test('restart during a condor_q outage: a recovered job without a log is kept (queued), and ends once condor_q answers', async (t) => {
+  const { backend, spec, fake } = await setup(t);
+  const job = await spec();
+  await fake.answer('condor_q', '', 1, Q_UNREACHABLE);
+  t.is(await backend.recover(job, '8300'), '8300');
+  t.is(await backend.status('8300'), 'queued');
+  const started = backend.waitForStart('8300');
+  const exit = backend.waitForExit('8300');
+  await sleep(150);
+  await fake.answer('condor_q', '8300.0 2\n');
+  await within(started);
+  await fake.answer('condor_q', '');
+  t.deepEqual(await within(exit), { exitCode: null }, 'gone: the return_code file decides');
 });
 
 test('every so often condor_q checks unfinished jobs: one that left the queue without a final event ends', async (t) => {

@@ -1,15 +1,15 @@
-import { constants as fsConstants } from 'node:fs';
 import * as fs from 'node:fs/promises';
-import * as path from 'node:path';
 import type { ManagerConfig } from '../../config/types.js';
+import { BackendError } from '../../errors.js';
+import { readReturnCode } from '../../jobs/layout.js';
 import type { Logger } from '../../log.js';
 import type { Backend, BackendState, ExitReport, LaunchSpec } from '../backend.js';
 import type { BackendContext } from '../context.js';
 import { PollingMonitor, type PolledState } from '../monitor.js';
+import { CommandRunner } from '../process-runner.js';
 import { describeFailure, type Command, type CommandResult } from './command.js';
 import { isExternalId, type JobPlugin, type SchedulerStatus } from './job-plugin.js';
 import { parseCliOptions, type CliOptions } from './options.js';
-import { CommandRunner } from './shell.js';
 
 /**
  * Server environment variables scheduler commands may see. Everything else (tokens, config
@@ -23,16 +23,21 @@ const SCHEDULER_ENV = [
   'PBS_CONF_FILE', 'PBS_DEFAULT', 'PBS_SERVER', 'PBS_EXEC', 'PBS_HOME',
 ] as const;
 
-/** Concurrent scheduler commands: local processes, and ssh/rsh connections (sshd's MaxStartups is 10). */
-const LOCAL_PARALLEL = 8;
-const REMOTE_PARALLEL = 4;
-
 /**
  * A job the scheduler reports ended (or no longer lists) but whose `return_code` file is not
  * visible yet is re-checked for this long: shared file systems publish a file written on a compute
  * node late.
  */
 export const RETURN_CODE_GRACE_MS = 5000;
+
+interface JobFiles {
+  readonly directory: string;
+  readonly returnCodePath: string;
+}
+
+function jobFiles(spec: LaunchSpec): JobFiles {
+  return { directory: spec.jobDirectory, returnCodePath: spec.returnCodePath };
+}
 
 export function schedulerEnvironment(serverEnv: Readonly<Record<string, string | undefined>>): Record<string, string> {
   const env: Record<string, string> = {};
@@ -65,8 +70,8 @@ export class CliBackend implements Backend {
   readonly #monitor: PollingMonitor;
   readonly #log: Logger;
   readonly #graceMs: number;
-  /** external id → job directory (where its `return_code` appears). */
-  readonly #jobDirectories = new Map<string, string>();
+  /** external id → where the job's files are (its directory, the `return_code` its script writes). */
+  readonly #jobFiles = new Map<string, JobFiles>();
   /** external id → when the scheduler first said it ended while no return code was visible. */
   readonly #endedWithoutCode = new Map<string, number>();
   readonly #unknownStates = new Set<string>();
@@ -74,18 +79,15 @@ export class CliBackend implements Backend {
   constructor(manager: ManagerConfig, options: CliOptions, ctx: BackendContext, tuning: { graceMs?: number } = {}) {
     this.plugin = options.jobPlugin;
     this.#env = Object.freeze(schedulerEnvironment(ctx.serverEnv));
-    this.#runner = new CommandRunner(options.shell, {
-      timeoutMs: options.commandTimeoutMs,
-      env: this.#env,
-      parallel: options.shell.remote ? REMOTE_PARALLEL : LOCAL_PARALLEL,
-    });
+    this.#runner = new CommandRunner(options.shell, { timeoutMs: options.commandTimeoutMs, env: this.#env });
     this.#graceMs = tuning.graceMs ?? RETURN_CODE_GRACE_MS;
     this.#log = ctx.log.child({ manager: manager.name, backend: 'queued_cli', jobPlugin: this.plugin.name, shellPlugin: options.shell.name });
-    this.#monitor = new PollingMonitor(
-      manager.minPollingInterval * 1000,
-      (ids) => this.#pollBatch(ids),
-      (id) => this.#judgeGone(id),
-    );
+    this.#monitor = new PollingMonitor({
+      intervalMs: manager.minPollingInterval * 1000,
+      pollBatch: async (ids) => this.#pollBatch(ids),
+      onGone: async (id) => this.#judgeGone(id),
+      log: this.#log,
+    });
   }
 
   /** Runs one scheduler command through the shell plugin (also used by tests and diagnostics). */
@@ -108,19 +110,12 @@ export class CliBackend implements Backend {
     // clean environment plus the scheduler settings. Over rsh/ssh the remote login environment applies.
     const env = this.#runner.shell.remote ? undefined : { ...spec.env, ...this.#env };
     const result = await this.#runner.run(command, env);
-    if (result.code !== 0) {
-      const shell = this.#runner.shell;
-      if (result.code === null || shell.transportFailed(result)) {
-        const where = shell.remote ? ` on ${shell.target}` : '';
-        throw new Error(`${shell.name} could not run ${command.argv[0]}${where}: ${describeFailure(result)}`);
-      }
-      throw new Error(`${this.plugin.scheduler} did not accept the job: ${describeFailure(result)}`);
-    }
+    if (result.code !== 0) throw this.#runner.failure(command, result, 'MAG_ERR_BACKEND_SUBMIT', `${this.plugin.scheduler} did not accept the job`);
     const id = this.plugin.parseSubmit(result.stdout);
     if (id === undefined) {
-      throw new Error(`no job id in the answer of ${command.argv[0]}: ${JSON.stringify(result.stdout.trim().slice(0, 500))}`);
+      throw new BackendError('MAG_ERR_BACKEND_COMMAND', `no job id in the answer of ${command.argv[0]}: ${JSON.stringify(result.stdout.trim().slice(0, 500))}`);
     }
-    this.#jobDirectories.set(id, spec.jobDirectory);
+    this.#jobFiles.set(id, jobFiles(spec));
     this.#log.info({ jobId: spec.jobId, externalId: id }, 'job submitted');
     return id;
   }
@@ -163,7 +158,7 @@ export class CliBackend implements Backend {
 
   async recover(spec: LaunchSpec, externalId: string | undefined): Promise<string | undefined> {
     if (externalId === undefined || !isExternalId(externalId)) return undefined;
-    this.#jobDirectories.set(externalId, spec.jobDirectory);
+    this.#jobFiles.set(externalId, jobFiles(spec));
     return externalId;
   }
 
@@ -179,7 +174,7 @@ export class CliBackend implements Backend {
       const status = states.get(id);
       if (removed.has(id)) {
         // Cleaned while the scheduler still holds it (e.g. a held job): it can only fail now.
-        void this.kill(id);
+        this.#killInBackground(id);
         const reason = 'the job directory was removed while the job was still in the scheduler; the scheduler job was killed';
         answer.set(id, this.#ended(id, { state: 'exited', exitCode: null, reason }));
         continue;
@@ -192,7 +187,7 @@ export class CliBackend implements Backend {
       }
       if (status?.kind === 'failed') {
         // It would wait in the scheduler forever: remove it.
-        void this.kill(id);
+        this.#killInBackground(id);
         answer.set(id, this.#ended(id, { state: 'exited', exitCode: null, reason: status.reason }));
         continue;
       }
@@ -230,8 +225,13 @@ export class CliBackend implements Backend {
 
   #ended(id: string, state: PolledState): PolledState {
     this.#endedWithoutCode.delete(id);
-    this.#jobDirectories.delete(id);
+    this.#jobFiles.delete(id);
     return state;
+  }
+
+  /** A kill the poll does not wait for (its failure is only logged: the job ends either way). */
+  #killInBackground(id: string): void {
+    this.kill(id).catch((error: unknown) => this.#log.warn({ externalId: id, err: error }, 'kill command could not be run'));
   }
 
   #noteUnknownState(state: string): void {
@@ -245,7 +245,7 @@ export class CliBackend implements Backend {
     const removed = new Set<string>();
     await Promise.all(
       ids.map(async (id) => {
-        const dir = this.#jobDirectories.get(id);
+        const dir = this.#jobFiles.get(id)?.directory;
         if (dir === undefined) return;
         try {
           await fs.stat(dir);
@@ -257,22 +257,9 @@ export class CliBackend implements Backend {
     return removed;
   }
 
-  /** The job's `return_code` file (never through a symlink), if it is there yet. */
+  /** The job's `return_code` (read never through a symlink), if it is there yet. */
   async #returnCode(id: string): Promise<number | undefined> {
-    const dir = this.#jobDirectories.get(id);
-    if (dir === undefined) return undefined;
-    let handle: fs.FileHandle | undefined;
-    try {
-      handle = await fs.open(path.join(dir, 'return_code'), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
-      if (!(await handle.stat()).isFile()) return undefined;
-      const buffer = Buffer.alloc(64);
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
-      const text = buffer.subarray(0, bytesRead).toString('utf8').trim();
-      return /^-?\d+$/.test(text) ? Number(text) : undefined;
-    } catch {
-      return undefined;
-    } finally {
-      await handle?.close();
-    }
+    const file = this.#jobFiles.get(id)?.returnCodePath;
+    return file === undefined ? undefined : readReturnCode(file);
   }
 }

@@ -1,11 +1,16 @@
+import { BackendError } from '../../errors.js';
+
 /**
- * Scheduler commands as data: an argument vector (never a shell string) and, for `bsub`, a file to
- * read on standard input. Shell plugins decide how a command reaches the scheduler host.
+ * Scheduler commands as data: an argument vector (never a shell string), for `bsub` a file to
+ * read on standard input, for `condor_submit` a directory to run in. Shell plugins decide how a
+ * command reaches the scheduler host.
  */
 export interface Command {
   readonly argv: readonly [string, ...string[]];
   /** A file the command reads on standard input (`bsub < script`). */
   readonly stdinFile?: string;
+  /** An absolute directory to run the command in (`condor_submit` takes it as the job's). */
+  readonly cwd?: string;
 }
 
 export interface CommandResult {
@@ -25,17 +30,21 @@ export type Run = (command: Command) => Promise<CommandResult>;
  * Every argument is quoted, even harmless ones, so no value ever reaches a shell bare.
  */
 export function posixQuote(arg: string): string {
-  if (arg.includes('\0')) throw new Error('a command argument contains a NUL byte');
+  if (arg.includes('\0')) throw new BackendError('MAG_ERR_BACKEND_COMMAND', 'a command argument contains a NUL byte');
   return `'${arg.replaceAll("'", `'\\''`)}'`;
 }
 
 /**
  * The one command string a remote shell (rsh, ssh) hands to the remote user's shell: every
- * argument single-quoted, plus `< 'file'` when the command reads a file on standard input.
+ * argument single-quoted, plus `< 'file'` when the command reads a file on standard input, after
+ * `cd 'dir' &&` when it runs in a directory (absolute, so no shell takes it for an option).
  */
 export function remoteCommandLine(command: Command): string {
   const words = command.argv.map(posixQuote).join(' ');
-  return command.stdinFile === undefined ? words : `${words} < ${posixQuote(command.stdinFile)}`;
+  const line = command.stdinFile === undefined ? words : `${words} < ${posixQuote(command.stdinFile)}`;
+  if (command.cwd === undefined) return line;
+  if (!command.cwd.startsWith('/')) throw new BackendError('MAG_ERR_BACKEND_COMMAND', 'a command\'s directory must be an absolute path');
+  return `cd ${posixQuote(command.cwd)} && ${line}`;
 }
 
 /** What a failed command said, for error messages and logs (trimmed, bounded). */

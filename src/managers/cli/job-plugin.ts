@@ -1,3 +1,4 @@
+import { BackendError } from '../../errors.js';
 import { describeFailure, type Command, type CommandResult, type Run } from './command.js';
 
 export type JobPluginName = 'Torque' | 'SlurmTorque' | 'OpenPBS' | 'Slurm' | 'LSF' | 'GridEngine';
@@ -157,13 +158,13 @@ const DIRECTIVE_PATH_RE = /^\/[A-Za-z0-9._/+@,=~-]*$/;
 
 export function checkDirectivePath(what: string, value: string): string {
   if (!DIRECTIVE_PATH_RE.test(value)) {
-    throw new Error(`the ${what} ${JSON.stringify(value)} has characters a scheduler directive cannot carry (allowed: letters, digits and . _ / + @ , = ~ -)`);
+    throw new BackendError('MAG_ERR_BACKEND_SUBMIT', `the ${what} ${JSON.stringify(value)} has characters a scheduler directive cannot carry (allowed: letters, digits and . _ / + @ , = ~ -)`);
   }
   return value;
 }
 
 export function checkJobName(name: string): string {
-  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new Error(`job name ${JSON.stringify(name)} has characters a scheduler directive cannot carry`);
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new BackendError('MAG_ERR_BACKEND_SUBMIT', `job name ${JSON.stringify(name)} has characters a scheduler directive cannot carry`);
   return name;
 }
 
@@ -234,13 +235,14 @@ export function onlyHarmlessErrors(stderr: string, harmless: RegExp): boolean {
 }
 
 /**
- * Throws when a status command failed (`what` names it in the message), unless it exited with a
- * status and every stderr line matches `harmless` (see onlyHarmlessErrors).
+ * Throws a BackendError when a status command failed (`what` names it in the message), unless it
+ * exited with a status and every stderr line matches `harmless` (see onlyHarmlessErrors).
  */
 export function checkStatusCommand(what: string, result: CommandResult, harmless?: RegExp): void {
   if (result.code === 0) return;
   if (harmless !== undefined && result.code !== null && onlyHarmlessErrors(result.stderr, harmless)) return;
-  throw new Error(`${what} failed: ${describeFailure(result)}`);
+  const code = result.code === null ? 'MAG_ERR_BACKEND_UNREACHABLE' : 'MAG_ERR_BACKEND_COMMAND';
+  throw new BackendError(code, `${what} failed: ${describeFailure(result)}`);
 }
 
 /** The statuses of `ids` in a listing of jobs; ids missing from it are left out (gone). */

@@ -1,5 +1,3 @@
-import { execFile } from 'node:child_process';
-import { createReadStream } from 'node:fs';
 import { remoteCommandLine, type Command, type CommandResult } from './command.js';
 
 /** The process actually started for a scheduler command. */
@@ -8,6 +6,8 @@ export interface Invocation {
   readonly args: readonly string[];
   /** A local file piped to the process's standard input. */
   readonly stdinFile?: string;
+  /** The directory the process starts in (remote shells `cd` there instead). */
+  readonly cwd?: string;
 }
 
 /**
@@ -35,7 +35,12 @@ export function localShell(): ShellPlugin {
     transportFailed: () => false,
     invocation(command) {
       const [file, ...args] = command.argv;
-      return command.stdinFile === undefined ? { file, args } : { file, args, stdinFile: command.stdinFile };
+      return {
+        file,
+        args,
+        ...(command.stdinFile === undefined ? {} : { stdinFile: command.stdinFile }),
+        ...(command.cwd === undefined ? {} : { cwd: command.cwd }),
+      };
     },
   };
 }
@@ -101,93 +106,4 @@ export function secureShell(options: SecureShellOptions): ShellPlugin {
       return { file: options.ssh, args: [...fixed, options.hostname, '--', remoteCommandLine(command)] };
     },
   };
-}
-
-/** Scheduler output larger than this is an error (a listing of every job of a big cluster fits). */
-const MAX_OUTPUT_BYTES = 64 * 1024 * 1024;
-
-/**
- * Runs commands through a shell plugin with a timeout, a bounded output, and at most `parallel`
- * processes at once (a burst of submissions must not start hundreds of sbatch or ssh processes;
- * sshd drops connections beyond its MaxStartups).
- */
-export class CommandRunner {
-  readonly shell: ShellPlugin;
-  readonly #timeoutMs: number;
-  readonly #env: Readonly<Record<string, string>>;
-  readonly #parallel: number;
-  #running = 0;
-  readonly #waiting: (() => void)[] = [];
-
-  constructor(shell: ShellPlugin, options: { timeoutMs: number; env: Readonly<Record<string, string>>; parallel: number }) {
-    this.shell = shell;
-    this.#timeoutMs = options.timeoutMs;
-    this.#env = options.env;
-    this.#parallel = Math.max(1, options.parallel);
-  }
-
-  /** `env` replaces the runner's environment for this command (local submissions pass the job's). */
-  async run(command: Command, env?: Readonly<Record<string, string>>): Promise<CommandResult> {
-    const invocation = this.shell.invocation(command);
-    if (this.#running >= this.#parallel) await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    this.#running++;
-    try {
-      return await execute(invocation, env ?? this.#env, this.#timeoutMs);
-    } finally {
-      this.#running--;
-      this.#waiting.shift()?.();
-    }
-  }
-}
-
-function execute(invocation: Invocation, env: Readonly<Record<string, string>>, timeoutMs: number): Promise<CommandResult> {
-  return new Promise((resolve) => {
-    let inputError: string | undefined;
-    const child = execFile(
-      invocation.file,
-      [...invocation.args],
-      { env: { ...env }, timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: MAX_OUTPUT_BYTES, encoding: 'utf8', windowsHide: true },
-      (error, stdout, stderr) => {
-        if (inputError !== undefined) {
-          resolve({ code: null, stdout, stderr, error: inputError });
-          return;
-        }
-        if (error === null) {
-          resolve({ code: 0, stdout, stderr });
-          return;
-        }
-        if (typeof error.code === 'number') {
-          resolve({ code: error.code, stdout, stderr });
-          return;
-        }
-        const why =
-          error.killed === true && error.signal === 'SIGKILL'
-            ? `timed out after ${Math.round(timeoutMs / 1000)} s`
-            : error.code === 'ENOENT'
-              ? `${invocation.file}: command not found`
-              : error.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER'
-                ? 'printed more output than magnetar reads'
-                : error.signal !== null && error.signal !== undefined
-                  ? `killed by ${error.signal}`
-                  : error.message;
-        resolve({ code: null, stdout, stderr, error: why });
-      },
-    );
-    const stdin = child.stdin;
-    if (stdin === null) return;
-    stdin.on('error', () => {
-      // The command exited without reading all of its input: its exit status says what happened.
-    });
-    if (invocation.stdinFile === undefined) {
-      stdin.end();
-      return;
-    }
-    const input = createReadStream(invocation.stdinFile);
-    input.on('error', (error) => {
-      inputError = `cannot read ${invocation.stdinFile}: ${error.message}`;
-      stdin.destroy();
-      child.kill('SIGKILL');
-    });
-    input.pipe(stdin);
-  });
 }

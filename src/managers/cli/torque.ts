@@ -1,3 +1,4 @@
+import { BackendError } from '../../errors.js';
 import type { Run } from './command.js';
 import {
   checkStatusCommand,
@@ -117,7 +118,7 @@ export function parseQstatJson(stdout: string): Map<string, SchedulerStatus> {
   try {
     doc = JSON.parse(stdout.slice(start, end + 1));
   } catch (error) {
-    throw new Error(`qstat printed invalid JSON: ${(error as Error).message}`);
+    throw new BackendError('MAG_ERR_BACKEND_COMMAND', `qstat printed invalid JSON: ${(error as Error).message}`, { cause: error });
   }
   const jobs = typeof doc === 'object' && doc !== null ? (doc as Record<string, unknown>)['Jobs'] : undefined;
   if (typeof jobs !== 'object' || jobs === null) return states;
