@@ -34,7 +34,6 @@ export interface ExitReport {
 }
 
 export interface Backend {
-  readonly kind: string;
   /** Lines for the job script right after `#!/bin/bash` (scheduler directives such as `#SBATCH`). */
   scriptHeader(spec: LaunchSpec): readonly string[];
   /** Start (or submit) the job; resolves with the id needed to find it again after a restart. */

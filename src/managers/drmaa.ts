@@ -275,7 +275,6 @@ export function jobTemplate(spec: LaunchSpec, native: string | undefined): Templ
  * (`drmaa/helper.ts`) so that a crash in the C library never takes the server down.
  */
 class DrmaaBackend implements Backend {
-  readonly kind = 'drmaa';
   readonly maxConcurrent = Number.POSITIVE_INFINITY;
   readonly #options: DrmaaOptions;
   readonly #jobs: DrmaaJobs;

@@ -106,7 +106,6 @@ function parseOptions(manager: ManagerConfig, ctx: BackendContext): ExternalOpti
  * given back to the server user.
  */
 class ExternalDrmaaBackend implements Backend {
-  readonly kind = 'external_drmaa';
   readonly maxConcurrent = Number.POSITIVE_INFINITY;
   readonly #options: ExternalOptions;
   readonly #jobs: DrmaaJobs;

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { BackendError } from '../errors.js';
 
 /**
  * Starting a job with `child_process.spawn` forks the whole server process (≈4 ms of blocked
@@ -78,7 +79,7 @@ export class Launcher {
   }
 
   launch(request: LaunchRequest): Promise<Launched> {
-    if (!this.#alive) return Promise.reject(new Error('the job launcher is not running'));
+    if (!this.#alive) return Promise.reject(new BackendError('MAG_ERR_BACKEND_SUBMIT', 'the job launcher is not running'));
     const token = String(this.#next++);
     return new Promise<Launched>((resolve, reject) => {
       this.#pending.set(token, { started: resolve, failed: reject });
@@ -104,7 +105,7 @@ export class Launcher {
       pending.started({ pid, exit });
     } else if (kind === 'fail') {
       this.#pending.delete(token);
-      pending.failed(new Error(rest.join(' ')));
+      pending.failed(new BackendError('MAG_ERR_BACKEND_SUBMIT', rest.join(' ')));
     } else if (kind === 'exit') {
       this.#pending.delete(token);
       const status = Number(rest[0]);
@@ -117,7 +118,7 @@ export class Launcher {
     this.#alive = false;
     for (const pending of this.#pending.values()) {
       if (pending.exited !== undefined) pending.exited(null);
-      else pending.failed(new Error('the job launcher exited'));
+      else pending.failed(new BackendError('MAG_ERR_BACKEND_SUBMIT', 'the job launcher exited'));
     }
     this.#pending.clear();
   }

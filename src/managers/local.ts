@@ -14,7 +14,6 @@ const REATTACH_POLL_MS = 200;
  * still runs this job's script, so a recycled pid is never mistaken for the job).
  */
 export class LocalBackend implements Backend {
-  readonly kind = 'local';
   readonly maxConcurrent: number;
   /** Jobs this server started: their exit is reported by the launcher. */
   readonly #children = new Map<number, Promise<ExitReport>>();
@@ -93,7 +92,9 @@ export class LocalBackend implements Backend {
     // may ignore SIGTERM), or after the grace period. Never later: once the leader is gone and its
     // group empty, the pid may be recycled, and a delayed group kill could hit an unrelated job.
     const leaderGone = own !== undefined ? own.then(() => undefined) : waitUntilGone(pid, script!);
-    void Promise.race([leaderGone, sleep(KILL_GRACE_MS)]).then(() => signalGroup(pid, 'SIGKILL'));
+    const escalate = (): void => signalGroup(pid, 'SIGKILL');
+    // Not awaited: kill resolves once the request is made. Either outcome ends in the SIGKILL.
+    void Promise.race([leaderGone, sleep(KILL_GRACE_MS)]).then(escalate, escalate);
   }
 
   /** The pid file the script writes first thing is the truth (the recorded pid may be missing). */

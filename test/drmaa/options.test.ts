@@ -45,7 +45,7 @@ test('queued_external_drmaa options: production, helper scripts (default: script
   const sudoMissing = (await fs.access('/usr/bin/sudo').then(() => false, () => true)) && (await fs.access('/bin/sudo').then(() => false, () => true));
   if (!sudoMissing) {
     const ok = make({ production: 'false' });
-    t.is(ok.kind, 'external_drmaa');
+    t.is(ok.constructor.name, 'ExternalDrmaaBackend');
     ok.close();
   }
   t.throws(() => make({ production: 'maybe' }), { message: /manager ext production: must be true or false/ });

@@ -114,7 +114,7 @@ test('invalid options are ConfigErrors naming the option', (t) => {
 test('the registry builds a queued_cli backend: no concurrency limit of its own, ConfigError on bad options', (t) => {
   const backend = createBackend(manager({ job_plugin: 'slurm' }), ctx);
   t.teardown(() => backend.close());
-  t.is(backend.kind, 'queued_cli');
+  t.is(backend.constructor.name, 'CliBackend');
   t.is(backend.maxConcurrent, Number.POSITIVE_INFINITY);
   t.throws(() => createBackend(manager({ job_plugin: 'slurm', submit_universe: 'vanilla' }), ctx), { instanceOf: ConfigError, message: /submit_universe/ });
 });

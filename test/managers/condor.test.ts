@@ -287,7 +287,7 @@ test('manager options: submit_* only, checked at startup (ConfigError naming the
     t.is(error?.file, 'job_managers.ini');
   }
   const backend = createBackend(condorManager({ backendOptions: { submit_request_memory: '2 GB', 'submit_+AccountingGroup': '"g"' } }), context());
-  t.is(backend.kind, 'condor');
+  t.is(backend.constructor.name, 'CondorBackend');
   t.is(backend.maxConcurrent, Number.POSITIVE_INFINITY);
   t.deepEqual(backend.scriptHeader({} as LaunchSpec), []);
   backend.close();

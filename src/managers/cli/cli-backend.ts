@@ -62,7 +62,6 @@ export function createCliBackend(manager: ManagerConfig, ctx: BackendContext): B
  * exit status); absent → failed, with what the scheduler still remembers as the reason.
  */
 export class CliBackend implements Backend {
-  readonly kind = 'queued_cli';
   readonly maxConcurrent = Number.POSITIVE_INFINITY;
   readonly plugin: JobPlugin;
   readonly #runner: CommandRunner;

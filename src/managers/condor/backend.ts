@@ -76,7 +76,6 @@ function condorEnvironments(serverEnv: Readonly<Record<string, string | undefine
 }
 
 class CondorBackend implements Backend {
-  readonly kind = 'condor';
   readonly maxConcurrent = Number.POSITIVE_INFINITY;
   readonly #managerParams: ReadonlyArray<readonly [string, string]>;
   readonly #commands: CondorCommands;
