@@ -75,6 +75,8 @@ export class JobService {
   /** Backend starts under way: shutdown waits for them, so none lands after it. */
   readonly #starting = new Set<Promise<unknown>>();
   #closing = false;
+  /** Aborted at shutdown: ends the waits of retried record writes. */
+  readonly #stopping = new AbortController();
   #realStaging: string | undefined;
 
   constructor(options: JobServiceOptions) {
@@ -175,6 +177,7 @@ export class JobService {
   /** Start nothing more and stop writing records (running jobs go on; the next start re-attaches). */
   async shutdown(): Promise<void> {
     this.#closing = true;
+    this.#stopping.abort();
     this.#queue.close();
     // A start under way finishes (its job is recorded and re-attached by the next start);
     // none begins after this.
@@ -553,6 +556,8 @@ export class JobService {
     if (!this.#store.putInMemory(record, ended)) return undefined;
     this.#finished.delete(record.id);
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
+    // Until the ending is on disk, a restart would find the job as it was before: keep trying.
+    this.#inBackground(record.id, this.#recordLater(ended));
     // `next` may carry the external id being recorded; the backend's job is stopped either way.
     if (next.state !== 'postprocessing' && next.state !== 'complete') await this.#stopBackendJob({ ...next, state: record.state });
     return ended;
@@ -594,6 +599,24 @@ export class JobService {
       await this.#backend.kill(record.externalId);
     } catch (error) {
       this.#log.error({ jobId: record.id, externalId: record.externalId, err: error }, 'could not stop the job');
+    }
+  }
+
+  /** Write a record that could not be written, with growing pauses, until it is written, changes or the server stops. */
+  async #recordLater(record: JobRecord): Promise<void> {
+    for (let pause = 1000; ; pause = Math.min(pause * 2, 60_000)) {
+      try {
+        await sleep(pause, undefined, { signal: this.#stopping.signal });
+      } catch {
+        return;
+      }
+      try {
+        await this.#locks.run(record.id, async () => this.#store.rewrite(record));
+        this.#log.info({ jobId: record.id, state: record.state }, 'job record written after all');
+        return;
+      } catch (error) {
+        if (!(error instanceof StoreUnavailable)) throw error;
+      }
     }
   }
 

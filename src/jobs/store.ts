@@ -127,16 +127,7 @@ export class JobStore {
    */
   async put(previous: JobRecord | undefined, next: JobRecord): Promise<boolean> {
     if (this.#jobs.get(next.id) !== previous) return false;
-    await this.#persist(next.id, async (target) => {
-      const tmp = `${target}.${randomBytes(4).toString('hex')}.tmp`;
-      try {
-        await fs.writeFile(tmp, JSON.stringify(next), { mode: 0o600 });
-        await fs.rename(tmp, target);
-      } catch (error) {
-        await fs.rm(tmp, { force: true }).catch(() => undefined);
-        throw error;
-      }
-    });
+    await this.#write(next);
     if (this.#jobs.get(next.id) !== previous) return false;
     this.#jobs.set(next.id, next);
     return true;
@@ -147,6 +138,29 @@ export class JobStore {
     if (this.#jobs.get(next.id) !== previous) return false;
     this.#jobs.set(next.id, next);
     return true;
+  }
+
+  /**
+   * Write the job's record as memory has it, after an earlier write of it failed (see
+   * `putInMemory`). False when the job's record changed or went meanwhile: nothing is written.
+   */
+  async rewrite(record: JobRecord): Promise<boolean> {
+    if (this.#jobs.get(record.id) !== record) return false;
+    await this.#write(record);
+    return true;
+  }
+
+  async #write(record: JobRecord): Promise<void> {
+    await this.#persist(record.id, async (target) => {
+      const tmp = `${target}.${randomBytes(4).toString('hex')}.tmp`;
+      try {
+        await fs.writeFile(tmp, JSON.stringify(record), { mode: 0o600 });
+        await fs.rename(tmp, target);
+      } catch (error) {
+        await fs.rm(tmp, { force: true }).catch(() => undefined);
+        throw error;
+      }
+    });
   }
 
   /** Forget the job: from memory at once (it is gone for every caller), then from disk. */

@@ -15,7 +15,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { request, qs, type Reply } from '../helpers/client.js';
+import { collectReply, request, qs, type Reply } from '../helpers/client.js';
 import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 
 const TOOLBOX = fileURLToPath(new URL('../../../test/fixtures/races/toolbox.xml', import.meta.url));
@@ -442,21 +442,7 @@ function streamedUpload(base: string, id: string, name: string, type: string, fi
         headers: { 'content-length': String(total), 'content-type': 'application/octet-stream' },
         agent: false,
       },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const body = Buffer.concat(chunks);
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            body,
-            text: body.toString('utf8'),
-            json: () => JSON.parse(body.toString('utf8')),
-          });
-        });
-        res.on('error', reject);
-      },
+      (res) => collectReply(res, resolve, reject),
     );
     req.on('error', reject);
     req.write(first);
@@ -770,6 +756,7 @@ test.serial('job-record directory replaced by a file mid-run: affected jobs end 
   if (healthLater !== 200) problems.push(`healthz answered ${healthLater} after the jobs ended`);
 
   await restore();
+  problems.push(...(await recordsWrittenLater(server, affected)));
   await setupOk(server.url, 'p7');
   await submitOk(server.url, 'p7', 'echo after');
   const after = await waitTerminal(server.url, 'p7', 15_000);
@@ -779,6 +766,24 @@ test.serial('job-record directory replaced by a file mid-run: affected jobs end 
   t.deepEqual(problems, [], `${problems.length} problem(s)`);
   t.is(await healthy(server), 200, 'the server did not crash');
 });
+
+/**
+ * Once records can be written again, the failures that could not be recorded reach the disk (a
+ * restart must not find those jobs as they were before they failed). Polls up to 10 s.
+ */
+async function recordsWrittenLater(server: TestServer, ids: readonly string[]): Promise<string[]> {
+  const dir = path.join(server.config.app.persistenceDirectory ?? '', '_default_-jobs');
+  const stateOnDisk = async (id: string): Promise<string> =>
+    fs.readFile(path.join(dir, `${id}.json`), 'utf8').then((text) => String((JSON.parse(text) as { state?: unknown }).state), () => 'no record');
+  const deadline = Date.now() + 10_000;
+  let states: string[] = [];
+  while (Date.now() < deadline) {
+    states = await Promise.all(ids.map(stateOnDisk));
+    if (states.every((state) => state === 'failed')) return [];
+    await sleep(100);
+  }
+  return ids.map((id, i) => `${id}: its record on disk says ${states[i]} 10 s after records could be written again (expected failed)`).filter((_, i) => states[i] !== 'failed');
+}
 
 test.serial('submit while job records cannot be written: the job ends failed instead of staying queued, and the queue still runs', async (t) => {
   t.timeout(60_000);
@@ -791,6 +796,7 @@ test.serial('submit while job records cannot be written: the job ends failed ins
   if (!acceptableWhileBroken(reply)) problems.push(`submit while broken answered ${brief(reply)} (expected 200 or a 5xx JSON {error, message})`);
   problems.push(...recordFailureProblems('s1', await waitTerminal(server.url, 's1', 10_000)));
   await restore();
+  problems.push(...(await recordsWrittenLater(server, ['s1'])));
   await setupOk(server.url, 's2');
   await submitOk(server.url, 's2', 'true');
   const s2 = await waitTerminal(server.url, 's2', 10_000);

@@ -19,26 +19,29 @@ export function request(
   return new Promise((resolve, reject) => {
     const req = http.request(
       { host: url.hostname, port: url.port, method, path: target, headers: options.headers ?? {}, agent: false },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const body = Buffer.concat(chunks);
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            body,
-            text: body.toString('utf8'),
-            json: () => JSON.parse(body.toString('utf8')),
-          });
-        });
-        res.on('error', reject);
-      },
+      (res) => collectReply(res, resolve, reject),
     );
     req.on('error', reject);
     if (options.body !== undefined) req.end(options.body);
     else req.end();
   });
+}
+
+/** Read a whole response into a `Reply`. */
+export function collectReply(res: http.IncomingMessage, resolve: (reply: Reply) => void, reject: (error: Error) => void): void {
+  const chunks: Buffer[] = [];
+  res.on('data', (c: Buffer) => chunks.push(c));
+  res.on('end', () => {
+    const body = Buffer.concat(chunks);
+    resolve({
+      status: res.statusCode ?? 0,
+      headers: res.headers,
+      body,
+      text: body.toString('utf8'),
+      json: () => JSON.parse(body.toString('utf8')),
+    });
+  });
+  res.on('error', reject);
 }
 
 export function qs(params: Record<string, string>): string {
