@@ -231,11 +231,10 @@ export class JobDirectory {
   async stageUpload(name: string, type: FileType, body: Readable, budget: ByteBudget, expectedSha256?: string): Promise<StagedUpload> {
     if (!UPLOAD_TYPES.has(type)) throw new BadRequest(`files of type "${type}" cannot be uploaded`);
     const { base, parts } = this.#locate(name, type);
-    const parent = await this.#ensureParents(base, parts, RULES[type].nested);
-    const finalPath = path.join(parent, parts[parts.length - 1]!);
-    await this.#refuseNonRegularTarget(finalPath);
-    // The temp file lives in the job directory itself, never in the destination directory: a
-    // submit that reads `configs/` while an upload streams must see only published files.
+    await this.#assertRealDirectory(this.root);
+    // The temp file lives in the job directory itself, never in the destination directory, and
+    // the destination's parents are made only when the upload is published (under the job's
+    // lock): a submit that reads `configs/` while an upload streams sees only published files.
     const tmpName = `${UPLOAD_TEMP_PREFIX}${randomBytes(8).toString('hex')}.part`;
     const tmpPath = path.join(this.root, tmpName);
     const handle = await fs.open(tmpPath, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
@@ -273,9 +272,11 @@ export class JobDirectory {
       throw e;
     }
     return {
-      path: finalPath,
+      path: path.join(base, ...parts),
       bytes,
       publish: async () => {
+        const parent = await this.#ensureParents(base, parts, RULES[type].nested);
+        const finalPath = path.join(parent, parts[parts.length - 1]!);
         await this.#refuseNonRegularTarget(finalPath);
         await fs.rename(tmpPath, finalPath);
       },

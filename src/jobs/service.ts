@@ -326,8 +326,11 @@ export class JobService {
       if (!(await dir.exists())) throw new JobNotFound(`job ${id} does not exist`);
       return { path: await dir.pathFor(name, fileType, false) };
     }
-    this.#requireStaging(id);
-    return { path: await dir.pathFor(name, fileType, true) };
+    // Answering may create the file's parent directories: under the lock, while uploads are open.
+    return this.#locks.run(id, async () => {
+      this.#requireStaging(id);
+      return { path: await dir.pathFor(name, fileType, true) };
+    });
   }
 
   async download(jobId: string, name: string, type: string | undefined): Promise<OpenedDownload> {
