@@ -22,7 +22,7 @@ export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(['complete', 'fail
  * recovery after a restart failed.
  */
 const TRANSITIONS: Readonly<Record<JobState, readonly JobState[]>> = {
-  setup: ['preprocessing', 'failed', 'cancelled'],
+  setup: ['preprocessing', 'failed', 'cancelled', 'lost'],
   preprocessing: ['queued', 'failed', 'cancelled', 'lost'],
   queued: ['running', 'postprocessing', 'failed', 'cancelled', 'lost'],
   running: ['postprocessing', 'failed', 'cancelled', 'lost'],
