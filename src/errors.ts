@@ -23,6 +23,7 @@ const CATALOG = {
   MAG_ERR_INTERNAL: 500,
   MAG_ERR_CONFIG: 500, // a configuration file is invalid: the server must not start
   MAG_ERR_STORE_UNAVAILABLE: 503, // job records cannot be written: no new job is accepted
+  MAG_ERR_STOPPING: 503, // the server is shutting down: the request changed nothing
   MAG_ERR_LAUNCH: 500, // the job script or its directories could not be prepared
   MAG_ERR_BACKEND_SUBMIT: 500, // the backend (launcher, scheduler) refused or failed to start the job
   MAG_ERR_BACKEND_UNREACHABLE: 500, // the scheduler or helper process cannot be asked
@@ -151,6 +152,13 @@ export class ConfigError extends MagnetarError {
 export class StoreUnavailable extends MagnetarError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('MAG_ERR_STORE_UNAVAILABLE', message, options);
+  }
+}
+
+/** The server is shutting down: a request that would change a job is refused (and changes nothing). */
+export class ServerStopping extends MagnetarError {
+  constructor() {
+    super('MAG_ERR_STOPPING', 'the server is stopping; try again when it is back');
   }
 }
 

@@ -33,11 +33,17 @@ export async function serve(options: ServeOptions): Promise<number> {
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'stopping (running jobs continue and are re-attached on the next start)');
+      const exit = (code: number): void => {
+        resolve(code);
+        // Whatever still watches running jobs (the launcher's pipes, re-attach polls) must not keep
+        // the process alive: the jobs run on and are re-attached on the next start.
+        setTimeout(() => process.exit(code), 1000).unref();
+      };
       running.close().then(
-        () => resolve(0),
+        () => exit(0),
         (error: unknown) => {
           log.error({ err: error }, 'stopping failed');
-          resolve(1);
+          exit(1);
         },
       );
     };

@@ -84,8 +84,8 @@ export interface ByteBudget {
 export interface StagedUpload {
   readonly path: string;
   readonly bytes: number;
-  /** Rename the temp file over the real name. */
-  publish(): Promise<void>;
+  /** Rename the temp file over the real name; resolves with the size of the file it replaced (0 if none). */
+  publish(): Promise<number>;
   /** Remove the temp file. */
   discard(): Promise<void>;
 }
@@ -277,8 +277,9 @@ export class JobDirectory {
       publish: async () => {
         const parent = await this.#ensureParents(base, parts, RULES[type].nested);
         const finalPath = path.join(parent, parts[parts.length - 1]!);
-        await this.#refuseNonRegularTarget(finalPath);
+        const replaced = await this.#refuseNonRegularTarget(finalPath);
         await fs.rename(tmpPath, finalPath);
+        return replaced;
       },
       discard: async () => {
         await fs.rm(tmpPath, { force: true });
@@ -295,13 +296,17 @@ export class JobDirectory {
     await handle.close();
   }
 
-  async #refuseNonRegularTarget(p: string): Promise<void> {
+  /** Refuse a target that exists as anything but a regular file; resolves with its size (0: none). */
+  async #refuseNonRegularTarget(p: string): Promise<number> {
+    let st: Stats;
     try {
-      const st = await fs.lstat(p);
-      if (!st.isFile()) throw new PathDenied('upload target exists and is not a regular file');
+      st = await fs.lstat(p);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      return 0;
     }
+    if (!st.isFile()) throw new PathDenied('upload target exists and is not a regular file');
+    return st.size;
   }
 
   /** Open an output for download (PROTOCOL §4.4); symlinks are followed only if they stay inside. */

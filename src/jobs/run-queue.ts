@@ -15,6 +15,8 @@ export class RunQueue {
   #waiting: string[] = [];
   #head = 0;
   readonly #active = new Map<string, Promise<void>>();
+  /** Ids enqueued while a task of the same id (an earlier job under a reused id) held a slot. */
+  readonly #deferred = new Set<string>();
   #closed = false;
 
   constructor(options: {
@@ -42,9 +44,16 @@ export class RunQueue {
     return this.#active.has(id);
   }
 
-  /** Queue a job; it starts when a slot is free (a job already queued or active is not added twice). */
+  /**
+   * Queue a job; it starts when a slot is free. While a task of the same id still holds a slot
+   * (a cancelled job under a reused id, not yet seen to end), the id waits for that task to end.
+   */
   enqueue(id: string): void {
-    if (this.#closed || this.#active.has(id)) return;
+    if (this.#closed) return;
+    if (this.#active.has(id)) {
+      this.#deferred.add(id);
+      return;
+    }
     this.#waiting.push(id);
     this.#pump();
   }
@@ -61,6 +70,7 @@ export class RunQueue {
   /** Start nothing more (jobs holding a slot keep it until their task ends). */
   close(): void {
     this.#closed = true;
+    this.#deferred.clear();
     this.#waiting = [];
     this.#head = 0;
   }
@@ -78,7 +88,10 @@ export class RunQueue {
         this.#waiting = this.#waiting.slice(this.#head);
         this.#head = 0;
       }
-      if (this.#active.has(id)) continue;
+      if (this.#active.has(id)) {
+        this.#deferred.add(id);
+        continue;
+      }
       this.#hold(id, async () => this.#task(id));
     }
   }
@@ -95,6 +108,7 @@ export class RunQueue {
         }
       } finally {
         this.#active.delete(id);
+        if (this.#deferred.delete(id) && !this.#closed) this.#waiting.push(id);
         this.#pump();
       }
     })();

@@ -5,8 +5,8 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppSection, ManagerConfig } from '../config/types.js';
 import {
-  BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, StoreUnavailable,
-  UploadClosed, UploadTooLarge, messageOf,
+  BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
+  StoreUnavailable, UploadClosed, UploadTooLarge, messageOf,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend, ExitReport } from '../managers/backend.js';
@@ -161,8 +161,8 @@ export class JobService {
           await this.#finish(record, { exitCode: null });
           return;
         }
-        if (record.state === 'running') {
-          await this.#fail(record, 'the job was running when the server stopped and cannot be found again', { state: 'lost', exited: true });
+        if (record.state === 'running' || record.externalId !== undefined) {
+          await this.#fail(record, 'the job was started before the server stopped and cannot be found again', { state: 'lost', exited: true });
           return;
         }
         log.info('queued after restart');
@@ -179,11 +179,20 @@ export class JobService {
     this.#closing = true;
     this.#stopping.abort();
     this.#queue.close();
-    // A start under way finishes (its job is recorded and re-attached by the next start);
-    // none begins after this.
+    // A start under way finishes (its job is recorded and re-attached by the next start), and so
+    // does every request that holds a job's lock; none begins after this (`#locked`).
     await Promise.allSettled([...this.#starting]);
+    await this.#locks.idle();
     this.#backend.close();
     await this.#store.close();
+  }
+
+  /** A request that changes a job: under the job's lock, refused once the server is stopping. */
+  async #locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.#locks.run(id, async () => {
+      if (this.#closing) throw new ServerStopping();
+      return fn();
+    });
   }
 
   // ---------------------------------------------------------------- setup
@@ -192,7 +201,7 @@ export class JobService {
     const id = assignJobId(this.manager.assignIds, clientJobId);
     // Decided before anything touches the disk.
     const tool = this.#authorizer.authorizeSetup(id, toolId, toolVersion);
-    return this.#locks.run(id, async () => {
+    return this.#locked(id, async () => {
       await this.#setupLocked(id, tool.toolId, tool.toolVersion);
       return this.#jobConfig(id, tool.toolId, tool.toolVersion);
     });
@@ -300,16 +309,17 @@ export class JobService {
     try {
       staged = await this.#dir(id).stageUpload(name, fileType, body, { take }, decision.expectedSha256);
       const upload = staged;
-      await this.#locks.run(id, async () => {
+      await this.#locked(id, async () => {
         const current = this.#store.get(id);
         if (current?.incarnation !== record.incarnation || current.state !== 'setup') {
           throw new UploadClosed(`job ${id} was submitted, cancelled or cleaned while "${name}" was uploading; the file was not stored`);
         }
-        await upload.publish();
+        const replaced = await upload.publish();
         staged = undefined;
         const bytes = taken;
         release();
-        this.#uploadedBytes.set(id, (this.#uploadedBytes.get(id) ?? 0) + bytes);
+        // A file uploaded again (a client's retry) counts once against max_job_upload_size.
+        this.#uploadedBytes.set(id, Math.max(0, (this.#uploadedBytes.get(id) ?? 0) + bytes - replaced));
       });
       return { path: upload.path };
     } finally {
@@ -327,7 +337,7 @@ export class JobService {
       return { path: await dir.pathFor(name, fileType, false) };
     }
     // Answering may create the file's parent directories: under the lock, while uploads are open.
-    return this.#locks.run(id, async () => {
+    return this.#locked(id, async () => {
       this.#requireStaging(id);
       return { path: await dir.pathFor(name, fileType, true) };
     });
@@ -349,7 +359,7 @@ export class JobService {
    */
   async submit(jobId: string, request: SubmitRequest): Promise<void> {
     const id = checkJobId(jobId);
-    await this.#locks.run(id, async () => {
+    await this.#locked(id, async () => {
       const record = await this.#recordForSubmit(id, request);
       if (record.state !== 'setup') {
         this.#log.info({ jobId: id, state: record.state }, 'duplicate submit ignored');
@@ -457,7 +467,13 @@ export class JobService {
     } finally {
       this.#starting.delete(starting);
     }
-    if (started !== undefined) await this.#follow(id, started.incarnation, started.externalId);
+    if (started === undefined) return;
+    try {
+      await this.#follow(id, started.incarnation, started.externalId);
+    } catch (error) {
+      // Only this incarnation fails: the id may have been cleaned and set up again meanwhile.
+      await this.#failAfterError(id, started.incarnation, `job could not be followed: ${messageOf(error)}`);
+    }
   }
 
   async #startLocked(id: string): Promise<{ incarnation: string; externalId: string } | undefined> {
@@ -471,7 +487,7 @@ export class JobService {
       await Promise.all([CONTROL_FILES.tmp, CONTROL_FILES.home].map(async (d) => fs.mkdir(path.join(dir.root, d), { recursive: true })));
       externalId = await this.#backend.submit(launchSpec(record, dir, this.#launchContext));
     } catch (error) {
-      await this.#fail(record, `job could not be started: ${messageOf(error)}`, { exited: true });
+      await this.#failCurrent(id, record.incarnation, `job could not be started: ${messageOf(error)}`);
       return undefined;
     }
     // Recorded once the job exists. A restart in between finds the record "queued" and asks the
@@ -651,7 +667,7 @@ export class JobService {
 
   async cancel(jobId: string): Promise<void> {
     const id = checkJobId(jobId);
-    await this.#locks.run(id, async () => this.#cancelLocked(id));
+    await this.#locked(id, async () => this.#cancelLocked(id));
   }
 
   /** Cancel under the job's lock; resolves with the external id of a job that was started. */
@@ -666,9 +682,11 @@ export class JobService {
 
   async clean(jobId: string): Promise<void> {
     const id = checkJobId(jobId);
-    await this.#locks.run(id, async () => {
-      const externalId = await this.#cancelLocked(id);
-      if (externalId !== undefined) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
+    await this.#locked(id, async () => {
+      const externalId = (await this.#cancelLocked(id)) ?? this.#store.get(id)?.externalId;
+      // Cancelled here or by an earlier request: a job whose task still holds its run slot has not
+      // been seen to end yet; give it a moment before its directory goes.
+      if (externalId !== undefined && this.#queue.isActive(id)) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
       this.#forget(id);
       await this.#store.delete(id);
       if (!this.manager.debug) await this.#dir(id).remove();

@@ -163,10 +163,13 @@ export class JobStore {
     });
   }
 
-  /** Forget the job: from memory at once (it is gone for every caller), then from disk. */
+  /**
+   * Forget the job: from disk first, then from memory. If the file cannot be removed the job is
+   * kept (and `StoreUnavailable` thrown), so a restart never brings back a job a client saw go.
+   */
   async delete(id: string): Promise<void> {
-    this.#jobs.delete(id);
     await this.#persist(id, async (target) => fs.rm(target, { force: true }));
+    this.#jobs.delete(id);
   }
 
   async #persist(id: string, operation: (target: string) => Promise<unknown>): Promise<void> {

@@ -57,6 +57,22 @@ test('cancel of a queued job: it never runs, and the queue moves on', async (t) 
   await t.throwsAsync(fs.access(marker), undefined, 'the cancelled job never ran');
 });
 
+test('an id set up and submitted again right after its job was cancelled runs (20 times)', async (t) => {
+  const server = await startTestServer({ managers: (root) => [managerConfig(root, { numConcurrentJobs: 2 })] });
+  t.teardown(() => server.stop());
+  for (let i = 0; i < 20; i++) {
+    await setup(server.url, 'again');
+    t.is(await submit(server.url, 'again', 'sleep 30'), 'OK');
+    t.is((await request(server.url, 'PUT', '/jobs/again/cancel?job_id=again')).text, 'OK');
+    // The cancelled job's process may not have been seen to end yet: its run slot is still held.
+    await setup(server.url, 'again');
+    t.is(await submit(server.url, 'again', `echo ${i}`), 'OK');
+    const doc = await waitForJob(server.url, 'again', '', '', 15_000);
+    t.is(doc.status, 'complete', `round ${i}: ${JSON.stringify(doc.status)}`);
+    t.is(doc.job_stdout, `${i}\n`);
+  }
+});
+
 test('cancel before submit: the job is cancelled and a later submit is ignored', async (t) => {
   const server = await startTestServer();
   t.teardown(() => server.stop());

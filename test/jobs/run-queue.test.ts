@@ -73,3 +73,28 @@ test('close starts nothing more', async (t) => {
   await queue.drain();
   t.deepEqual(started, ['a']);
 });
+
+test('an id queued again while its earlier task still holds a slot starts once that task ends', async (t) => {
+  const started: string[] = [];
+  let endFirst!: () => void;
+  const firstEnds = new Promise<void>((resolve) => {
+    endFirst = resolve;
+  });
+  const queue = new RunQueue({
+    limit: 4,
+    task: async (id) => {
+      started.push(id);
+      if (started.length === 1) await firstEnds;
+    },
+    onError: async () => undefined,
+    log,
+  });
+  queue.enqueue('reused');
+  await sleep(5);
+  queue.enqueue('reused');
+  await sleep(5);
+  t.deepEqual(started, ['reused'], 'not twice at once');
+  endFirst();
+  await queue.drain();
+  t.deepEqual(started, ['reused', 'reused'], 'the second life of the id ran');
+});
