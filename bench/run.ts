@@ -16,9 +16,10 @@ import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type
 import { ServerProcess } from './server-process.js';
 import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSection } from './status.js';
 import { MIB, log, round } from './stats.js';
+import { runSoak, type SoakResult } from './soak.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator', 'scale'] as const;
+const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator', 'scale', 'soak'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -263,6 +264,7 @@ async function main(): Promise<number> {
   let transfer: TransferResult | Failed | undefined;
   let status: StatusSection | Failed | undefined;
   let scale: Record<string, ScaleResult> | undefined;
+  let soak: SoakResult | Failed | undefined;
   let failures = 0;
   try {
     if (only.has('lifecycle')) {
@@ -335,6 +337,14 @@ async function main(): Promise<number> {
       failures += Object.values(scale).filter((r) => r.error !== undefined).length;
       out['scale'] = scale;
     }
+
+    if (only.has('soak')) {
+      const soakMs = envInt('BENCH_SOAK_MS', 8000);
+      log(`== soak: one well-behaved client, alone and then beside a misbehaving one (${soakMs} ms each)`);
+      soak = await withServer(ctx, 'soak', async (server) => runSoak(server, soakMs));
+      if (isFailed(soak)) failures++;
+      out['soak'] = soak;
+    }
   } finally {
     if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);
     else await fs.rm(root, { recursive: true, force: true });
@@ -382,6 +392,11 @@ async function main(): Promise<number> {
     }
   }
   if (scale !== undefined) Object.assign(targets, scaleTargets(scale, check));
+  if (soak !== undefined) {
+    targets['soak_p99_ratio'] = check("<= 2x: the well-behaved client's p99 beside a misbehaving client, over its p99 alone", num(soak, 'p99_ratio'), (v) => v <= 2);
+    const errors = isFailed(soak) ? null : soak.under_attack.errors;
+    targets['soak_errors'] = check("0 errors of the well-behaved client beside a misbehaving client", errors, (v) => v === 0);
+  }
   out['targets'] = targets;
   if (ctx.profiles.length > 0) out['profile'] = { dir: cpuProfDir, sections: ctx.profiles.map((s) => ({ ...s, top: s.top.slice(0, 8) })) };
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
