@@ -217,3 +217,15 @@ test('private mode: a job\'s HOME and TMPDIR/TMP/TEMP are inside its job directo
   const jobdir = path.join(server.staging, 'galaxy');
   t.deepEqual((await fs.readFile(path.join(jobdir, 'outputs', 'where.txt'), 'utf8')).trim().split('\n'), [path.join(jobdir, 'home'), path.join(jobdir, 'tmp')]);
 });
+
+test('public mode: allowed_env cannot hand out HOME or TMPDIR; the server warns at startup and refuses entries naming them', async (t) => {
+  const server = await publicServer(t, ['HOME', 'TMPDIR', 'GREETING']);
+  t.true(server.logLines.some((l) => l.includes('allowed_env lists variables the job script sets itself') && l.includes('"HOME"') && l.includes('"TMPDIR"')));
+  const config = await setupProbe(server);
+  const reply = await request(server.url, 'POST', `/jobs/${config.job_id}/submit?${qs({ job_id: config.job_id, command_line: 'true', env: JSON.stringify([{ name: 'HOME', value: '/tmp' }]) })}`);
+  t.is(reply.status, 403);
+  t.regex(reply.json().message, /env variable HOME is set by the server for every job/);
+  t.is((await waitForJob(server.url, config.job_id)).status, 'failed');
+  t.false(await exists(path.join(config.job_directory, 'command.sh')));
+  t.true(server.logLines.some((l) => l.includes('"decision":"deny"') && l.includes('"step":"env"')), 'the refusal is audited');
+});
