@@ -61,6 +61,7 @@ function expectedDefaults(dir: string): Config {
       rateLimitFailedAuth: 20,
       rateLimitSetup: 60,
       toolDependencyDir: undefined,
+      allowedEnv: [],
       managers: [
         {
           name: '_default_',

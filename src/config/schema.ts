@@ -253,6 +253,7 @@ export function asList(expectedItem: string, item: RegExp): Coerce<readonly stri
 export const asPathList = asList('paths', /^[^\0]+$/);
 /** Submit parameter names as Galaxy's destination params spell them (`native_specification`). */
 export const asParamNameList = asList('parameter names like native_specification', /^[A-Za-z_][A-Za-z0-9_]*$/);
+export const asEnvNameList = asList('environment variable names like OMP_NUM_THREADS', /^[A-Za-z_][A-Za-z0-9_]*$/);
 
 export const asAssignIds: Coerce<AssignIds> = (value) =>
   value === 'galaxy' || value === 'uuid' ? value : invalid('galaxy or uuid', value);
@@ -345,6 +346,7 @@ export const appOptionsSchema = z
     job_managers_config: option(asPath),
     managers: option(asMapping),
     manager: option(asMapping),
+    allowed_env: optionOr(asEnvNameList, []),
   })
   .strict();
 

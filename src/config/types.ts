@@ -88,6 +88,11 @@ export interface AppSection {
    */
   readonly toolDependencyDir: string | undefined;
   readonly managers: readonly ManagerConfig[];
+  /**
+   * `allowed_env`: names of env entries a client may send in public mode (plain name/value
+   * entries only, values taken literally); any other name refuses the job. Default: none.
+   */
+  readonly allowedEnv: readonly string[];
 }
 
 export interface Config {

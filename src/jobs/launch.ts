@@ -99,10 +99,14 @@ export function allowedSubmitParams(
   return { kept, dropped };
 }
 
-/** A clean environment for jobs (PROTOCOL §6.2): only HOME, PATH and TMPDIR come from the server's. */
+/**
+ * A clean environment for jobs (PROTOCOL §6.2): only PATH and TMPDIR come from the server's (TMPDIR
+ * only for a `tmp_dir` statement that names it: the job script sets the job's own). Never HOME:
+ * the server's home is shared by every job, and the job script sets `<jobdir>/home`.
+ */
 export function jobEnvironment(serverEnv: Readonly<Record<string, string | undefined>>): Record<string, string> {
   const env: Record<string, string> = { LC_CTYPE: 'C.UTF-8' };
-  for (const key of ['HOME', 'PATH', 'TMPDIR'] as const) {
+  for (const key of ['PATH', 'TMPDIR'] as const) {
     const value = serverEnv[key];
     if (value !== undefined) env[key] = value;
   }

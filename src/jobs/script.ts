@@ -71,6 +71,35 @@ export function envStatements(entries: readonly EnvEntry[], allowUnsafe: boolean
   });
 }
 
+/**
+ * HOME and the temporary directories of a job: its own `<jobdir>/home` and its `_GALAXY_JOB_TMP_DIR`
+ * (unset here, the normalisation after the setup function falls back to it), so that nothing a job
+ * leaves in `~` or `$TMPDIR` is seen by another job or by the server. Runs before the env entries
+ * and, on a public server, again after them (`PINNED_AFTER_CLIENT_ENV`).
+ */
+const JOB_HOME_AND_TMP = ['HOME="$_GALAXY_JOB_HOME_DIR"; export HOME', 'unset TMPDIR TMP TEMP'];
+
+/**
+ * Variables that make Python run or write code outside the validated command line, pinned after
+ * every env entry on every server: a user site (`~/.local/.../site-packages/*.pth`, or one under
+ * `PYTHONUSERBASE`) is imported by every interpreter start; `PYTHONSTARTUP` runs a file in
+ * interactive interpreters; `PYTHONPYCACHEPREFIX` writes bytecode wherever it names. `PYTHONPATH`
+ * is left alone: Galaxy's lib goes there for jobs that ask for it, and only the administrator (or,
+ * outside public mode, the trusted client) can set it.
+ */
+const INTERPRETER_PINS = ['PYTHONNOUSERSITE=1; export PYTHONNOUSERSITE', 'unset PYTHONSTARTUP PYTHONUSERBASE PYTHONPYCACHEPREFIX'];
+
+/** Names the job script sets itself: on a public server no env entry may name them. */
+export const SERVER_SET_ENV: ReadonlySet<string> = new Set([
+  'HOME', 'TMPDIR', 'TMP', 'TEMP', 'PYTHONNOUSERSITE', 'PYTHONSTARTUP', 'PYTHONUSERBASE', 'PYTHONPYCACHEPREFIX',
+]);
+
+/**
+ * Statements a public server's authorizer appends after the client's env entries, so that no
+ * entry (even one the administrator allow-listed) moves HOME or the temporary directories.
+ */
+export const PINNED_AFTER_CLIENT_ENV: readonly string[] = JOB_HOME_AND_TMP;
+
 export interface ScriptSpec {
   /** Scheduler directive lines (`#SBATCH …`), placed right after the shebang. */
   readonly header?: readonly string[];
@@ -269,7 +298,11 @@ export function buildJobScript(spec: ScriptSpec): string {
     '    local _use_framework_galaxy="$1"',
     `    _GALAXY_JOB_HOME_DIR=${q(`${dir}/home`)}`,
     `    _GALAXY_JOB_TMP_DIR=${tmpStatement}`,
+    // Never the server's HOME or TMPDIR: env entries may still choose others (Galaxy sends
+    // HOME=$_GALAXY_JOB_HOME_DIR and TMPDIR=$_GALAXY_JOB_TMP_DIR as raw entries).
+    ...JOB_HOME_AND_TMP.map((s) => `    ${s}`),
     ...spec.envStatements.map((s) => `    ${s}`),
+    ...INTERPRETER_PINS.map((s) => `    ${s}`),
     '    if [ "$GALAXY_LIB" != "None" ] && [ "$_use_framework_galaxy" = "True" ]; then',
     '        if [ -n "$PYTHONPATH" ]; then PYTHONPATH="$GALAXY_LIB:$PYTHONPATH"; else PYTHONPATH="$GALAXY_LIB"; fi',
     '        export PYTHONPATH',

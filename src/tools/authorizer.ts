@@ -2,7 +2,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { parse as parseShell } from 'shell-quote';
 import { JobRefused } from '../errors.js';
-import { envStatements, type EnvEntry } from '../jobs/script.js';
+import { PINNED_AFTER_CLIENT_ENV, SERVER_SET_ENV, envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
 import type { ToolDefinition } from './types.js';
 
@@ -75,23 +75,20 @@ export class AllowAnyAuthorizer implements Authorizer {
 /** The lookups the toolbox authorizer needs (implemented by tools/toolbox.ts and tools/tool-files.ts). */
 export interface ToolLookup {
   get(id: string, version?: string): ToolDefinition | undefined;
+  /** Env entry names that every version of the tool allows. */
+  allowedEnv(id: string): ReadonlySet<string>;
 }
 export interface ToolFileDigests {
   expectedDigest(tool: ToolDefinition, name: string): Promise<string | undefined>;
 }
 
 /**
- * Variables a client may never set on a public server: they change how the shell, the dynamic
- * loader or an interpreter behaves before the validated command even starts.
+ * Whether a name is one the job script sets itself or uses for its own bookkeeping: never a
+ * client's to set, even when an administrator lists it (`allowed_env` or a tool's `<env>`).
  */
-const DENIED_ENV = new Set([
-  'PATH', 'LD_PRELOAD', 'LD_LIBRARY_PATH', 'LD_AUDIT', 'LD_DEBUG', 'LD_PROFILE', 'BASH_ENV', 'ENV', 'SHELLOPTS',
-  'BASHOPTS', 'PS4', 'IFS', 'CDPATH', 'GLOBIGNORE', 'PROMPT_COMMAND', 'HOME', 'TMPDIR', 'TMP', 'TEMP',
-  'PYTHONPATH', 'PYTHONSTARTUP', 'PYTHONHOME', 'PYTHONINSPECT', 'PERL5LIB', 'PERL5OPT', 'PERLLIB', 'RUBYOPT',
-  'RUBYLIB', 'NODE_OPTIONS', 'NODE_PATH', 'JAVA_TOOL_OPTIONS', '_JAVA_OPTIONS', 'R_PROFILE', 'R_PROFILE_USER',
-  'R_ENVIRON', 'R_ENVIRON_USER', 'GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_VIRTUAL_ENV', 'GALAXY_LIB',
-  'PRESERVE_GALAXY_ENVIRONMENT', 'GCONV_PATH', 'LOCPATH', 'NLSPATH', 'MALLOC_CHECK_', 'HOSTALIASES', 'RESOLV_HOST_CONF',
-]);
+export function isServerSetEnv(name: string): boolean {
+  return SERVER_SET_ENV.has(name) || name.startsWith('_GALAXY') || name.startsWith('_magnetar') || name.startsWith('BASH_FUNC');
+}
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
 
@@ -103,12 +100,15 @@ export class ToolboxAuthorizer implements Authorizer {
   readonly #tools: ToolLookup;
   readonly #files: ToolFileDigests;
   readonly #allowedSubmitParams: ReadonlySet<string>;
+  readonly #allowedEnv: ReadonlySet<string>;
   readonly #log: Logger;
 
-  constructor(tools: ToolLookup, files: ToolFileDigests, allowedSubmitParams: readonly string[], log: Logger) {
+  /** `allowedEnv`: the `allowed_env` option, env entry names any tool's job may carry. */
+  constructor(tools: ToolLookup, files: ToolFileDigests, allowedSubmitParams: readonly string[], allowedEnv: readonly string[], log: Logger) {
     this.#tools = tools;
     this.#files = files;
     this.#allowedSubmitParams = new Set(allowedSubmitParams);
+    this.#allowedEnv = new Set(allowedEnv);
     this.#log = log.child({ audit: true });
   }
 
@@ -148,18 +148,29 @@ export class ToolboxAuthorizer implements Authorizer {
     return { expectedSha256: digest };
   }
 
+  /**
+   * Env entries by allow-list (interpreters honour far more variables than any deny-list names):
+   * a plain name/value entry whose name the administrator listed in `allowed_env` or in the tool's
+   * `<validators><env name=…/>` (in every version of the tool), its value taken literally. HOME and the temporary directories are
+   * set again after the entries, whatever they said.
+   */
   authorizeEnv(jobId: string, toolId: string | undefined, entries: readonly EnvEntry[]): string[] {
+    const perTool = toolId === undefined ? undefined : this.#tools.allowedEnv(toolId);
     for (const entry of entries) {
       if (entry.execute !== undefined || entry.file !== undefined || entry.raw === true) {
         this.#deny(jobId, toolId, 'env', `tool "${toolId}": env entries of kind execute, file or raw are not allowed on this server`);
       }
       const name = entry.name ?? '';
       if (!ENV_NAME.test(name)) this.#deny(jobId, toolId, 'env', `tool "${toolId}": env name ${JSON.stringify(name)} is not a shell variable name`);
-      if (DENIED_ENV.has(name) || name.startsWith('LD_') || name.startsWith('_GALAXY') || name.startsWith('BASH_FUNC')) {
-        this.#deny(jobId, toolId, 'env', `tool "${toolId}": env variable ${name} may not be set on this server`);
+      if (!this.#allowedEnv.has(name) && perTool?.has(name) !== true) {
+        this.#deny(jobId, toolId, 'env', `tool "${toolId}": env variable ${name} is not allowed on this server (allowed_env, or an <env name="${name}"/> in the tool's <validators>)`);
+      }
+      if (isServerSetEnv(name)) {
+        this.#deny(jobId, toolId, 'env', `tool "${toolId}": env variable ${name} is set by the server for every job and cannot be set by a client`);
       }
     }
-    return envStatements(entries, false, true);
+    if (entries.length > 0) this.#allow(jobId, toolId, 'env', entries.map((e) => e.name).join(','));
+    return [...envStatements(entries, false, true), ...PINNED_AFTER_CLIENT_ENV];
   }
 
   async authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void> {

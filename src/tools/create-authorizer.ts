@@ -1,7 +1,7 @@
 import type { Config } from '../config/types.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { AllowAnyAuthorizer, ToolboxAuthorizer, type Authorizer } from './authorizer.js';
+import { AllowAnyAuthorizer, ToolboxAuthorizer, isServerSetEnv, type Authorizer } from './authorizer.js';
 import { ToolFiles } from './tool-files.js';
 import { loadToolbox } from './toolbox.js';
 
@@ -27,5 +27,11 @@ export async function createAuthorizer(config: Config, log: Logger): Promise<Aut
     }
   }
   log.info({ tools: tools.length, toolboxes: files }, 'public tool service: only toolbox tools accepted by their validators may run');
-  return new ToolboxAuthorizer(toolbox, new ToolFiles(), config.app.allowedSubmitParams, log);
+  const serverSet = config.app.allowedEnv.filter(isServerSetEnv);
+  if (serverSet.length > 0) log.warn({ names: serverSet }, 'allowed_env lists variables the job script sets itself: entries naming them are refused');
+  for (const tool of tools) {
+    const names = [...tool.allowedEnv].filter(isServerSetEnv);
+    if (names.length > 0) log.warn({ tool: tool.id, names }, '<env> lists variables the job script sets itself: entries naming them are refused');
+  }
+  return new ToolboxAuthorizer(toolbox, new ToolFiles(), config.app.allowedSubmitParams, config.app.allowedEnv, log);
 }

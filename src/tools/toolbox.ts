@@ -33,6 +33,8 @@ export interface ValidatorSources {
   readonly command: XmlElement | undefined;
   /** `<configfile_validator name=…>` elements by name. */
   readonly configfiles: ReadonlyMap<string, XmlElement>;
+  /** `<env name=…/>`: env entry names a client may send for this tool. */
+  readonly env: ReadonlySet<string>;
 }
 
 /** A tool as loaded, with the XML it came from (for `lint-toolbox`). */
@@ -77,6 +79,16 @@ export class Toolbox {
     if (list === undefined) return undefined;
     if (version === undefined || version === '') return list[0];
     return list.find((t) => t.version === version);
+  }
+
+  /**
+   * Env entry names every version of the tool lists (`<env name=…/>`): the authorizer is asked about
+   * env by tool id only, so a name counts only when no version of the tool leaves it out.
+   */
+  allowedEnv(id: string): ReadonlySet<string> {
+    const [first, ...others] = this.#byId.get(id) ?? [];
+    if (first === undefined) return new Set();
+    return new Set([...first.allowedEnv].filter((name) => others.every((t) => t.allowedEnv.has(name))));
   }
 
   /** Every tool, in toolbox order. */
@@ -246,13 +258,15 @@ export async function loadTool(toolFile: string, entry: ToolEntry): Promise<Load
     toolbox: entry.toolbox,
     commandValidator,
     configfileValidators,
+    allowedEnv: validators.env,
   });
   return Object.freeze({ definition, root, validators });
 }
 
 /**
  * The `<validators>` section of a tool, checked for shape: at most one `<validators>`, at most
- * one `<command_validator>`, `<configfile_validator>`s with unique non-empty names, nothing else.
+ * one `<command_validator>`, `<configfile_validator>`s with unique non-empty names, empty
+ * `<env name="NAME"/>` elements naming shell variables, nothing else.
  */
 export function findValidators(root: XmlElement, file: string, tool?: string): ValidatorSources {
   const fail = (message: string): never => {
@@ -263,7 +277,8 @@ export function findValidators(root: XmlElement, file: string, tool?: string): V
   const section = sections[0];
   let command: XmlElement | undefined;
   const configfiles = new Map<string, XmlElement>();
-  if (section === undefined) return { command, configfiles };
+  const env = new Set<string>();
+  if (section === undefined) return { command, configfiles, env };
   const attrs = Object.keys(section.attrs);
   if (attrs.length > 0) fail(`<validators> takes no attributes (found ${attrs.join(', ')})`);
   for (const child of section.children) {
@@ -275,12 +290,18 @@ export function findValidators(root: XmlElement, file: string, tool?: string): V
       if (name === '') fail('<configfile_validator> without a name attribute');
       if (configfiles.has(name)) fail(`duplicate <configfile_validator name="${name}">`);
       configfiles.set(name, child);
+    } else if (child.name === 'env') {
+      const name = child.attrs['name'] ?? '';
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) fail(`<env name="${name}"> does not name a shell variable`);
+      const extra = Object.keys(child.attrs).filter((a) => a !== 'name');
+      if (extra.length > 0 || child.children.length > 0 || child.text.trim() !== '') fail(`<env name="${name}"> takes only a name attribute`);
+      env.add(name);
     } else {
-      fail(`unknown element <${child.name}> in <validators> (expected command_validator or configfile_validator)`);
+      fail(`unknown element <${child.name}> in <validators> (expected command_validator, configfile_validator or env)`);
     }
   }
   if (section.text.trim() !== '') fail('<validators> contains text outside its validators');
-  return { command, configfiles };
+  return { command, configfiles, env };
 }
 
 /**

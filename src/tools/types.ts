@@ -33,4 +33,6 @@ export interface ToolDefinition {
   readonly toolbox: string;
   readonly commandValidator: Validator | undefined;
   readonly configfileValidators: ReadonlyMap<string, Validator>;
+  /** `<env name="X"/>` in `<validators>`: env entry names this tool's jobs may carry (public mode). */
+  readonly allowedEnv: ReadonlySet<string>;
 }

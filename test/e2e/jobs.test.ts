@@ -167,7 +167,7 @@ test('touch_outputs, env entries, setup_params and __PULSAR_JOBS_DIRECTORY__', a
   t.true(doc.outputs_directory_contents.includes('touched.dat'));
   t.true(doc.outputs_directory_contents.includes('nested/t2.dat'));
   const envOut = await request(server.url, 'GET', `/jobs/inside/files?${qs({ job_id: 'inside', name: 'env.txt' })}`);
-  t.is(envOut.text, `hi ${process.env['HOME']}\n`);
+  t.is(envOut.text, `hi ${path.join(server.staging, 'inside', 'home')}\n`, '$HOME in a value is the job\'s own home, never the server\'s');
   const ls = await request(server.url, 'GET', `/jobs/inside/files?${qs({ job_id: 'inside', name: 'ls.txt' })}`);
   t.regex(ls.text, /working/);
 

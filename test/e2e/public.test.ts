@@ -19,7 +19,7 @@ interface Fixture {
 
 async function publicServer(t: ExecutionContext): Promise<Fixture> {
   const server = await startTestServer({
-    app: { toolConfigFiles: [TOOLBOX], allowUnsafeEnv: false, logRequests: true },
+    app: { toolConfigFiles: [TOOLBOX], allowUnsafeEnv: false, logRequests: true, allowedEnv: ['GREETING'] },
     managers: (root) => [managerConfig(root, { assignIds: 'uuid' })],
   });
   t.teardown(() => server.stop());

@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { buildJobScript, envStatements, quoteEnvValue, shellQuote } from '../../src/jobs/script.js';
+import { PINNED_AFTER_CLIENT_ENV, buildJobScript, envStatements, quoteEnvValue, shellQuote } from '../../src/jobs/script.js';
 
 const run = promisify(execFile);
 
@@ -110,4 +110,51 @@ test('GALAXY_HOME puts Galaxy\'s lib on PYTHONPATH only for jobs that preserve t
     const value = (await fs.readFile(path.join(dir, 'metadata', 'pythonpath'), 'utf8')).trim();
     t.is(value, preserve ? '/srv/galaxy/lib:/x' : '/x', `preserve=${preserve}`);
   }
+});
+
+/** Run a job script built from `env` (rendered statements) and return what the command printed. */
+async function runJobScript(t: { teardown(fn: () => unknown): void }, envStatementsText: readonly string[], commandLine: string, inherited: Record<string, string> = {}, tmpDir?: string): Promise<{ dir: string; out: string }> {
+  const dir = await tempDir(t);
+  for (const sub of ['working', 'metadata']) await fs.mkdir(path.join(dir, sub));
+  const file = path.join(dir, 'command.sh');
+  await fs.writeFile(file, buildJobScript({
+    jobId: '1', jobDirectory: dir, commandLine: `{ ${commandLine}; } > ../metadata/out`, envStatements: envStatementsText,
+    tmpDir, galaxyLib: undefined, galaxyVirtualEnv: undefined, preserveGalaxyPythonEnvironment: false,
+  }));
+  await run('/bin/bash', [file], { cwd: path.join(dir, 'working'), env: { PATH: '/usr/bin:/bin', ...inherited } });
+  return { dir, out: await fs.readFile(path.join(dir, 'metadata', 'out'), 'utf8') };
+}
+
+const SHOW = 'printf "%s\\n" "$HOME" "$TMPDIR" "$TMP" "$TEMP" "${PYTHONNOUSERSITE-unset}" "${PYTHONUSERBASE-unset}" "${PYTHONSTARTUP-unset}" "${PYTHONPYCACHEPREFIX-unset}"';
+
+test('a job\'s HOME and TMPDIR/TMP/TEMP are its own, whatever the server\'s environment says', async (t) => {
+  const inherited = { HOME: '/server/home', TMPDIR: '/server/tmp', TMP: '/server/tmp', TEMP: '/server/tmp', PYTHONUSERBASE: '/server/ub', PYTHONSTARTUP: '/s.py' };
+  const { dir, out } = await runJobScript(t, [], SHOW, inherited);
+  t.deepEqual(out.trim().split('\n'), [path.join(dir, 'home'), path.join(dir, 'tmp'), path.join(dir, 'tmp'), path.join(dir, 'tmp'), '1', 'unset', 'unset', 'unset']);
+  t.true((await fs.stat(path.join(dir, 'home'))).isDirectory());
+});
+
+test('the tmp_dir statement may still name the scheduler\'s TMPDIR', async (t) => {
+  const { out } = await runJobScript(t, [], 'printf "%s\\n" "$TMPDIR" "$_GALAXY_JOB_TMP_DIR"', { TMPDIR: '/node/scratch' }, '"$TMPDIR"');
+  t.deepEqual(out.trim().split('\n'), ['/node/scratch', '/node/scratch']);
+});
+
+test('env entries may choose HOME and TMPDIR (Galaxy\'s raw entries); interpreter variables that load code are pinned after them', async (t) => {
+  const env = envStatements([
+    { name: 'HOME', value: '$_GALAXY_JOB_HOME_DIR/sub', raw: true },
+    { name: 'TMPDIR', value: '/scratch' },
+    { name: 'PYTHONUSERBASE', value: '/evil' },
+    { name: 'PYTHONSTARTUP', value: '/evil.py' },
+    { name: 'PYTHONPYCACHEPREFIX', value: '/evil' },
+    { name: 'PYTHONNOUSERSITE', value: '' },
+    { name: 'PYTHONPATH', value: '/tool/lib' },
+  ], true);
+  const { dir, out } = await runJobScript(t, env, `${SHOW}; printf '%s\\n' "$PYTHONPATH"`);
+  t.deepEqual(out.trim().split('\n'), [path.join(dir, 'home', 'sub'), '/scratch', '/scratch', '/scratch', '1', 'unset', 'unset', 'unset', '/tool/lib']);
+});
+
+test('a public server\'s pins after the client entries put HOME and the temporary directories back', async (t) => {
+  const env = [...envStatements([{ name: 'HOME', value: '/elsewhere' }, { name: 'TMPDIR', value: '/elsewhere' }, { name: 'TEMP', value: '/elsewhere' }], false, true), ...PINNED_AFTER_CLIENT_ENV];
+  const { dir, out } = await runJobScript(t, env, SHOW);
+  t.deepEqual(out.trim().split('\n').slice(0, 4), [path.join(dir, 'home'), path.join(dir, 'tmp'), path.join(dir, 'tmp'), path.join(dir, 'tmp')]);
 });

@@ -359,3 +359,21 @@ test('the sample toolbox loads cleanly', async (t) => {
   t.is(shed?.version, '1.2.0');
   t.truthy(shed && (await new ToolFiles().expectedDigest(shed, 'scripts/filter.sh')));
 });
+
+test('<env name="X"/> in <validators> lists env entry names a tool\'s jobs may carry; a name counts only if every version lists it', async (t) => {
+  const dir = await tempDir(t);
+  const validators = (env: string): string => `<validators><command_validator><literal value="t"/></command_validator>${env}</validators>`;
+  await write(path.join(dir, 'a/v1.xml'), `<tool id="t" version="1">${validators('<env name="MODE"/><env name="LEVEL"/>')}</tool>`);
+  await write(path.join(dir, 'a/v2.xml'), `<tool id="t" version="2">${validators('<env name="MODE"/>')}</tool>`);
+  await write(path.join(dir, 'b/bad.xml'), `<tool id="bad">${validators('<env name="A B"/>')}</tool>`);
+  await write(path.join(dir, 'c/worse.xml'), `<tool id="worse">${validators('<env name="A" value="x"/>')}</tool>`);
+  const { toolbox, problems } = await loadToolbox([
+    await write(path.join(dir, 'tb.xml'), '<toolbox><tool file="a/v1.xml"/><tool file="a/v2.xml"/><tool file="b/bad.xml"/><tool file="c/worse.xml"/></toolbox>'),
+  ]);
+  t.deepEqual([...(toolbox.get('t', '1')?.allowedEnv ?? [])], ['MODE', 'LEVEL']);
+  t.deepEqual([...(toolbox.get('t', '2')?.allowedEnv ?? [])], ['MODE']);
+  t.deepEqual([...toolbox.allowedEnv('t')], ['MODE']);
+  t.deepEqual([...toolbox.allowedEnv('nope')], []);
+  t.regex(problems.find((p) => p.tool === 'bad')?.message ?? '', /<env name="A B"> does not name a shell variable/);
+  t.regex(problems.find((p) => p.tool === 'worse')?.message ?? '', /takes only a name attribute/);
+});
