@@ -28,6 +28,7 @@ const CATALOG = {
   MAG_ERR_BACKEND_SUBMIT: 500, // the backend (launcher, scheduler) refused or failed to start the job
   MAG_ERR_BACKEND_UNREACHABLE: 500, // the scheduler or helper process cannot be asked
   MAG_ERR_BACKEND_COMMAND: 500, // a scheduler command failed or answered what we cannot read
+  MAG_ERR_LIMIT: 413, // a request exceeds a configured bound (parameter size, list length, live jobs); the message names the option
 } as const;
 
 export type ErrorCode = keyof typeof CATALOG;
@@ -180,6 +181,13 @@ export class BackendError extends MagnetarError {
     options?: { cause?: unknown },
   ) {
     super(code, message, options);
+  }
+}
+
+/** A request exceeds a configured bound; the message names the option (e.g. max_submit_param_size). */
+export class LimitExceeded extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_LIMIT', message);
   }
 }
 

@@ -83,6 +83,12 @@ function expectedDefaults(dir: string): Config {
           backendOptions: {},
         },
       ],
+      maxSubmitParamSize: 1024 ** 2,
+      maxDependenciesDescriptionSize: 256 * 1024,
+      maxSubmitJsonDepth: 64,
+      maxDynamicFileSources: 100,
+      maxTouchOutputs: 1000,
+      maxCommandLineSize: 8 * 1024 ** 2,
     },
   };
 }

@@ -48,6 +48,12 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
     toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
     managers,
+    maxSubmitParamSize: options.max_submit_param_size,
+    maxDependenciesDescriptionSize: options.max_dependencies_description_size,
+    maxSubmitJsonDepth: options.max_submit_json_depth,
+    maxDynamicFileSources: options.max_dynamic_file_sources,
+    maxTouchOutputs: options.max_touch_outputs,
+    maxCommandLineSize: options.max_command_line_size,
   };
 }
 

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { AssignIds, ManagerType } from './types.js';
 
 const KiB = 1024;
+const MiB = KiB ** 2;
 const GiB = KiB ** 3;
 const TiB = KiB ** 4;
 
@@ -345,6 +346,14 @@ export const appOptionsSchema = z
     job_managers_config: option(asPath),
     managers: option(asMapping),
     manager: option(asMapping),
+    // Bounds on what one client request may cost (0 = no limit).
+    max_submit_param_size: optionOr(asByteSize, MiB),
+    max_dependencies_description_size: optionOr(asByteSize, 256 * KiB),
+    max_submit_json_depth: optionOr(asCount, 64),
+    max_dynamic_file_sources: optionOr(asCount, 100),
+    max_touch_outputs: optionOr(asCount, 1000),
+    // Galaxy's command lines for tools over large collections run to megabytes.
+    max_command_line_size: optionOr(asByteSize, 8 * MiB),
   })
   .strict();
 

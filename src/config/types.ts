@@ -88,6 +88,18 @@ export interface AppSection {
    */
   readonly toolDependencyDir: string | undefined;
   readonly managers: readonly ManagerConfig[];
+  /** Largest submit parameter (raw, as sent) in bytes; 0 = no limit. */
+  readonly maxSubmitParamSize: number;
+  /** Largest `dependencies_description` in bytes; 0 = no limit. */
+  readonly maxDependenciesDescriptionSize: number;
+  /** Deepest nesting of arrays and objects in a JSON submit parameter; 0 = no limit. */
+  readonly maxSubmitJsonDepth: number;
+  /** Most `dynamic_file_sources` (after dropping repeated paths) per job; 0 = no limit. */
+  readonly maxDynamicFileSources: number;
+  /** Most `submit_extras.touch_outputs` per job; 0 = no limit. */
+  readonly maxTouchOutputs: number;
+  /** Largest `command_line` in bytes; 0 = no limit. */
+  readonly maxCommandLineSize: number;
 }
 
 export interface Config {

@@ -103,6 +103,11 @@ export class JobService {
     this.#systemProperties = Object.freeze(props);
   }
 
+  /** The bounds a submit request to this service is held to (checked by the transport as it parses). */
+  get submitLimits(): AppSection {
+    return this.#app;
+  }
+
   /** Jobs holding a run slot now (for tests and metrics). */
   get runningCount(): number {
     return this.#queue.activeCount;
@@ -374,7 +379,11 @@ export class JobService {
       const { kept, dropped } = allowedSubmitParams(request.submitParams, this.#app.allowedSubmitParams);
       if (dropped.length > 0) this.#log.info({ jobId: id, params: dropped }, 'submit parameters not in allowed_submit_params: ignored');
       const commandLine = effectiveCommandLine(request.commandLine, request.setupParams !== undefined, this.manager.stagingDirectory);
-      const closed = await this.#transition(record, 'preprocessing', { launch: { request, commandLine, submitParams: kept } });
+      // A server that never resolves dependencies (public mode) ignores them: it does not keep them either.
+      const ignoresDependencies = !this.#authorizer.resolvesDependencies && request.dependenciesDescription !== null && request.dependenciesDescription !== undefined;
+      if (ignoresDependencies) this.#log.info({ jobId: id }, 'dependencies_description ignored (this server does not resolve dependencies): not kept');
+      const stored = ignoresDependencies ? { ...request, dependenciesDescription: null } : request;
+      const closed = await this.#transition(record, 'preprocessing', { launch: { request: stored, commandLine, submitParams: kept } });
       if (closed?.state !== 'preprocessing') {
         throw new StoreUnavailable(closed?.failureReason ?? `job ${id} changed while it was being submitted`);
       }
@@ -405,7 +414,10 @@ export class JobService {
       await this.#preprocess(record);
     } catch (error) {
       const refused = error instanceof MagnetarError && error.status < 500;
-      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`);
+      // A refused job will never run: it keeps no launch payload, in memory or on disk.
+      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`, 'failed', {
+        dropLaunch: refused,
+      });
       if (refused) throw error;
       this.#log.error({ jobId: record.id, err: error }, 'preprocessing failed');
     }
@@ -589,11 +601,12 @@ export class JobService {
   async #fail(
     record: JobRecord,
     reason: string,
-    options: { readonly state?: 'failed' | 'lost'; readonly exited?: boolean; readonly returnCode?: number | null } = {},
+    options: { readonly state?: 'failed' | 'lost'; readonly exited?: boolean; readonly returnCode?: number | null; readonly dropLaunch?: boolean } = {},
   ): Promise<void> {
     if (isTerminal(record.state)) return;
     const returnCode = options.returnCode ?? record.returnCode ?? 1;
-    const ended = await this.#transition(record, options.state ?? 'failed', { failureReason: reason, returnCode });
+    const patch: RecordPatch = { failureReason: reason, returnCode };
+    const ended = await this.#transition(record, options.state ?? 'failed', options.dropLaunch === true ? { ...patch, launch: undefined } : patch);
     if (ended !== undefined) this.#log.warn({ jobId: record.id, state: ended.state, reason }, 'job failed');
     if (options.exited !== true) await this.#stopBackendJob(record);
   }
@@ -604,11 +617,17 @@ export class JobService {
   }
 
   /** `#failAfterError` for a caller that holds the job's lock already (the lock is not re-entrant). */
-  async #failCurrent(id: string, incarnation: string | undefined, reason: string, state: 'failed' | 'lost' = 'failed'): Promise<void> {
+  async #failCurrent(
+    id: string,
+    incarnation: string | undefined,
+    reason: string,
+    state: 'failed' | 'lost' = 'failed',
+    options: { readonly dropLaunch?: boolean } = {},
+  ): Promise<void> {
     const record = this.#store.get(id);
     if (record === undefined || isTerminal(record.state)) return;
     if (incarnation !== undefined && record.incarnation !== incarnation) return;
-    await this.#fail(record, reason, { state });
+    await this.#fail(record, reason, { state, ...options });
   }
 
   /** Stop the backend's job if it may still run (kill errors are logged: the job is ended here anyway). */

@@ -1,0 +1,155 @@
+import test from 'ava';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { request, qs, setupJob, waitForJob, type Reply } from '../helpers/client.js';
+import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+
+const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/public/', import.meta.url));
+const MiB = 1024 * 1024;
+
+async function submit(server: TestServer, id: string, params: Record<string, string>): Promise<Reply> {
+  return request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, ...params })}`);
+}
+
+function assertLimit(t: import('ava').ExecutionContext, reply: Reply, option: RegExp): void {
+  t.is(reply.status, 413, reply.text);
+  t.is(reply.json().error, 'MAG_ERR_LIMIT');
+  t.regex(reply.json().message, option);
+}
+
+async function recordOf(server: TestServer, id: string): Promise<any> {
+  return JSON.parse(await fs.readFile(path.join(server.root, 'persisted', '_default_-jobs', `${id}.json`), 'utf8'));
+}
+
+async function countFiles(dir: string): Promise<number> {
+  let n = 0;
+  for (const entry of await fs.readdir(dir, { withFileTypes: true, recursive: true })) if (entry.isFile()) n++;
+  return n;
+}
+
+test('each submit parameter is bounded by max_submit_param_size; command_line and dependencies_description by their own', async (t) => {
+  const server = await startTestServer({ app: { maxSubmitParamSize: 64 * 1024, maxDependenciesDescriptionSize: 8 * 1024, maxCommandLineSize: 32 * 1024 } });
+  t.teardown(() => server.stop());
+  await setupJob(server.url, '1');
+  const big = 'x'.repeat(64 * 1024 + 1);
+  const bigJson = JSON.stringify(['x'.repeat(64 * 1024)]);
+  const cases: [string, string][] = [
+    ['env', JSON.stringify([{ name: 'A', value: big }])],
+    ['params', JSON.stringify({ a: big })],
+    ['remote_staging', JSON.stringify({ x: big })],
+    ['submit_extras', JSON.stringify({ touch_outputs: [big] })],
+    ['dynamic_file_sources', JSON.stringify([{ path: big }])],
+    ['setup_params', JSON.stringify({ job_id: '1', tool_id: big })],
+  ];
+  for (const [name, value] of cases) {
+    const reply = await submit(server, '1', { command_line: 'true', [name]: value });
+    assertLimit(t, reply, new RegExp(`"${name}" is larger than max_submit_param_size \\(65536 bytes\\)`));
+  }
+  assertLimit(t, await submit(server, '1', { command_line: 'true', params: bigJson }), /max_submit_param_size/);
+  const deps = JSON.stringify(Array.from({ length: 3000 }, () => ({})));
+  assertLimit(t, await submit(server, '1', { command_line: 'true', dependencies_description: deps }), /"dependencies_description" is larger than max_dependencies_description_size \(8192 bytes\)/);
+  assertLimit(t, await submit(server, '1', { command_line: `echo ${'x'.repeat(32 * 1024)}` }), /"command_line" is larger than max_command_line_size \(32768 bytes\)/);
+  // UTF-8 bytes are counted, not characters.
+  assertLimit(t, await submit(server, '1', { command_line: `echo ${'é'.repeat(20 * 1024)}` }), /max_command_line_size/);
+  // Nothing was recorded: the job is still set up and runs when asked properly.
+  t.is((await submit(server, '1', { command_line: 'true' })).text, 'OK');
+  t.is((await waitForJob(server.url, '1')).status, 'complete');
+});
+
+test('JSON parameters nest no deeper than max_submit_json_depth (checked before parsing)', async (t) => {
+  const server = await startTestServer({ app: { maxSubmitJsonDepth: 8 } });
+  t.teardown(() => server.stop());
+  await setupJob(server.url, '2');
+  const deep = `${'['.repeat(9)}${']'.repeat(9)}`;
+  assertLimit(t, await submit(server, '2', { command_line: 'true', params: JSON.stringify({ a: JSON.parse(deep) }) }), /"params" nests deeper than max_submit_json_depth \(8\)/);
+  assertLimit(t, await submit(server, '2', { command_line: 'true', dependencies_description: deep }), /"dependencies_description" nests deeper/);
+  // Brackets inside strings are text, not nesting.
+  const ok = await submit(server, '2', { command_line: 'true', params: JSON.stringify({ a: `${'['.repeat(50)}"\\` }) });
+  t.is(ok.text, 'OK');
+});
+
+test('a flood of oversized submits is refused without the heap growing', async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  // The payload of the finding: [{},{},…] in dependencies_description, here 4 MiB (12 MiB URL-encoded; cap 256 KiB).
+  const deps = `[${'{},'.repeat((4 * MiB) / 3)}{}]`;
+  global.gc?.();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < 12; i++) {
+    const id = `flood${i}`;
+    await setupJob(server.url, id);
+    assertLimit(t, await submit(server, id, { command_line: 'true', dependencies_description: deps }), /max_dependencies_description_size/);
+  }
+  global.gc?.();
+  const grown = process.memoryUsage().heapUsed - before;
+  t.true(grown < 200 * MiB, `heap grew ${Math.round(grown / MiB)} MiB`);
+  for (let i = 0; i < 12; i++) t.is((await recordOf(server, `flood${i}`)).state, 'setup');
+});
+
+test('dynamic_file_sources are deduplicated by path and capped by max_dynamic_file_sources', async (t) => {
+  const server = await startTestServer({ app: { maxDynamicFileSources: 5 } });
+  t.teardown(() => server.stop());
+  const config = await setupJob(server.url, '3');
+  const six = JSON.stringify(Array.from({ length: 6 }, (_, i) => ({ type: 'galaxy', path: `s${i}.json` })));
+  assertLimit(t, await submit(server, '3', { command_line: 'true', dynamic_file_sources: six }), /6 paths, more than max_dynamic_file_sources \(5\)/);
+  // 600 entries naming one path: one source, realized once.
+  const repeated = JSON.stringify(Array.from({ length: 600 }, () => ({ type: 'galaxy', path: 'galaxy.json' })));
+  const reply = await submit(server, '3', { command_line: `echo '{"a":1}' > ${path.join(config.working_directory, 'galaxy.json')}`, dynamic_file_sources: repeated });
+  t.is(reply.text, 'OK');
+  const doc = await waitForJob(server.url, '3');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.deepEqual(doc.realized_dynamic_file_sources, [{ type: 'galaxy', path: 'galaxy.json', contents: '{"a":1}\n' }]);
+});
+
+test('touch_outputs are capped by max_touch_outputs: over the cap nothing is created', async (t) => {
+  const server = await startTestServer({ app: { maxTouchOutputs: 50 } });
+  t.teardown(() => server.stop());
+  const config = await setupJob(server.url, '4');
+  const names = (n: number): string => JSON.stringify({ touch_outputs: Array.from({ length: n }, (_, i) => `o${i}`) });
+  assertLimit(t, await submit(server, '4', { command_line: 'true', submit_extras: names(51) }), /51 files, more than max_touch_outputs \(50\)/);
+  t.is(await countFiles(config.outputs_directory), 0);
+  t.is((await recordOf(server, '4')).state, 'setup');
+  t.is((await submit(server, '4', { command_line: 'true', submit_extras: names(50) })).text, 'OK');
+  t.is((await waitForJob(server.url, '4')).status, 'complete');
+  t.is(await countFiles(config.outputs_directory), 50);
+});
+
+test('a refused job keeps no launch payload, in memory or on disk', async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  await setupJob(server.url, '5');
+  // Server-side staging is refused (JobRefused) after the launch was recorded.
+  const reply = await submit(server, '5', {
+    command_line: 'true',
+    env: JSON.stringify([{ name: 'SECRETISH', value: 'v'.repeat(1000) }]),
+    remote_staging: JSON.stringify({ setup: [{ action: 'remote_transfer' }] }),
+  });
+  t.is(reply.status, 403, reply.text);
+  const doc = await waitForJob(server.url, '5');
+  t.is(doc.status, 'failed');
+  t.regex(doc.stderr, /server-side staging/);
+  const record = await recordOf(server, '5');
+  t.is(record.state, 'failed');
+  t.false('launch' in record, 'the record file keeps no launch');
+  t.false(JSON.stringify(record).includes('SECRETISH'));
+});
+
+test('public mode does not keep dependencies_description (it ignores it)', async (t) => {
+  const server = await startTestServer({
+    app: { toolConfigFiles: [path.join(FIXTURES, 'toolbox.xml')], allowUnsafeEnv: false },
+    managers: (root) => [managerConfig(root, { assignIds: 'uuid' })],
+  });
+  t.teardown(() => server.stop());
+  const setup = await request(server.url, 'POST', `/jobs?${qs({ job_id: '6', tool_id: 'mag_cat' })}`);
+  const config = setup.json();
+  const id: string = config.job_id;
+  const a = (await request(server.url, 'POST', `/jobs/${id}/files?${qs({ job_id: id, name: 'a.dat', type: 'input' })}`, { body: 'x' })).json().path;
+  const deps = JSON.stringify({ requirements: [{ name: 'MARKER_PACKAGE', version: '1', type: 'package' }] });
+  const reply = await submit(server, id, { command_line: `cat ${a} > ${path.join(config.outputs_directory, 'o')}`, dependencies_description: deps });
+  t.is(reply.text, 'OK');
+  t.is((await waitForJob(server.url, id)).status, 'complete');
+  const record = await recordOf(server, id);
+  t.is(record.launch.request.dependenciesDescription, null);
+  t.false(JSON.stringify(record).includes('MARKER_PACKAGE'));
+});
