@@ -89,6 +89,8 @@ function expectedDefaults(dir: string): Config {
       maxDynamicFileSources: 100,
       maxTouchOutputs: 1000,
       maxCommandLineSize: 8 * 1024 ** 2,
+      maxStatusSize: 16 * 1024 ** 2,
+      statusCacheSize: 64 * 1024 ** 2,
     },
   };
 }

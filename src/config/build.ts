@@ -54,6 +54,8 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     maxDynamicFileSources: options.max_dynamic_file_sources,
     maxTouchOutputs: options.max_touch_outputs,
     maxCommandLineSize: options.max_command_line_size,
+    maxStatusSize: options.max_status_size,
+    statusCacheSize: options.status_cache_size,
   };
 }
 

@@ -354,6 +354,8 @@ export const appOptionsSchema = z
     max_touch_outputs: optionOr(asCount, 1000),
     // Galaxy's command lines for tools over large collections run to megabytes.
     max_command_line_size: optionOr(asByteSize, 8 * MiB),
+    max_status_size: optionOr(asByteSize, 16 * MiB),
+    status_cache_size: optionOr(asByteSize, 64 * MiB),
   })
   .strict();
 

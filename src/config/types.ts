@@ -100,6 +100,10 @@ export interface AppSection {
   readonly maxTouchOutputs: number;
   /** Largest `command_line` in bytes; 0 = no limit. */
   readonly maxCommandLineSize: number;
+  /** Bytes of stdout/stderr and dynamic file sources realized in one status document together; 0 = no limit. */
+  readonly maxStatusSize: number;
+  /** Bytes of finished jobs' status documents each manager keeps ready; 0 = keep none. */
+  readonly statusCacheSize: number;
 }
 
 export interface Config {

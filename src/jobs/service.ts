@@ -27,7 +27,6 @@ import type { SubmitRequest } from './submit-request.js';
 export type { SetupParams, SubmitRequest } from './submit-request.js';
 export { jobEnvironment } from './launch.js';
 
-const TERMINAL_DOC_CACHE = 10_000;
 /** How long a clean waits for a killed job to end before it removes the job's directory. */
 const CLEAN_WAIT_MS = 3000;
 
@@ -65,8 +64,9 @@ export class JobService {
   readonly #queue: RunQueue;
   readonly #launchContext: LaunchContext;
   readonly #systemProperties: SystemProperties;
-  /** Status documents of finished jobs: they no longer change. */
+  /** Status documents of finished jobs (they no longer change), oldest first, within `status_cache_size`. */
   readonly #finished = new Map<string, string>();
+  #finishedBytes = 0;
   /** Bytes uploaded into each job in `setup`, and bytes of uploads still streaming. */
   readonly #uploadedBytes = new Map<string, number>();
   readonly #inflightBytes = new Map<string, number>();
@@ -265,7 +265,7 @@ export class JobService {
 
   /** Drop what the service remembers about a job id besides its record. */
   #forget(id: string): void {
-    this.#finished.delete(id);
+    this.#uncache(id);
     this.#uploadedBytes.delete(id);
   }
 
@@ -572,7 +572,7 @@ export class JobService {
       return this.#failUnrecorded(record, next, error);
     }
     if (to !== record.state) {
-      this.#finished.delete(record.id);
+      this.#uncache(record.id);
       this.#log.info({ jobId: record.id, state: to }, 'job state changed');
     }
     return next;
@@ -585,7 +585,7 @@ export class JobService {
       ? next
       : { ...next, state: 'failed', failureReason: error.message, returnCode: next.returnCode ?? 1 };
     if (!this.#store.putInMemory(record, ended)) return undefined;
-    this.#finished.delete(record.id);
+    this.#uncache(record.id);
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
     // Until the ending is on disk, a restart would find the job as it was before: keep trying.
     this.#inBackground(record.id, this.#recordLater(ended));
@@ -674,14 +674,41 @@ export class JobService {
     if (record !== undefined && !isTerminal(record.state)) return shortStatus(id, wireStatus(record.state));
     const cached = this.#finished.get(id);
     if (cached !== undefined) return cached;
-    const doc = await fullStatus(id, record?.state ?? 'lost', record, this.#dir(id), this.#systemProperties, this.manager.maximumStreamSize);
+    const doc = await fullStatus(id, record?.state ?? 'lost', record, this.#dir(id), this.#systemProperties, {
+      maximumStreamSize: this.manager.maximumStreamSize,
+      maxStatusSize: this.#app.maxStatusSize,
+    });
     // Finished jobs no longer change (uploads are closed, the process is gone): keep the document,
     // unless the job changed while it was being read (cleaned, set up again).
-    if (record !== undefined && this.#store.get(id) === record && !this.#queue.isActive(id)) {
-      if (this.#finished.size >= TERMINAL_DOC_CACHE) this.#finished.delete(this.#finished.keys().next().value!);
-      this.#finished.set(id, doc);
-    }
+    if (record !== undefined && this.#store.get(id) === record && !this.#queue.isActive(id)) this.#cache(id, doc);
     return doc;
+  }
+
+  /** Keep a finished job's document; the oldest go while the cache is over `status_cache_size`. */
+  #cache(id: string, doc: string): void {
+    const limit = this.#app.statusCacheSize;
+    // UTF-16 in memory: two bytes a code unit.
+    const bytes = doc.length * 2;
+    this.#uncache(id);
+    if (bytes > limit) return;
+    for (const [oldest] of this.#finished) {
+      if (this.#finishedBytes + bytes <= limit) break;
+      this.#uncache(oldest);
+    }
+    this.#finished.set(id, doc);
+    this.#finishedBytes += bytes;
+  }
+
+  #uncache(id: string): void {
+    const doc = this.#finished.get(id);
+    if (doc === undefined) return;
+    this.#finished.delete(id);
+    this.#finishedBytes -= doc.length * 2;
+  }
+
+  /** Bytes of status documents cached (for tests and metrics). */
+  get statusCacheBytes(): number {
+    return this.#finishedBytes;
   }
 
   async cancel(jobId: string): Promise<void> {

@@ -69,7 +69,8 @@ test('JSON parameters nest no deeper than max_submit_json_depth (checked before 
   t.is(ok.text, 'OK');
 });
 
-test('a flood of oversized submits is refused without the heap growing', async (t) => {
+// Memory is measured in this process: the tests that measure it run alone.
+test.serial('a flood of oversized submits is refused without the heap growing', async (t) => {
   const server = await startTestServer();
   t.teardown(() => server.stop());
   // The payload of the finding: [{},{},…] in dependencies_description, here 4 MiB (12 MiB URL-encoded; cap 256 KiB).
@@ -152,4 +153,44 @@ test('public mode does not keep dependencies_description (it ignores it)', async
   const record = await recordOf(server, id);
   t.is(record.launch.request.dependenciesDescription, null);
   t.false(JSON.stringify(record).includes('MARKER_PACKAGE'));
+});
+
+test.serial('a status document realizes at most max_status_size of streams and dynamic file sources, cut where marked', async (t) => {
+  const server = await startTestServer({ app: { maxDynamicFileSources: 0, maxStatusSize: 2 * MiB } });
+  t.teardown(() => server.stop());
+  const config = await setupJob(server.url, '7');
+  const work: string = config.working_directory;
+  // 40 sources of 1 MiB each (maximum_stream_size is 1 MiB): 40 MiB unbounded.
+  const command = `head -c 300000 /dev/zero | tr '\\0' o; for i in $(seq 1 40); do head -c 1048576 /dev/zero | tr '\\0' a > ${work}/s$i.json; done`;
+  const sources = JSON.stringify(Array.from({ length: 40 }, (_, i) => ({ type: 'galaxy', path: `s${i + 1}.json` })));
+  t.is((await submit(server, '7', { command_line: command, dynamic_file_sources: sources })).text, 'OK');
+  const before = process.memoryUsage().heapUsed;
+  const doc = await waitForJob(server.url, '7');
+  t.is(doc.status, 'complete', doc.stderr);
+  const raw = (await request(server.url, 'GET', '/jobs/7/status?job_id=7')).body.length;
+  t.true(raw < 2 * MiB + 64 * 1024, `document of ${raw} bytes`);
+  t.is(doc.job_stdout.length, 300000, 'the streams come first, whole');
+  t.regex(doc.status_truncated, /max_status_size \(2097152 bytes\).*dynamic file source\(s\) left out/);
+  const realized: any[] = doc.realized_dynamic_file_sources;
+  t.true(realized.length >= 1 && realized.length <= 2);
+  const last = realized[realized.length - 1];
+  t.true(last.truncated);
+  t.true(process.memoryUsage().heapUsed - before < 100 * MiB);
+});
+
+test('finished status documents are cached within status_cache_size bytes', async (t) => {
+  const limit = 16 * 1024;
+  const server = await startTestServer({ app: { statusCacheSize: limit } });
+  t.teardown(() => server.stop());
+  const service = server.services.get('_default_')!;
+  for (let i = 0; i < 12; i++) {
+    await setupJob(server.url, `c${i}`);
+    t.is((await submit(server, `c${i}`, { command_line: `echo job ${i}` })).text, 'OK');
+  }
+  for (let i = 0; i < 12; i++) t.is((await waitForJob(server.url, `c${i}`)).job_stdout, `job ${i}\n`);
+  t.true(service.statusCacheBytes > 0);
+  t.true(service.statusCacheBytes <= limit, `${service.statusCacheBytes} bytes cached`);
+  // Evicted documents are read again, unchanged.
+  for (let i = 0; i < 12; i++) t.is((await request(server.url, 'GET', `/jobs/c${i}/status?job_id=c${i}`)).json().job_stdout, `job ${i}\n`);
+  t.true(service.statusCacheBytes <= limit);
 });
