@@ -91,6 +91,9 @@ function expectedDefaults(dir: string): Config {
       maxCommandLineSize: 8 * 1024 ** 2,
       maxStatusSize: 16 * 1024 ** 2,
       statusCacheSize: 64 * 1024 ** 2,
+      maxLiveJobs: 10_000,
+      setupExpiry: 86_400,
+      finishedExpiry: 604_800,
     },
   };
 }

@@ -56,6 +56,9 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     maxCommandLineSize: options.max_command_line_size,
     maxStatusSize: options.max_status_size,
     statusCacheSize: options.status_cache_size,
+    maxLiveJobs: options.max_live_jobs,
+    setupExpiry: options.setup_expiry,
+    finishedExpiry: options.finished_expiry,
   };
 }
 

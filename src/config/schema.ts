@@ -273,6 +273,15 @@ export const asPositiveNumber: Coerce<number> = (value) => {
   return parsed !== undefined && Number.isFinite(parsed) && parsed > 0 ? parsed : invalid(expected, value);
 };
 
+/** Seconds, fractions allowed; 0 = never. */
+export const asSeconds: Coerce<number> = (value) => {
+  const expected = 'a number of seconds >= 0 (0 = never)';
+  let parsed: number | undefined;
+  if (typeof value === 'number') parsed = value;
+  else if (typeof value === 'string' && /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(value)) parsed = Number(value);
+  return parsed !== undefined && Number.isFinite(parsed) && parsed >= 0 ? parsed : invalid(expected, value);
+};
+
 export const asMapping: Coerce<Readonly<Record<string, unknown>>> = (value) =>
   typeof value === 'object' && value !== null && !Array.isArray(value)
     ? (value as Record<string, unknown>)
@@ -356,6 +365,9 @@ export const appOptionsSchema = z
     max_command_line_size: optionOr(asByteSize, 8 * MiB),
     max_status_size: optionOr(asByteSize, 16 * MiB),
     status_cache_size: optionOr(asByteSize, 64 * MiB),
+    max_live_jobs: optionOr(asCount, 10_000),
+    setup_expiry: optionOr(asSeconds, 24 * 3600),
+    finished_expiry: optionOr(asSeconds, 7 * 24 * 3600),
   })
   .strict();
 

@@ -104,6 +104,12 @@ export interface AppSection {
   readonly maxStatusSize: number;
   /** Bytes of finished jobs' status documents each manager keeps ready; 0 = keep none. */
   readonly statusCacheSize: number;
+  /** Unfinished jobs (set up to postprocessing) each manager holds before it refuses setups; 0 = no limit. */
+  readonly maxLiveJobs: number;
+  /** Seconds a job may stay set up without being submitted before it is cleaned; 0 = never. */
+  readonly setupExpiry: number;
+  /** Seconds a finished job is kept before it is cleaned; 0 = never. */
+  readonly finishedExpiry: number;
 }
 
 export interface Config {

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppSection, ManagerConfig } from '../config/types.js';
 import {
   BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
-  StoreUnavailable, UploadClosed, UploadTooLarge, messageOf,
+  StoreUnavailable, TooManyJobs, UploadClosed, UploadTooLarge, messageOf,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend, ExitReport } from '../managers/backend.js';
@@ -29,6 +29,9 @@ export { jobEnvironment } from './launch.js';
 
 /** How long a clean waits for a killed job to end before it removes the job's directory. */
 const CLEAN_WAIT_MS = 3000;
+/** The expiry sweep runs this often at most (and at least four times per the shortest expiry). */
+const SWEEP_MAX_INTERVAL_MS = 60_000;
+const SWEEP_MIN_INTERVAL_MS = 50;
 
 export interface JobServiceOptions {
   readonly manager: ManagerConfig;
@@ -78,6 +81,9 @@ export class JobService {
   /** Aborted at shutdown: ends the waits of retried record writes. */
   readonly #stopping = new AbortController();
   #realStaging: string | undefined;
+  /** The periodic expiry sweep (unref'd; stopped at shutdown) and the sweep under way, if any. */
+  #sweepTimer: NodeJS.Timeout | undefined;
+  #sweeping: Promise<void> | undefined;
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -133,6 +139,58 @@ export class JobService {
         await this.#failAfterError(record.id, record.incarnation, `magnetar could not recover this job after a restart: ${messageOf(error)}`, 'lost');
       }
     }
+    this.#startSweeping();
+  }
+
+  // ---------------------------------------------------------------- expiry
+
+  #startSweeping(): void {
+    const expiries = [this.#app.setupExpiry, this.#app.finishedExpiry].filter((s) => s > 0);
+    if (expiries.length === 0) return;
+    const every = Math.max(SWEEP_MIN_INTERVAL_MS, Math.min(SWEEP_MAX_INTERVAL_MS, (Math.min(...expiries) * 1000) / 4));
+    this.#sweepTimer = setInterval(() => {
+      if (this.#sweeping !== undefined || this.#closing) return;
+      this.#sweeping = this.sweep()
+        .then(() => undefined)
+        .catch((error: unknown) => this.#log.error({ err: error }, 'expiry sweep failed'))
+        .finally(() => {
+          this.#sweeping = undefined;
+        });
+    }, every);
+    this.#sweepTimer.unref();
+  }
+
+  /**
+   * Clean, through the normal clean path and under each job's lock, the jobs set up longer than
+   * `setup_expiry` ago and never submitted, and the jobs finished longer than `finished_expiry` ago.
+   * Resolves with the ids cleaned.
+   */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const { setupExpiry, finishedExpiry } = this.#app;
+    const expired = (record: JobRecord): boolean => {
+      const age = now - Date.parse(record.updatedAt);
+      if (record.state === 'setup') return setupExpiry > 0 && age > setupExpiry * 1000;
+      return isTerminal(record.state) && finishedExpiry > 0 && age > finishedExpiry * 1000;
+    };
+    const cleaned: string[] = [];
+    for (const candidate of this.#store.records()) {
+      if (this.#closing) break;
+      if (!expired(candidate)) continue;
+      try {
+        await this.#locked(candidate.id, async () => {
+          // Re-read under the lock: submitted, set up again or cleaned meanwhile means not expired.
+          const record = this.#store.get(candidate.id);
+          if (record !== candidate || !expired(record)) return;
+          await this.#cleanLocked(record.id);
+          cleaned.push(record.id);
+          this.#log.info({ jobId: record.id, state: record.state }, record.state === 'setup' ? 'set-up job expired (setup_expiry)' : 'finished job expired (finished_expiry)');
+        });
+      } catch (error) {
+        if (error instanceof ServerStopping) break;
+        this.#log.error({ jobId: candidate.id, err: error }, 'expired job could not be cleaned');
+      }
+    }
+    return cleaned;
   }
 
   async #recover(record: JobRecord): Promise<void> {
@@ -182,11 +240,13 @@ export class JobService {
   /** Start nothing more and stop writing records (running jobs go on; the next start re-attaches). */
   async shutdown(): Promise<void> {
     this.#closing = true;
+    clearInterval(this.#sweepTimer);
     this.#stopping.abort();
     this.#queue.close();
     // A start under way finishes (its job is recorded and re-attached by the next start), and so
     // does every request that holds a job's lock; none begins after this (`#locked`).
     await Promise.allSettled([...this.#starting]);
+    await this.#sweeping;
     await this.#locks.idle();
     this.#backend.close();
     await this.#store.close();
@@ -216,6 +276,11 @@ export class JobService {
     const existing = this.#store.get(id);
     if (existing !== undefined && !isTerminal(existing.state) && existing.state !== 'setup') {
       throw new JobStateConflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
+    }
+    const { maxLiveJobs } = this.#app;
+    // A set-up job set up again stays one live job; any other setup adds one.
+    if (maxLiveJobs > 0 && existing?.state !== 'setup' && this.#store.liveCount >= maxLiveJobs) {
+      throw new TooManyJobs(`manager ${this.manager.name} holds ${this.#store.liveCount} unfinished jobs: max_live_jobs (${maxLiveJobs}) reached; retry when jobs have finished or been cleaned`);
     }
     const now = new Date().toISOString();
     const record: JobRecord = {
@@ -728,16 +793,19 @@ export class JobService {
 
   async clean(jobId: string): Promise<void> {
     const id = checkJobId(jobId);
-    await this.#locked(id, async () => {
-      const externalId = (await this.#cancelLocked(id)) ?? this.#store.get(id)?.externalId;
-      // Cancelled here or by an earlier request: a job whose task still holds its run slot has not
-      // been seen to end yet; give it a moment before its directory goes.
-      if (externalId !== undefined && this.#queue.isActive(id)) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
-      this.#forget(id);
-      await this.#store.delete(id);
-      if (!this.manager.debug) await this.#dir(id).remove();
-      this.#log.info({ jobId: id }, 'job cleaned');
-    });
+    await this.#locked(id, async () => this.#cleanLocked(id));
+  }
+
+  /** Clean under the job's lock (a client's clean, or the expiry sweep). */
+  async #cleanLocked(id: string): Promise<void> {
+    const externalId = (await this.#cancelLocked(id)) ?? this.#store.get(id)?.externalId;
+    // Cancelled here or by an earlier request: a job whose task still holds its run slot has not
+    // been seen to end yet; give it a moment before its directory goes.
+    if (externalId !== undefined && this.#queue.isActive(id)) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
+    this.#forget(id);
+    await this.#store.delete(id);
+    if (!this.manager.debug) await this.#dir(id).remove();
+    this.#log.info({ jobId: id }, 'job cleaned');
   }
 
   /** Wait for a killed job to end, at most `ms`. */

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { StoreUnavailable, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SubmitRequest } from './submit-request.js';
-import { JOB_STATES, type JobState } from './state.js';
+import { JOB_STATES, isTerminal, type JobState } from './state.js';
 
 /** What submit recorded, kept outside the job directory (it may carry secrets, PROTOCOL §14 item 9). */
 export interface LaunchRecord {
@@ -74,6 +74,8 @@ export class JobStore {
   readonly #dir: string | undefined;
   readonly #log: Logger;
   readonly #jobs = new Map<string, JobRecord>();
+  /** Records whose state is not terminal (kept as records change: setup is refused past `max_live_jobs`). */
+  #live = 0;
   /** Serialises file operations per job so an older record never overwrites a newer one. */
   readonly #writing = new Map<string, Promise<unknown>>();
   #closed = false;
@@ -97,7 +99,7 @@ export class JobStore {
     };
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, reader));
     const records = loaded.filter((record): record is JobRecord => record !== undefined);
-    for (const record of records) this.#jobs.set(record.id, record);
+    for (const record of records) this.#set(record);
     return records;
   }
 
@@ -124,6 +126,29 @@ export class JobStore {
     return this.#jobs.size;
   }
 
+  /** Jobs not finished (set up, preprocessing, queued, running, postprocessing). */
+  get liveCount(): number {
+    return this.#live;
+  }
+
+  /** Every record now (a copy: the store may change while the caller goes through it). */
+  records(): JobRecord[] {
+    return [...this.#jobs.values()];
+  }
+
+  #set(record: JobRecord): void {
+    const previous = this.#jobs.get(record.id);
+    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
+    if (!isTerminal(record.state)) this.#live++;
+    this.#jobs.set(record.id, record);
+  }
+
+  #remove(id: string): void {
+    const previous = this.#jobs.get(id);
+    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
+    this.#jobs.delete(id);
+  }
+
   /**
    * Stop writing, after the writes under way have landed. Whatever happens to a job later (it may
    * still end while the server stops) is found again from its files by the next start.
@@ -142,14 +167,14 @@ export class JobStore {
     if (this.#jobs.get(next.id) !== previous) return false;
     await this.#write(next);
     if (this.#jobs.get(next.id) !== previous) return false;
-    this.#jobs.set(next.id, next);
+    this.#set(next);
     return true;
   }
 
   /** Make `next` the job's record in memory only: the disk copy could not be written. */
   putInMemory(previous: JobRecord, next: JobRecord): boolean {
     if (this.#jobs.get(next.id) !== previous) return false;
-    this.#jobs.set(next.id, next);
+    this.#set(next);
     return true;
   }
 
@@ -182,7 +207,7 @@ export class JobStore {
    */
   async delete(id: string): Promise<void> {
     await this.#persist(id, async (target) => fs.rm(target, { force: true }));
-    this.#jobs.delete(id);
+    this.#remove(id);
   }
 
   async #persist(id: string, operation: (target: string) => Promise<unknown>): Promise<void> {

@@ -194,3 +194,62 @@ test('finished status documents are cached within status_cache_size bytes', asyn
   for (let i = 0; i < 12; i++) t.is((await request(server.url, 'GET', `/jobs/c${i}/status?job_id=c${i}`)).json().job_stdout, `job ${i}\n`);
   t.true(service.statusCacheBytes <= limit);
 });
+
+async function exists(p: string): Promise<boolean> {
+  return fs.access(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+test('live jobs per manager are capped by max_live_jobs: a flood of setups creates nothing past it', async (t) => {
+  const server = await startTestServer({ app: { maxLiveJobs: 3 } });
+  t.teardown(() => server.stop());
+  for (const id of ['l1', 'l2', 'l3']) await setupJob(server.url, id);
+  const replies = await Promise.all(Array.from({ length: 200 }, async (_, i) => request(server.url, 'POST', `/jobs?${qs({ job_id: `f${i}` })}`)));
+  for (const reply of replies) {
+    t.is(reply.status, 503, reply.text);
+    t.is(reply.json().error, 'MAG_ERR_TOO_MANY_JOBS');
+    t.regex(reply.json().message, /max_live_jobs \(3\)/);
+  }
+  t.deepEqual((await fs.readdir(server.staging)).sort(), ['l1', 'l2', 'l3']);
+  // Setting up a set-up job again adds no job; a submit with setup_params for a new id is refused too.
+  await setupJob(server.url, 'l1');
+  const viaSubmit = await submit(server, 'n1', { command_line: 'true', setup_params: JSON.stringify({ job_id: 'n1' }) });
+  t.is(viaSubmit.status, 503, viaSubmit.text);
+  // A finished job is not live: its slot is free again.
+  t.is((await submit(server, 'l1', { command_line: 'true' })).text, 'OK');
+  t.is((await waitForJob(server.url, 'l1')).status, 'complete');
+  await setupJob(server.url, 'l4');
+  t.is((await request(server.url, 'POST', `/jobs?${qs({ job_id: 'l5' })}`)).status, 503);
+});
+
+test('expiry: set-up jobs never submitted and finished jobs never cleaned are cleaned by the sweep; live jobs are not', async (t) => {
+  const server = await startTestServer({ app: { setupExpiry: 0.4, finishedExpiry: 0.4 } });
+  t.teardown(() => server.stop());
+  const records = path.join(server.root, 'persisted', '_default_-jobs');
+  await setupJob(server.url, 'idle');
+  await setupJob(server.url, 'done');
+  t.is((await submit(server, 'done', { command_line: 'true' })).text, 'OK');
+  t.is((await waitForJob(server.url, 'done')).status, 'complete');
+  await setupJob(server.url, 'slow');
+  t.is((await submit(server, 'slow', { command_line: 'sleep 2' })).text, 'OK');
+  const deadline = Date.now() + 10_000;
+  while ((await exists(path.join(server.staging, 'idle'))) || (await exists(path.join(server.staging, 'done')))) {
+    if (Date.now() > deadline) throw new Error('expired jobs were not cleaned');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.false(await exists(path.join(records, 'idle.json')));
+  t.false(await exists(path.join(records, 'done.json')));
+  // The running job outlived both expiries and is untouched; once finished, it expires in turn.
+  t.true(await exists(path.join(records, 'slow.json')));
+  t.is((await waitForJob(server.url, 'slow')).status, 'complete');
+  // The record goes first, then the directory (the clean path's order).
+  while (await exists(path.join(server.staging, 'slow'))) {
+    if (Date.now() > deadline + 5000) throw new Error('the finished job was not cleaned');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.false(await exists(path.join(records, 'slow.json')));
+  t.true(server.logLines.some((l) => l.includes('set-up job expired (setup_expiry)')));
+  t.true(server.logLines.some((l) => l.includes('finished job expired (finished_expiry)')));
+});
