@@ -21,7 +21,7 @@ import { KeyedMutex } from './lock.js';
 import { RunQueue } from './run-queue.js';
 import { canTransition, isTerminal, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
-import { JobStore, type JobRecord } from './store.js';
+import { JobStore, type JobRecord, type LaunchRecord } from './store.js';
 import type { SubmitRequest } from './submit-request.js';
 
 export type { SetupParams, SubmitRequest } from './submit-request.js';
@@ -629,7 +629,9 @@ export class JobService {
     if (to === record.state ? isTerminal(to) : !canTransition(record.state, to)) {
       throw new Error(`illegal job state transition ${record.state} -> ${to} for job ${record.id}`);
     }
-    const next: JobRecord = { ...record, ...patch, state: to, updatedAt: new Date().toISOString() };
+    const merged: JobRecord = { ...record, ...patch, state: to, updatedAt: new Date().toISOString() };
+    // A finished job keeps of its launch only what its status document reads.
+    const next = isTerminal(to) && merged.launch !== undefined ? { ...merged, launch: finishedLaunch(merged.launch) } : merged;
     try {
       if (!(await this.#store.put(record, next))) return undefined;
     } catch (error) {
@@ -821,6 +823,28 @@ export class JobService {
       timer.abort();
     }
   }
+}
+
+/**
+ * The launch record a finished job keeps: its dynamic file sources (its status realizes them) and
+ * nothing else of the request — the command line, env, params and dependencies are never read
+ * again once the job has ended, and a client may have sent megabytes of them.
+ */
+function finishedLaunch(launch: LaunchRecord): LaunchRecord {
+  return {
+    request: {
+      commandLine: '',
+      submitParams: {},
+      setupParams: undefined,
+      dependenciesDescription: null,
+      env: [],
+      remoteStaging: {},
+      touchOutputs: [],
+      dynamicFileSources: launch.request.dynamicFileSources,
+    },
+    commandLine: '',
+    submitParams: {},
+  };
 }
 
 function checkFileType(type: string): FileType {

@@ -253,3 +253,21 @@ test('expiry: set-up jobs never submitted and finished jobs never cleaned are cl
   t.true(server.logLines.some((l) => l.includes('set-up job expired (setup_expiry)')));
   t.true(server.logLines.some((l) => l.includes('finished job expired (finished_expiry)')));
 });
+
+test('a finished job keeps of its launch only its dynamic file sources', async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  await setupJob(server.url, '8');
+  const reply = await submit(server, '8', {
+    command_line: 'echo MARKER_COMMAND',
+    env: JSON.stringify([{ name: 'MARKER_ENV', value: 'v'.repeat(100_000) }]),
+    params: JSON.stringify({ MARKER_PARAM: 'p'.repeat(100_000) }),
+    dynamic_file_sources: JSON.stringify([{ type: 'galaxy', path: 'galaxy.json' }]),
+  });
+  t.is(reply.text, 'OK');
+  t.is((await waitForJob(server.url, '8')).job_stdout, 'MARKER_COMMAND\n');
+  const text = await fs.readFile(path.join(server.root, 'persisted', '_default_-jobs', '8.json'), 'utf8');
+  t.true(text.length < 2000, `record of ${text.length} bytes`);
+  t.false(/MARKER_(COMMAND|ENV|PARAM)/.test(text));
+  t.deepEqual(JSON.parse(text).launch.request.dynamicFileSources, [{ type: 'galaxy', path: 'galaxy.json' }]);
+});
