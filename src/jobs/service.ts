@@ -447,7 +447,8 @@ export class JobService {
       // A server that never resolves dependencies (public mode) ignores them: it does not keep them either.
       const ignoresDependencies = !this.#authorizer.resolvesDependencies && request.dependenciesDescription !== null && request.dependenciesDescription !== undefined;
       if (ignoresDependencies) this.#log.info({ jobId: id }, 'dependencies_description ignored (this server does not resolve dependencies): not kept');
-      const stored = ignoresDependencies ? { ...request, dependenciesDescription: null } : request;
+      // The command line is kept once, as it runs (launch.commandLine): megabytes for some tools.
+      const stored = { ...request, commandLine: '', ...(ignoresDependencies ? { dependenciesDescription: null } : {}) };
       const closed = await this.#transition(record, 'preprocessing', { launch: { request: stored, commandLine, submitParams: kept } });
       if (closed?.state !== 'preprocessing') {
         throw new StoreUnavailable(closed?.failureReason ?? `job ${id} changed while it was being submitted`);
