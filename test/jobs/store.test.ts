@@ -72,3 +72,29 @@ test('records that are not job records are logged and not loaded', async (t) => 
   t.deepEqual(await store.open(), []);
   t.is(lines.filter((l) => l.includes('job record not loaded')).length, 3);
 });
+
+test('liveCount follows records into and out of terminal states, restarts and deletes', async (t) => {
+  const dir = await tempDir(t);
+  const store = new JobStore(dir, '_default_', log);
+  await store.open();
+  const a = record('a');
+  const b = record('b');
+  t.true(await store.put(undefined, a));
+  t.true(await store.put(undefined, b));
+  t.is(store.liveCount, 2);
+  const queued = { ...a, state: 'queued' as const };
+  t.true(await store.put(a, queued));
+  t.is(store.liveCount, 2);
+  const done = { ...queued, state: 'complete' as const };
+  t.true(await store.put(queued, done));
+  t.is(store.liveCount, 1);
+  t.true(store.putInMemory(b, { ...b, state: 'failed' }));
+  t.is(store.liveCount, 0);
+  await store.delete('a');
+  t.is(store.liveCount, 0);
+  const again = new JobStore(dir, '_default_', log);
+  await again.open();
+  // b's failure was never written: it comes back set up, live.
+  t.is(again.liveCount, 1);
+  t.deepEqual(again.records().map((r) => r.id), ['b']);
+});
