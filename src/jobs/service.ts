@@ -84,6 +84,8 @@ export class JobService {
   /** The periodic expiry sweep (unref'd; stopped at shutdown) and the sweep under way, if any. */
   #sweepTimer: NodeJS.Timeout | undefined;
   #sweeping: Promise<void> | undefined;
+  /** Setups of new jobs whose record is being written (they count against `max_live_jobs`). */
+  #settingUp = 0;
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -278,10 +280,21 @@ export class JobService {
       throw new JobStateConflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
     }
     const { maxLiveJobs } = this.#app;
-    // A set-up job set up again stays one live job; any other setup adds one.
-    if (maxLiveJobs > 0 && existing?.state !== 'setup' && this.#store.liveCount >= maxLiveJobs) {
+    // A set-up job set up again stays one live job; any other setup adds one. Setups of other ids
+    // run meanwhile (other locks): the ones whose record is still being written count too.
+    const adds = existing?.state !== 'setup';
+    if (maxLiveJobs > 0 && adds && this.#store.liveCount + this.#settingUp >= maxLiveJobs) {
       throw new TooManyJobs(`manager ${this.manager.name} holds ${this.#store.liveCount} unfinished jobs: max_live_jobs (${maxLiveJobs}) reached; retry when jobs have finished or been cleaned`);
     }
+    if (adds) this.#settingUp++;
+    try {
+      return await this.#writeSetup(id, existing, toolId, toolVersion);
+    } finally {
+      if (adds) this.#settingUp--;
+    }
+  }
+
+  async #writeSetup(id: string, existing: JobRecord | undefined, toolId: string | undefined, toolVersion: string | undefined): Promise<JobRecord> {
     const now = new Date().toISOString();
     const record: JobRecord = {
       id,

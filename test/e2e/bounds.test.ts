@@ -234,6 +234,15 @@ test('live jobs per manager are capped by max_live_jobs: a flood of setups creat
   t.is((await request(server.url, 'POST', `/jobs?${qs({ job_id: 'l5' })}`)).status, 503);
 });
 
+test('max_live_jobs holds when the setups arrive all at once', async (t) => {
+  const server = await startTestServer({ app: { maxLiveJobs: 3 } });
+  t.teardown(() => server.stop());
+  const replies = await Promise.all(Array.from({ length: 60 }, async (_, i) => request(server.url, 'POST', `/jobs?${qs({ job_id: `g${i}` })}`)));
+  t.is(replies.filter((r) => r.status === 200).length, 3);
+  t.is(replies.filter((r) => r.status === 503).length, 57);
+  t.is((await fs.readdir(server.staging)).length, 3);
+});
+
 test('expiry: set-up jobs never submitted and finished jobs never cleaned are cleaned by the sweep; live jobs are not', async (t) => {
   const server = await startTestServer({ app: { setupExpiry: 0.4, finishedExpiry: 0.4 } });
   t.teardown(() => server.stop());
