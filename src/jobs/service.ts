@@ -21,7 +21,7 @@ import { KeyedMutex } from './lock.js';
 import { RunQueue } from './run-queue.js';
 import { canTransition, isTerminal, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
-import { JobStore, type JobRecord, type LaunchRecord } from './store.js';
+import { JobStore, finishedLaunch, type JobRecord } from './store.js';
 import type { SubmitRequest } from './submit-request.js';
 
 export type { SetupParams, SubmitRequest } from './submit-request.js';
@@ -837,28 +837,6 @@ export class JobService {
       timer.abort();
     }
   }
-}
-
-/**
- * The launch record a finished job keeps: its dynamic file sources (its status realizes them) and
- * nothing else of the request — the command line, env, params and dependencies are never read
- * again once the job has ended, and a client may have sent megabytes of them.
- */
-function finishedLaunch(launch: LaunchRecord): LaunchRecord {
-  return {
-    request: {
-      commandLine: '',
-      submitParams: {},
-      setupParams: undefined,
-      dependenciesDescription: null,
-      env: [],
-      remoteStaging: {},
-      touchOutputs: [],
-      dynamicFileSources: launch.request.dynamicFileSources,
-    },
-    commandLine: '',
-    submitParams: {},
-  };
 }
 
 function checkFileType(type: string): FileType {

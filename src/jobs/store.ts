@@ -39,6 +39,29 @@ export interface JobRecord {
   readonly failureReason: string | undefined;
 }
 
+/**
+ * The launch record a finished job keeps: its dynamic file sources (its status realizes them) and
+ * nothing else of the request — the command line, env, params and dependencies are never read
+ * again once the job has ended, and a client may have sent megabytes of them.
+ */
+export function finishedLaunch(launch: LaunchRecord): LaunchRecord {
+  return {
+    request: {
+      commandLine: '',
+      submitParams: {},
+      setupParams: undefined,
+      dependenciesDescription: null,
+      env: [],
+      remoteStaging: {},
+      touchOutputs: [],
+      // A record read back from disk is checked only as an object here.
+      dynamicFileSources: Array.isArray(launch.request.dynamicFileSources) ? launch.request.dynamicFileSources : [],
+    },
+    commandLine: '',
+    submitParams: {},
+  };
+}
+
 // The disk edge: a record file is trusted only as far as this schema says.
 const recordSchema = z.object({
   id: z.string().min(1).max(255),
@@ -246,7 +269,8 @@ async function readRecord(file: string): Promise<JobRecord | string> {
     toolVersion: r.toolVersion,
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
-    launch: r.launch,
+    // Records of finished jobs written before they were slimmed: keep only what status reads.
+    launch: r.launch !== undefined && isTerminal(r.state) ? finishedLaunch(r.launch) : r.launch,
     externalId: r.externalId,
     returnCode: r.returnCode,
     failureReason: r.failureReason,
