@@ -188,6 +188,20 @@ test.serial('a status document realizes at most max_status_size of streams and d
   t.true(grown < 32 * MiB, `heap grew ${Math.round(grown / MiB)} MiB`);
 });
 
+test('a stream cut by max_status_size ends with a marker naming it', async (t) => {
+  const server = await startTestServer({ app: { maxStatusSize: 1000 } });
+  t.teardown(() => server.stop());
+  await setupJob(server.url, '9');
+  t.is((await submit(server, '9', { command_line: "head -c 5000 /dev/zero | tr '\\0' o; head -c 5000 /dev/zero | tr '\\0' e >&2" })).text, 'OK');
+  const doc = await waitForJob(server.url, '9');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.true(doc.job_stdout.startsWith('o'.repeat(1000)));
+  t.regex(doc.job_stdout, /\n\[magnetar: truncated here: the status document reached max_status_size \(1000 bytes\)\]$/);
+  t.true(doc.job_stdout.length < 1100);
+  t.regex(doc.job_stderr, /^\n\[magnetar: truncated here/, 'nothing is left for stderr: only the marker');
+  t.regex(doc.status_truncated, /max_status_size \(1000 bytes\)/);
+});
+
 test('finished status documents are cached within status_cache_size bytes', async (t) => {
   const limit = 16 * 1024;
   const server = await startTestServer({ app: { statusCacheSize: limit } });
