@@ -28,6 +28,8 @@ const CATALOG = {
   MAG_ERR_BACKEND_SUBMIT: 500, // the backend (launcher, scheduler) refused or failed to start the job
   MAG_ERR_BACKEND_UNREACHABLE: 500, // the scheduler or helper process cannot be asked
   MAG_ERR_BACKEND_COMMAND: 500, // a scheduler command failed or answered what we cannot read
+  MAG_ERR_LIMIT: 413, // a request exceeds a configured bound (parameter size, list length); the message names the option
+  MAG_ERR_TOO_MANY_JOBS: 503, // the manager holds max_live_jobs unfinished jobs: no new job until some finish or are cleaned
 } as const;
 
 export type ErrorCode = keyof typeof CATALOG;
@@ -180,6 +182,20 @@ export class BackendError extends MagnetarError {
     options?: { cause?: unknown },
   ) {
     super(code, message, options);
+  }
+}
+
+/** A request exceeds a configured bound; the message names the option (e.g. max_submit_param_size). */
+export class LimitExceeded extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_LIMIT', message);
+  }
+}
+
+/** The manager holds `max_live_jobs` unfinished jobs: a new setup is refused (and changes nothing). */
+export class TooManyJobs extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_TOO_MANY_JOBS', message);
   }
 }
 

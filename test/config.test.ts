@@ -84,6 +84,17 @@ function expectedDefaults(dir: string): Config {
           backendOptions: {},
         },
       ],
+      maxSubmitParamSize: 1024 ** 2,
+      maxDependenciesDescriptionSize: 256 * 1024,
+      maxSubmitJsonDepth: 64,
+      maxDynamicFileSources: 100,
+      maxTouchOutputs: 1000,
+      maxCommandLineSize: 8 * 1024 ** 2,
+      maxStatusSize: 16 * 1024 ** 2,
+      statusCacheSize: 64 * 1024 ** 2,
+      maxLiveJobs: 10_000,
+      setupExpiry: 86_400,
+      finishedExpiry: 604_800,
     },
   };
 }

@@ -49,6 +49,17 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
     managers,
     allowedEnv: options.allowed_env,
+    maxSubmitParamSize: options.max_submit_param_size,
+    maxDependenciesDescriptionSize: options.max_dependencies_description_size,
+    maxSubmitJsonDepth: options.max_submit_json_depth,
+    maxDynamicFileSources: options.max_dynamic_file_sources,
+    maxTouchOutputs: options.max_touch_outputs,
+    maxCommandLineSize: options.max_command_line_size,
+    maxStatusSize: options.max_status_size,
+    statusCacheSize: options.status_cache_size,
+    maxLiveJobs: options.max_live_jobs,
+    setupExpiry: options.setup_expiry,
+    finishedExpiry: options.finished_expiry,
   };
 }
 

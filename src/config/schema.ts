@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { AssignIds, ManagerType } from './types.js';
 
 const KiB = 1024;
+const MiB = KiB ** 2;
 const GiB = KiB ** 3;
 const TiB = KiB ** 4;
 
@@ -273,6 +274,15 @@ export const asPositiveNumber: Coerce<number> = (value) => {
   return parsed !== undefined && Number.isFinite(parsed) && parsed > 0 ? parsed : invalid(expected, value);
 };
 
+/** Seconds, fractions allowed; 0 = never. */
+export const asSeconds: Coerce<number> = (value) => {
+  const expected = 'a number of seconds >= 0 (0 = never)';
+  let parsed: number | undefined;
+  if (typeof value === 'number') parsed = value;
+  else if (typeof value === 'string' && /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(value)) parsed = Number(value);
+  return parsed !== undefined && Number.isFinite(parsed) && parsed >= 0 ? parsed : invalid(expected, value);
+};
+
 export const asMapping: Coerce<Readonly<Record<string, unknown>>> = (value) =>
   typeof value === 'object' && value !== null && !Array.isArray(value)
     ? (value as Record<string, unknown>)
@@ -347,6 +357,19 @@ export const appOptionsSchema = z
     managers: option(asMapping),
     manager: option(asMapping),
     allowed_env: optionOr(asEnvNameList, []),
+    // Bounds on what one client request may cost (0 = no limit).
+    max_submit_param_size: optionOr(asByteSize, MiB),
+    max_dependencies_description_size: optionOr(asByteSize, 256 * KiB),
+    max_submit_json_depth: optionOr(asCount, 64),
+    max_dynamic_file_sources: optionOr(asCount, 100),
+    max_touch_outputs: optionOr(asCount, 1000),
+    // Galaxy's command lines for tools over large collections run to megabytes.
+    max_command_line_size: optionOr(asByteSize, 8 * MiB),
+    max_status_size: optionOr(asByteSize, 16 * MiB),
+    status_cache_size: optionOr(asByteSize, 64 * MiB),
+    max_live_jobs: optionOr(asCount, 10_000),
+    setup_expiry: optionOr(asSeconds, 24 * 3600),
+    finished_expiry: optionOr(asSeconds, 7 * 24 * 3600),
   })
   .strict();
 

@@ -93,6 +93,28 @@ export interface AppSection {
    * entries only, values taken literally); any other name refuses the job. Default: none.
    */
   readonly allowedEnv: readonly string[];
+  /** Largest submit parameter (raw, as sent) in bytes; 0 = no limit. */
+  readonly maxSubmitParamSize: number;
+  /** Largest `dependencies_description` in bytes; 0 = no limit. */
+  readonly maxDependenciesDescriptionSize: number;
+  /** Deepest nesting of arrays and objects in a JSON submit parameter; 0 = no limit. */
+  readonly maxSubmitJsonDepth: number;
+  /** Most `dynamic_file_sources` (after dropping repeated paths) per job; 0 = no limit. */
+  readonly maxDynamicFileSources: number;
+  /** Most `submit_extras.touch_outputs` per job; 0 = no limit. */
+  readonly maxTouchOutputs: number;
+  /** Largest `command_line` in bytes; 0 = no limit. */
+  readonly maxCommandLineSize: number;
+  /** Bytes of stdout/stderr and dynamic file sources realized in one status document together; 0 = no limit. */
+  readonly maxStatusSize: number;
+  /** Bytes of finished jobs' status documents each manager keeps ready; 0 = keep none. */
+  readonly statusCacheSize: number;
+  /** Unfinished jobs (set up to postprocessing) each manager holds before it refuses setups; 0 = no limit. */
+  readonly maxLiveJobs: number;
+  /** Seconds a job may stay set up without being submitted before it is cleaned; 0 = never. */
+  readonly setupExpiry: number;
+  /** Seconds a finished job is kept before it is cleaned; 0 = never. */
+  readonly finishedExpiry: number;
 }
 
 export interface Config {

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppSection, ManagerConfig } from '../config/types.js';
 import {
   BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
-  StoreUnavailable, UploadClosed, UploadTooLarge, messageOf,
+  StoreUnavailable, TooManyJobs, UploadClosed, UploadTooLarge, messageOf,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend, ExitReport } from '../managers/backend.js';
@@ -21,15 +21,17 @@ import { KeyedMutex } from './lock.js';
 import { RunQueue } from './run-queue.js';
 import { canTransition, isTerminal, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
-import { JobStore, type JobRecord } from './store.js';
+import { JobStore, finishedLaunch, type JobRecord } from './store.js';
 import type { SubmitRequest } from './submit-request.js';
 
 export type { SetupParams, SubmitRequest } from './submit-request.js';
 export { jobEnvironment } from './launch.js';
 
-const TERMINAL_DOC_CACHE = 10_000;
 /** How long a clean waits for a killed job to end before it removes the job's directory. */
 const CLEAN_WAIT_MS = 3000;
+/** The expiry sweep runs this often at most (and at least four times per the shortest expiry). */
+const SWEEP_MAX_INTERVAL_MS = 60_000;
+const SWEEP_MIN_INTERVAL_MS = 50;
 
 export interface JobServiceOptions {
   readonly manager: ManagerConfig;
@@ -65,8 +67,9 @@ export class JobService {
   readonly #queue: RunQueue;
   readonly #launchContext: LaunchContext;
   readonly #systemProperties: SystemProperties;
-  /** Status documents of finished jobs: they no longer change. */
+  /** Status documents of finished jobs (they no longer change), oldest first, within `status_cache_size`. */
   readonly #finished = new Map<string, string>();
+  #finishedBytes = 0;
   /** Bytes uploaded into each job in `setup`, and bytes of uploads still streaming. */
   readonly #uploadedBytes = new Map<string, number>();
   readonly #inflightBytes = new Map<string, number>();
@@ -78,6 +81,11 @@ export class JobService {
   /** Aborted at shutdown: ends the waits of retried record writes. */
   readonly #stopping = new AbortController();
   #realStaging: string | undefined;
+  /** The periodic expiry sweep (unref'd; stopped at shutdown) and the sweep under way, if any. */
+  #sweepTimer: NodeJS.Timeout | undefined;
+  #sweeping: Promise<void> | undefined;
+  /** Setups of new jobs whose record is being written (they count against `max_live_jobs`). */
+  #settingUp = 0;
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -101,6 +109,11 @@ export class JobService {
     if (manager.galaxyDatasetFilesPath !== undefined) props['galaxy_dataset_files_path'] = manager.galaxyDatasetFilesPath;
     if (manager.galaxyDatatypesConfigFile !== undefined) props['galaxy_datatypes_config_file'] = manager.galaxyDatatypesConfigFile;
     this.#systemProperties = Object.freeze(props);
+  }
+
+  /** The bounds a submit request to this service is held to (checked by the transport as it parses). */
+  get submitLimits(): AppSection {
+    return this.#app;
   }
 
   /** Jobs holding a run slot now (for tests and metrics). */
@@ -128,6 +141,58 @@ export class JobService {
         await this.#failAfterError(record.id, record.incarnation, `magnetar could not recover this job after a restart: ${messageOf(error)}`, 'lost');
       }
     }
+    this.#startSweeping();
+  }
+
+  // ---------------------------------------------------------------- expiry
+
+  #startSweeping(): void {
+    const expiries = [this.#app.setupExpiry, this.#app.finishedExpiry].filter((s) => s > 0);
+    if (expiries.length === 0) return;
+    const every = Math.max(SWEEP_MIN_INTERVAL_MS, Math.min(SWEEP_MAX_INTERVAL_MS, (Math.min(...expiries) * 1000) / 4));
+    this.#sweepTimer = setInterval(() => {
+      if (this.#sweeping !== undefined || this.#closing) return;
+      this.#sweeping = this.sweep()
+        .then(() => undefined)
+        .catch((error: unknown) => this.#log.error({ err: error }, 'expiry sweep failed'))
+        .finally(() => {
+          this.#sweeping = undefined;
+        });
+    }, every);
+    this.#sweepTimer.unref();
+  }
+
+  /**
+   * Clean, through the normal clean path and under each job's lock, the jobs set up longer than
+   * `setup_expiry` ago and never submitted, and the jobs finished longer than `finished_expiry` ago.
+   * Resolves with the ids cleaned.
+   */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const { setupExpiry, finishedExpiry } = this.#app;
+    const expired = (record: JobRecord): boolean => {
+      const age = now - Date.parse(record.updatedAt);
+      if (record.state === 'setup') return setupExpiry > 0 && age > setupExpiry * 1000;
+      return isTerminal(record.state) && finishedExpiry > 0 && age > finishedExpiry * 1000;
+    };
+    const cleaned: string[] = [];
+    for (const candidate of this.#store.records()) {
+      if (this.#closing) break;
+      if (!expired(candidate)) continue;
+      try {
+        await this.#locked(candidate.id, async () => {
+          // Re-read under the lock: submitted, set up again or cleaned meanwhile means not expired.
+          const record = this.#store.get(candidate.id);
+          if (record !== candidate || !expired(record)) return;
+          await this.#cleanLocked(record.id);
+          cleaned.push(record.id);
+          this.#log.info({ jobId: record.id, state: record.state }, record.state === 'setup' ? 'set-up job expired (setup_expiry)' : 'finished job expired (finished_expiry)');
+        });
+      } catch (error) {
+        if (error instanceof ServerStopping) break;
+        this.#log.error({ jobId: candidate.id, err: error }, 'expired job could not be cleaned');
+      }
+    }
+    return cleaned;
   }
 
   async #recover(record: JobRecord): Promise<void> {
@@ -177,11 +242,13 @@ export class JobService {
   /** Start nothing more and stop writing records (running jobs go on; the next start re-attaches). */
   async shutdown(): Promise<void> {
     this.#closing = true;
+    clearInterval(this.#sweepTimer);
     this.#stopping.abort();
     this.#queue.close();
     // A start under way finishes (its job is recorded and re-attached by the next start), and so
     // does every request that holds a job's lock; none begins after this (`#locked`).
     await Promise.allSettled([...this.#starting]);
+    await this.#sweeping;
     await this.#locks.idle();
     this.#backend.close();
     await this.#store.close();
@@ -212,6 +279,22 @@ export class JobService {
     if (existing !== undefined && !isTerminal(existing.state) && existing.state !== 'setup') {
       throw new JobStateConflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
     }
+    const { maxLiveJobs } = this.#app;
+    // A set-up job set up again stays one live job; any other setup adds one. Setups of other ids
+    // run meanwhile (other locks): the ones whose record is still being written count too.
+    const adds = existing?.state !== 'setup';
+    if (maxLiveJobs > 0 && adds && this.#store.liveCount + this.#settingUp >= maxLiveJobs) {
+      throw new TooManyJobs(`manager ${this.manager.name} holds ${this.#store.liveCount} unfinished jobs: max_live_jobs (${maxLiveJobs}) reached; retry when jobs have finished or been cleaned`);
+    }
+    if (adds) this.#settingUp++;
+    try {
+      return await this.#writeSetup(id, existing, toolId, toolVersion);
+    } finally {
+      if (adds) this.#settingUp--;
+    }
+  }
+
+  async #writeSetup(id: string, existing: JobRecord | undefined, toolId: string | undefined, toolVersion: string | undefined): Promise<JobRecord> {
     const now = new Date().toISOString();
     const record: JobRecord = {
       id,
@@ -260,7 +343,7 @@ export class JobService {
 
   /** Drop what the service remembers about a job id besides its record. */
   #forget(id: string): void {
-    this.#finished.delete(id);
+    this.#uncache(id);
     this.#uploadedBytes.delete(id);
   }
 
@@ -374,7 +457,12 @@ export class JobService {
       const { kept, dropped } = allowedSubmitParams(request.submitParams, this.#app.allowedSubmitParams);
       if (dropped.length > 0) this.#log.info({ jobId: id, params: dropped }, 'submit parameters not in allowed_submit_params: ignored');
       const commandLine = effectiveCommandLine(request.commandLine, request.setupParams !== undefined, this.manager.stagingDirectory);
-      const closed = await this.#transition(record, 'preprocessing', { launch: { request, commandLine, submitParams: kept } });
+      // A server that never resolves dependencies (public mode) ignores them: it does not keep them either.
+      const ignoresDependencies = !this.#authorizer.resolvesDependencies && request.dependenciesDescription !== null && request.dependenciesDescription !== undefined;
+      if (ignoresDependencies) this.#log.info({ jobId: id }, 'dependencies_description ignored (this server does not resolve dependencies): not kept');
+      // The command line is kept once, as it runs (launch.commandLine): megabytes for some tools.
+      const stored = { ...request, commandLine: '', ...(ignoresDependencies ? { dependenciesDescription: null } : {}) };
+      const closed = await this.#transition(record, 'preprocessing', { launch: { request: stored, commandLine, submitParams: kept } });
       if (closed?.state !== 'preprocessing') {
         throw new StoreUnavailable(closed?.failureReason ?? `job ${id} changed while it was being submitted`);
       }
@@ -405,7 +493,10 @@ export class JobService {
       await this.#preprocess(record);
     } catch (error) {
       const refused = error instanceof MagnetarError && error.status < 500;
-      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`);
+      // A refused job will never run: it keeps no launch payload, in memory or on disk.
+      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`, 'failed', {
+        dropLaunch: refused,
+      });
       if (refused) throw error;
       this.#log.error({ jobId: record.id, err: error }, 'preprocessing failed');
     }
@@ -552,7 +643,9 @@ export class JobService {
     if (to === record.state ? isTerminal(to) : !canTransition(record.state, to)) {
       throw new Error(`illegal job state transition ${record.state} -> ${to} for job ${record.id}`);
     }
-    const next: JobRecord = { ...record, ...patch, state: to, updatedAt: new Date().toISOString() };
+    const merged: JobRecord = { ...record, ...patch, state: to, updatedAt: new Date().toISOString() };
+    // A finished job keeps of its launch only what its status document reads.
+    const next = isTerminal(to) && merged.launch !== undefined ? { ...merged, launch: finishedLaunch(merged.launch) } : merged;
     try {
       if (!(await this.#store.put(record, next))) return undefined;
     } catch (error) {
@@ -560,7 +653,7 @@ export class JobService {
       return this.#failUnrecorded(record, next, error);
     }
     if (to !== record.state) {
-      this.#finished.delete(record.id);
+      this.#uncache(record.id);
       this.#log.info({ jobId: record.id, state: to }, 'job state changed');
     }
     return next;
@@ -573,7 +666,7 @@ export class JobService {
       ? next
       : { ...next, state: 'failed', failureReason: error.message, returnCode: next.returnCode ?? 1 };
     if (!this.#store.putInMemory(record, ended)) return undefined;
-    this.#finished.delete(record.id);
+    this.#uncache(record.id);
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
     // Until the ending is on disk, a restart would find the job as it was before: keep trying.
     this.#inBackground(record.id, this.#recordLater(ended));
@@ -589,11 +682,12 @@ export class JobService {
   async #fail(
     record: JobRecord,
     reason: string,
-    options: { readonly state?: 'failed' | 'lost'; readonly exited?: boolean; readonly returnCode?: number | null } = {},
+    options: { readonly state?: 'failed' | 'lost'; readonly exited?: boolean; readonly returnCode?: number | null; readonly dropLaunch?: boolean } = {},
   ): Promise<void> {
     if (isTerminal(record.state)) return;
     const returnCode = options.returnCode ?? record.returnCode ?? 1;
-    const ended = await this.#transition(record, options.state ?? 'failed', { failureReason: reason, returnCode });
+    const patch: RecordPatch = { failureReason: reason, returnCode };
+    const ended = await this.#transition(record, options.state ?? 'failed', options.dropLaunch === true ? { ...patch, launch: undefined } : patch);
     if (ended !== undefined) this.#log.warn({ jobId: record.id, state: ended.state, reason }, 'job failed');
     if (options.exited !== true) await this.#stopBackendJob(record);
   }
@@ -604,11 +698,17 @@ export class JobService {
   }
 
   /** `#failAfterError` for a caller that holds the job's lock already (the lock is not re-entrant). */
-  async #failCurrent(id: string, incarnation: string | undefined, reason: string, state: 'failed' | 'lost' = 'failed'): Promise<void> {
+  async #failCurrent(
+    id: string,
+    incarnation: string | undefined,
+    reason: string,
+    state: 'failed' | 'lost' = 'failed',
+    options: { readonly dropLaunch?: boolean } = {},
+  ): Promise<void> {
     const record = this.#store.get(id);
     if (record === undefined || isTerminal(record.state)) return;
     if (incarnation !== undefined && record.incarnation !== incarnation) return;
-    await this.#fail(record, reason, { state });
+    await this.#fail(record, reason, { state, ...options });
   }
 
   /** Stop the backend's job if it may still run (kill errors are logged: the job is ended here anyway). */
@@ -655,14 +755,41 @@ export class JobService {
     if (record !== undefined && !isTerminal(record.state)) return shortStatus(id, wireStatus(record.state));
     const cached = this.#finished.get(id);
     if (cached !== undefined) return cached;
-    const doc = await fullStatus(id, record?.state ?? 'lost', record, this.#dir(id), this.#systemProperties, this.manager.maximumStreamSize);
+    const doc = await fullStatus(id, record?.state ?? 'lost', record, this.#dir(id), this.#systemProperties, {
+      maximumStreamSize: this.manager.maximumStreamSize,
+      maxStatusSize: this.#app.maxStatusSize,
+    });
     // Finished jobs no longer change (uploads are closed, the process is gone): keep the document,
     // unless the job changed while it was being read (cleaned, set up again).
-    if (record !== undefined && this.#store.get(id) === record && !this.#queue.isActive(id)) {
-      if (this.#finished.size >= TERMINAL_DOC_CACHE) this.#finished.delete(this.#finished.keys().next().value!);
-      this.#finished.set(id, doc);
-    }
+    if (record !== undefined && this.#store.get(id) === record && !this.#queue.isActive(id)) this.#cache(id, doc);
     return doc;
+  }
+
+  /** Keep a finished job's document; the oldest go while the cache is over `status_cache_size`. */
+  #cache(id: string, doc: string): void {
+    const limit = this.#app.statusCacheSize;
+    // UTF-16 in memory: two bytes a code unit.
+    const bytes = doc.length * 2;
+    this.#uncache(id);
+    if (bytes > limit) return;
+    for (const [oldest] of this.#finished) {
+      if (this.#finishedBytes + bytes <= limit) break;
+      this.#uncache(oldest);
+    }
+    this.#finished.set(id, doc);
+    this.#finishedBytes += bytes;
+  }
+
+  #uncache(id: string): void {
+    const doc = this.#finished.get(id);
+    if (doc === undefined) return;
+    this.#finished.delete(id);
+    this.#finishedBytes -= doc.length * 2;
+  }
+
+  /** Bytes of status documents cached (for tests and metrics). */
+  get statusCacheBytes(): number {
+    return this.#finishedBytes;
   }
 
   async cancel(jobId: string): Promise<void> {
@@ -682,16 +809,19 @@ export class JobService {
 
   async clean(jobId: string): Promise<void> {
     const id = checkJobId(jobId);
-    await this.#locked(id, async () => {
-      const externalId = (await this.#cancelLocked(id)) ?? this.#store.get(id)?.externalId;
-      // Cancelled here or by an earlier request: a job whose task still holds its run slot has not
-      // been seen to end yet; give it a moment before its directory goes.
-      if (externalId !== undefined && this.#queue.isActive(id)) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
-      this.#forget(id);
-      await this.#store.delete(id);
-      if (!this.manager.debug) await this.#dir(id).remove();
-      this.#log.info({ jobId: id }, 'job cleaned');
-    });
+    await this.#locked(id, async () => this.#cleanLocked(id));
+  }
+
+  /** Clean under the job's lock (a client's clean, or the expiry sweep). */
+  async #cleanLocked(id: string): Promise<void> {
+    const externalId = (await this.#cancelLocked(id)) ?? this.#store.get(id)?.externalId;
+    // Cancelled here or by an earlier request: a job whose task still holds its run slot has not
+    // been seen to end yet; give it a moment before its directory goes.
+    if (externalId !== undefined && this.#queue.isActive(id)) await this.#waitForExit(externalId, CLEAN_WAIT_MS);
+    this.#forget(id);
+    await this.#store.delete(id);
+    if (!this.manager.debug) await this.#dir(id).remove();
+    this.#log.info({ jobId: id }, 'job cleaned');
   }
 
   /** Wait for a killed job to end, at most `ms`. */

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { StoreUnavailable, messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SubmitRequest } from './submit-request.js';
-import { JOB_STATES, type JobState } from './state.js';
+import { JOB_STATES, isTerminal, type JobState } from './state.js';
 
 /** What submit recorded, kept outside the job directory (it may carry secrets, PROTOCOL §14 item 9). */
 export interface LaunchRecord {
@@ -37,6 +37,29 @@ export interface JobRecord {
   readonly returnCode: number | null;
   /** Why the server failed the job; reported in `stderr` (PROTOCOL §14 item 27). */
   readonly failureReason: string | undefined;
+}
+
+/**
+ * The launch record a finished job keeps: its dynamic file sources (its status realizes them) and
+ * nothing else of the request — the command line, env, params and dependencies are never read
+ * again once the job has ended, and a client may have sent megabytes of them.
+ */
+export function finishedLaunch(launch: LaunchRecord): LaunchRecord {
+  return {
+    request: {
+      commandLine: '',
+      submitParams: {},
+      setupParams: undefined,
+      dependenciesDescription: null,
+      env: [],
+      remoteStaging: {},
+      touchOutputs: [],
+      // A record read back from disk is checked only as an object here.
+      dynamicFileSources: Array.isArray(launch.request.dynamicFileSources) ? launch.request.dynamicFileSources : [],
+    },
+    commandLine: '',
+    submitParams: {},
+  };
 }
 
 // The disk edge: a record file is trusted only as far as this schema says.
@@ -74,6 +97,8 @@ export class JobStore {
   readonly #dir: string | undefined;
   readonly #log: Logger;
   readonly #jobs = new Map<string, JobRecord>();
+  /** Records whose state is not terminal (kept as records change: setup is refused past `max_live_jobs`). */
+  #live = 0;
   /** Serialises file operations per job so an older record never overwrites a newer one. */
   readonly #writing = new Map<string, Promise<unknown>>();
   #closed = false;
@@ -97,7 +122,7 @@ export class JobStore {
     };
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, reader));
     const records = loaded.filter((record): record is JobRecord => record !== undefined);
-    for (const record of records) this.#jobs.set(record.id, record);
+    for (const record of records) this.#set(record);
     return records;
   }
 
@@ -124,6 +149,29 @@ export class JobStore {
     return this.#jobs.size;
   }
 
+  /** Jobs not finished (set up, preprocessing, queued, running, postprocessing). */
+  get liveCount(): number {
+    return this.#live;
+  }
+
+  /** Every record now (a copy: the store may change while the caller goes through it). */
+  records(): JobRecord[] {
+    return [...this.#jobs.values()];
+  }
+
+  #set(record: JobRecord): void {
+    const previous = this.#jobs.get(record.id);
+    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
+    if (!isTerminal(record.state)) this.#live++;
+    this.#jobs.set(record.id, record);
+  }
+
+  #remove(id: string): void {
+    const previous = this.#jobs.get(id);
+    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
+    this.#jobs.delete(id);
+  }
+
   /**
    * Stop writing, after the writes under way have landed. Whatever happens to a job later (it may
    * still end while the server stops) is found again from its files by the next start.
@@ -142,14 +190,14 @@ export class JobStore {
     if (this.#jobs.get(next.id) !== previous) return false;
     await this.#write(next);
     if (this.#jobs.get(next.id) !== previous) return false;
-    this.#jobs.set(next.id, next);
+    this.#set(next);
     return true;
   }
 
   /** Make `next` the job's record in memory only: the disk copy could not be written. */
   putInMemory(previous: JobRecord, next: JobRecord): boolean {
     if (this.#jobs.get(next.id) !== previous) return false;
-    this.#jobs.set(next.id, next);
+    this.#set(next);
     return true;
   }
 
@@ -182,7 +230,7 @@ export class JobStore {
    */
   async delete(id: string): Promise<void> {
     await this.#persist(id, async (target) => fs.rm(target, { force: true }));
-    this.#jobs.delete(id);
+    this.#remove(id);
   }
 
   async #persist(id: string, operation: (target: string) => Promise<unknown>): Promise<void> {
@@ -221,7 +269,8 @@ async function readRecord(file: string): Promise<JobRecord | string> {
     toolVersion: r.toolVersion,
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
-    launch: r.launch,
+    // Records of finished jobs written before they were slimmed: keep only what status reads.
+    launch: r.launch !== undefined && isTerminal(r.state) ? finishedLaunch(r.launch) : r.launch,
     externalId: r.externalId,
     returnCode: r.returnCode,
     failureReason: r.failureReason,

@@ -1,6 +1,7 @@
 import type { Request } from 'express';
 import { z } from 'zod';
-import { BadRequest } from '../errors.js';
+import type { AppSection } from '../config/types.js';
+import { BadRequest, LimitExceeded } from '../errors.js';
 import type { EnvEntry } from '../jobs/script.js';
 import type { SetupParams, SubmitRequest } from '../jobs/submit-request.js';
 
@@ -33,15 +34,63 @@ export function optional(req: Request, name: string): string | undefined {
   return queryOf(req).get(name);
 }
 
-function jsonParam<T>(req: Request, name: string, schema: z.ZodType<T>, fallback: T): T {
+/** The bounds a submit request is held to (PROTOCOL §2.5; 0 = no limit). */
+export type SubmitLimits = Pick<
+  AppSection,
+  'maxSubmitParamSize' | 'maxDependenciesDescriptionSize' | 'maxSubmitJsonDepth' | 'maxDynamicFileSources' | 'maxTouchOutputs' | 'maxCommandLineSize'
+>;
+
+function sizeBound(name: string, limits: SubmitLimits): [number, string] {
+  if (name === 'dependencies_description') return [limits.maxDependenciesDescriptionSize, 'max_dependencies_description_size'];
+  if (name === 'command_line') return [limits.maxCommandLineSize, 'max_command_line_size'];
+  return [limits.maxSubmitParamSize, 'max_submit_param_size'];
+}
+
+/** A raw parameter, refused (413) when larger than its bound. */
+function boundedParam(req: Request, name: string, limits: SubmitLimits): string | undefined {
   const raw = queryOf(req).get(name);
-  if (raw === undefined || raw === '') return fallback;
-  let parsed: unknown;
+  if (raw === undefined) return undefined;
+  const [limit, option] = sizeBound(name, limits);
+  // UTF-8 takes at most 3 bytes per UTF-16 unit: count exactly only when it may matter.
+  if (limit > 0 && raw.length * 3 > limit && Buffer.byteLength(raw, 'utf8') > limit) {
+    throw new LimitExceeded(`parameter "${name}" is larger than ${option} (${limit} bytes)`);
+  }
+  return raw;
+}
+
+/**
+ * JSON.parse, after checking that arrays and objects nest no deeper than `maxDepth` (a scan of the
+ * text, so a hostile document is refused before it is built).
+ */
+function parseJson(name: string, raw: string, maxDepth: number): unknown {
+  if (maxDepth > 0) {
+    let depth = 0;
+    let inString = false;
+    for (let i = 0; i < raw.length; i++) {
+      const c = raw.charCodeAt(i);
+      if (inString) {
+        if (c === 0x5c) i++;
+        else if (c === 0x22) inString = false;
+      } else if (c === 0x22) {
+        inString = true;
+      } else if (c === 0x5b || c === 0x7b) {
+        if (++depth > maxDepth) throw new LimitExceeded(`parameter "${name}" nests deeper than max_submit_json_depth (${maxDepth})`);
+      } else if (c === 0x5d || c === 0x7d) {
+        depth--;
+      }
+    }
+  }
   try {
-    parsed = JSON.parse(raw);
+    return JSON.parse(raw);
   } catch (error) {
     throw new BadRequest(`parameter "${name}" is not valid JSON`, { cause: error });
   }
+}
+
+function jsonParam<T>(req: Request, name: string, schema: z.ZodType<T>, fallback: T, limits: SubmitLimits): T {
+  const raw = boundedParam(req, name, limits);
+  if (raw === undefined || raw === '') return fallback;
+  const parsed = parseJson(name, raw, limits.maxSubmitJsonDepth);
   if (parsed === null) return fallback;
   const result = schema.safeParse(parsed);
   if (!result.success) {
@@ -87,25 +136,32 @@ const submitExtrasSchema = z
 
 const dynamicSourcesSchema = z.array(z.object({ type: z.string().optional(), path: z.string() }).loose());
 
-/** Parse and check every parameter of `POST /jobs/{id}/submit` (PROTOCOL §2.5). */
-export function parseSubmit(req: Request): SubmitRequest {
-  const commandLine = required(req, 'command_line');
+/** Parse and check every parameter of `POST /jobs/{id}/submit` (PROTOCOL §2.5), within `limits`. */
+export function parseSubmit(req: Request, limits: SubmitLimits): SubmitRequest {
+  const commandLine = boundedParam(req, 'command_line', limits);
+  if (commandLine === undefined) throw new BadRequest('missing required parameter "command_line"');
   if (commandLine.trim() === '') throw new BadRequest('parameter "command_line" is empty');
   if (commandLine.includes('\0')) throw new BadRequest('parameter "command_line" contains a NUL byte');
-  const submitParams = jsonParam(req, 'params', z.record(z.string(), z.unknown()), {});
-  const setup = jsonParam(req, 'setup_params', setupParamsSchema, {});
-  const env = jsonParam(req, 'env', z.array(envEntrySchema), []);
-  const remoteStaging = jsonParam(req, 'remote_staging', remoteStagingSchema, {});
-  const extras = jsonParam(req, 'submit_extras', submitExtrasSchema, {});
-  const dynamic = jsonParam(req, 'dynamic_file_sources', dynamicSourcesSchema, []);
+  const submitParams = jsonParam(req, 'params', z.record(z.string(), z.unknown()), {}, limits);
+  const setup = jsonParam(req, 'setup_params', setupParamsSchema, {}, limits);
+  const env = jsonParam(req, 'env', z.array(envEntrySchema), [], limits);
+  const remoteStaging = jsonParam(req, 'remote_staging', remoteStagingSchema, {}, limits);
+  const extras = jsonParam(req, 'submit_extras', submitExtrasSchema, {}, limits);
+  const dynamic = jsonParam(req, 'dynamic_file_sources', dynamicSourcesSchema, [], limits);
   let dependenciesDescription: unknown = null;
-  const depRaw = optional(req, 'dependencies_description');
-  if (depRaw !== undefined && depRaw !== '') {
-    try {
-      dependenciesDescription = JSON.parse(depRaw);
-    } catch (error) {
-      throw new BadRequest('parameter "dependencies_description" is not valid JSON', { cause: error });
-    }
+  const depRaw = boundedParam(req, 'dependencies_description', limits);
+  if (depRaw !== undefined && depRaw !== '') dependenciesDescription = parseJson('dependencies_description', depRaw, limits.maxSubmitJsonDepth);
+  const touchOutputs = [...new Set(extras.touch_outputs ?? [])];
+  if (limits.maxTouchOutputs > 0 && touchOutputs.length > limits.maxTouchOutputs) {
+    throw new LimitExceeded(`submit_extras.touch_outputs names ${touchOutputs.length} files, more than max_touch_outputs (${limits.maxTouchOutputs})`);
+  }
+  // A path named twice is realized once.
+  const dynamicByPath = new Map<string, { type?: string; path: string }>();
+  for (const d of dynamic) {
+    if (!dynamicByPath.has(d.path)) dynamicByPath.set(d.path, d.type === undefined ? { path: d.path } : { type: d.type, path: d.path });
+  }
+  if (limits.maxDynamicFileSources > 0 && dynamicByPath.size > limits.maxDynamicFileSources) {
+    throw new LimitExceeded(`dynamic_file_sources names ${dynamicByPath.size} paths, more than max_dynamic_file_sources (${limits.maxDynamicFileSources})`);
   }
   let setupParams: SetupParams | undefined;
   if (Object.keys(setup).length > 0) {
@@ -132,7 +188,7 @@ export function parseSubmit(req: Request): SubmitRequest {
     dependenciesDescription,
     env: envEntries,
     remoteStaging,
-    touchOutputs: extras.touch_outputs ?? [],
-    dynamicFileSources: dynamic.map((d) => (d.type === undefined ? { path: d.path } : { type: d.type, path: d.path })),
+    touchOutputs,
+    dynamicFileSources: [...dynamicByPath.values()],
   };
 }

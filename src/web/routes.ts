@@ -64,7 +64,7 @@ export function jobRoutes(services: Services, auth: RequestHandler): Router {
 
   router.post('/jobs/:job_id/submit', auth, async (req, res) => {
     const svc = service(req);
-    const request = parseSubmit(req);
+    const request = parseSubmit(req, svc.submitLimits);
     await svc.submit(jobId(req), request);
     sendOk(res);
   });

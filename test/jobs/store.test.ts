@@ -72,3 +72,50 @@ test('records that are not job records are logged and not loaded', async (t) => 
   t.deepEqual(await store.open(), []);
   t.is(lines.filter((l) => l.includes('job record not loaded')).length, 3);
 });
+
+test('liveCount follows records into and out of terminal states, restarts and deletes', async (t) => {
+  const dir = await tempDir(t);
+  const store = new JobStore(dir, '_default_', log);
+  await store.open();
+  const a = record('a');
+  const b = record('b');
+  t.true(await store.put(undefined, a));
+  t.true(await store.put(undefined, b));
+  t.is(store.liveCount, 2);
+  const queued = { ...a, state: 'queued' as const };
+  t.true(await store.put(a, queued));
+  t.is(store.liveCount, 2);
+  const done = { ...queued, state: 'complete' as const };
+  t.true(await store.put(queued, done));
+  t.is(store.liveCount, 1);
+  t.true(store.putInMemory(b, { ...b, state: 'failed' }));
+  t.is(store.liveCount, 0);
+  await store.delete('a');
+  t.is(store.liveCount, 0);
+  const again = new JobStore(dir, '_default_', log);
+  await again.open();
+  // b's failure was never written: it comes back set up, live.
+  t.is(again.liveCount, 1);
+  t.deepEqual(again.records().map((r) => r.id), ['b']);
+});
+
+test('a finished record written with its whole launch is read back keeping only its dynamic file sources', async (t) => {
+  const dir = await tempDir(t);
+  const records = path.join(dir, '_default_-jobs');
+  await fs.mkdir(records, { recursive: true });
+  const request = {
+    commandLine: 'echo MARKER', submitParams: {}, setupParams: undefined, dependenciesDescription: Array.from({ length: 1000 }, () => ({})),
+    env: [{ name: 'A', value: 'MARKER' }], remoteStaging: {}, touchOutputs: ['o'], dynamicFileSources: [{ path: 'galaxy.json' }],
+  };
+  const launch = { request, commandLine: 'echo MARKER', submitParams: {} };
+  await fs.writeFile(path.join(records, 'done.json'), JSON.stringify({ ...record('done', 'complete'), launch }));
+  await fs.writeFile(path.join(records, 'live.json'), JSON.stringify({ ...record('live', 'queued'), launch }));
+  const store = new JobStore(dir, '_default_', log);
+  await store.open();
+  const done = store.get('done')!;
+  t.deepEqual(done.launch?.request.dynamicFileSources, [{ path: 'galaxy.json' }]);
+  t.false(JSON.stringify(done).includes('MARKER'));
+  t.is(done.launch?.request.dependenciesDescription, null);
+  // A live job keeps its launch: it is needed to run it.
+  t.is(store.get('live')!.launch?.commandLine, 'echo MARKER');
+});
