@@ -92,7 +92,7 @@ function createHttpServer(
   tls: TlsCredentials | undefined,
 ): http.Server {
   const web = createApp(config.app, services, log, limits);
-  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests, limits.isBlocked);
+  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
   const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (!status(req, res)) web(req, res);
   };

@@ -61,6 +61,7 @@ function expectedDefaults(dir: string): Config {
       rateLimitFailedAuth: 20,
       rateLimitSetup: 60,
       toolDependencyDir: undefined,
+      trustedProxies: [],
       managers: [
         {
           name: '_default_',

@@ -48,6 +48,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
     toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
     managers,
+    trustedProxies: options.trusted_proxies,
   };
 }
 

@@ -3,6 +3,7 @@
  * acted on. Values arrive as strings (server.ini, job_managers.ini, environment) or typed (YAML);
  * one zod schema per option set coerces both, so `debug = yes` and `debug: yes` mean the same.
  */
+import { isIP } from 'node:net';
 import os from 'node:os';
 import { z } from 'zod';
 import type { AssignIds, ManagerType } from './types.js';
@@ -296,6 +297,19 @@ export const asTmpDir: Coerce<string | undefined> = (value) => {
   return invalid('true (per-job tmp directory) or a directory / shell expression', value);
 };
 
+/** IP addresses or CIDR blocks (`10.0.0.0/8`, `::1`, `fd00::/8`), comma-separated or a YAML list. */
+export const asAddressList: Coerce<readonly string[]> = (value) => {
+  const list = asList('IP addresses or CIDR blocks like 10.0.0.0/8', /^[0-9A-Fa-f:.]+(?:\/\d{1,3})?$/)(value);
+  if (list instanceof Invalid) return list;
+  for (const entry of list) {
+    const [address = '', prefix] = entry.split('/');
+    const family = isIP(address);
+    const bits = family === 4 ? 32 : 128;
+    if (family === 0 || (prefix !== undefined && Number(prefix) > bits)) return invalid('IP addresses or CIDR blocks like 10.0.0.0/8', entry);
+  }
+  return list;
+};
+
 export const asEnvValue: Coerce<string> = (value) => {
   if (typeof value === 'string') return value;
   if (typeof value === 'number' && Number.isFinite(value)) return String(value);
@@ -345,6 +359,8 @@ export const appOptionsSchema = z
     job_managers_config: option(asPath),
     managers: option(asMapping),
     manager: option(asMapping),
+    // Proxies whose X-Forwarded-For names the client for the rate limits; none by default.
+    trusted_proxies: optionOr(asAddressList, []),
   })
   .strict();
 

@@ -88,6 +88,11 @@ export interface AppSection {
    */
   readonly toolDependencyDir: string | undefined;
   readonly managers: readonly ManagerConfig[];
+  /**
+   * `trusted_proxies`: addresses or CIDR blocks of reverse proxies. A request whose connection
+   * comes from one of them is keyed (rate limits) by the X-Forwarded-For client; [] = never.
+   */
+  readonly trustedProxies: readonly string[];
 }
 
 export interface Config {
