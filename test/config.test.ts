@@ -62,6 +62,10 @@ function expectedDefaults(dir: string): Config {
       rateLimitSetup: 60,
       toolDependencyDir: undefined,
       trustedProxies: [],
+      requestBodyIdleTimeout: 60,
+      headersTimeout: 20,
+      maxConnections: 1024,
+      maxConnectionsPerAddress: 256,
       managers: [
         {
           name: '_default_',

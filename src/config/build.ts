@@ -49,6 +49,10 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
     managers,
     trustedProxies: options.trusted_proxies,
+    requestBodyIdleTimeout: options.request_body_idle_timeout,
+    headersTimeout: options.headers_timeout,
+    maxConnections: options.max_connections,
+    maxConnectionsPerAddress: options.max_connections_per_address,
   };
 }
 

@@ -273,6 +273,14 @@ export const asPositiveNumber: Coerce<number> = (value) => {
   return parsed !== undefined && Number.isFinite(parsed) && parsed > 0 ? parsed : invalid(expected, value);
 };
 
+/** A number of seconds >= 0 (fractions allowed); 0 turns the timeout off. */
+export const asSecondsOrOff: Coerce<number> = (value) => {
+  if (value === 0) return 0;
+  if (typeof value === 'string' && /^\s*0+(?:\.0*)?\s*$/.test(value)) return 0;
+  const parsed = asPositiveNumber(value);
+  return parsed instanceof Invalid ? invalid('a number of seconds >= 0 (0 = off)', value) : parsed;
+};
+
 export const asMapping: Coerce<Readonly<Record<string, unknown>>> = (value) =>
   typeof value === 'object' && value !== null && !Array.isArray(value)
     ? (value as Record<string, unknown>)
@@ -361,6 +369,13 @@ export const appOptionsSchema = z
     manager: option(asMapping),
     // Proxies whose X-Forwarded-For names the client for the rate limits; none by default.
     trusted_proxies: optionOr(asAddressList, []),
+    // A request body that sends nothing for this long is dropped (and its upload discarded).
+    request_body_idle_timeout: optionOr(asSecondsOrOff, 60),
+    // Time a client has to send a request's headers (a Galaxy submit carries its payload there).
+    headers_timeout: optionOr(asSecondsOrOff, 20),
+    // Open connections at once, in all and from one address (0 = no cap).
+    max_connections: optionOr(asCount, 1024),
+    max_connections_per_address: optionOr(asCount, 256),
   })
   .strict();
 

@@ -93,6 +93,14 @@ export interface AppSection {
    * comes from one of them is keyed (rate limits) by the X-Forwarded-For client; [] = never.
    */
   readonly trustedProxies: readonly string[];
+  /** Seconds a request body may send nothing before the connection is dropped; 0 = never. */
+  readonly requestBodyIdleTimeout: number;
+  /** Seconds a client has to send a request's headers; 0 = no limit. */
+  readonly headersTimeout: number;
+  /** Open connections at once (0 = no cap). */
+  readonly maxConnections: number;
+  /** Open connections at once from one address (0 = no cap); trusted proxies are exempt. */
+  readonly maxConnectionsPerAddress: number;
 }
 
 export interface Config {

@@ -4,8 +4,10 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs/promises';
+import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
-import { qs, request, setupJob, type Reply } from '../helpers/client.js';
+import { collectReply, qs, request, setupJob, type Reply } from '../helpers/client.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import type { AppSection } from '../../src/config/types.js';
 
@@ -112,4 +114,106 @@ test('glob semantics: *, ? and classes match within one component, first match i
   // Regular-expression syntax is plain text in a glob.
   t.is((await download(s, 'g2', '.*')).status, 404);
   t.is((await download(s, 'g2', 'a.tx(t)?')).status, 404);
+});
+
+// ------------------------------------------------------------------------------ connections and timeouts
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const openFds = async (): Promise<number> => (await fs.readdir('/proc/self/fd')).length;
+
+/** A request from another loopback address (127.0.0.2): another client as far as the server can tell. */
+function fromOtherClient(s: TestServer, method: string, target: string): Promise<Reply> {
+  const url = new URL(s.url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method, path: target, localAddress: '127.0.0.2', agent: false }, (res) => collectReply(res, resolve, reject));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Open a raw connection; resolves once connected, with a flag that turns true when the server closes it. */
+function rawConnection(s: TestServer): Promise<{ socket: net.Socket; closed: () => boolean; closedAt: Promise<number> }> {
+  const url = new URL(s.url);
+  return new Promise((resolve, reject) => {
+    let closed = false;
+    const socket = net.connect({ host: url.hostname, port: Number(url.port) });
+    const closedAt = new Promise<number>((r) => socket.once('close', () => {
+      closed = true;
+      r(Date.now());
+    }));
+    socket.on('error', () => undefined); // a reset by the server is what some tests expect
+    socket.once('connect', () => resolve({ socket, closed: () => closed, closedAt }));
+    socket.once('close', () => reject(new Error('closed before connecting')));
+  });
+}
+
+test('max_connections_per_address: 300 idle connections from one client hold at most the cap; another client is still served; fds stay bounded', async (t) => {
+  const s = await server(t, { maxConnectionsPerAddress: 40, maxConnections: 1000 });
+  await setupJob(s.url, 'c1');
+  const before = await openFds();
+  const conns = await Promise.all(Array.from({ length: 300 }, () => rawConnection(s).catch(() => undefined)));
+  await sleep(500);
+  const live = conns.filter((c) => c !== undefined && !c.closed());
+  // Refused connections are closed by the server: drop our end of them too.
+  for (const c of conns) if (c !== undefined && c.closed()) c.socket.destroy();
+  await sleep(100);
+  t.true(live.length <= 40, `${live.length} connections stayed open`);
+  t.true(live.length >= 30, `the first connections are accepted (${live.length})`);
+  const during = await openFds();
+  // Client and server ends of the accepted connections live in this process: about 2 × 40.
+  t.true(during - before < 150, `fds grew by ${during - before} with 300 connection attempts`);
+  const other = await fromOtherClient(s, 'GET', `/jobs/c1/status?${qs({ job_id: 'c1' })}`);
+  t.is(other.status, 200, 'another client is served');
+  t.true(s.logLines.some((l) => l.includes('too many connections from one address')));
+  for (const c of live) c?.socket.destroy();
+  await sleep(200);
+  // Once they are gone, the first client may connect again.
+  t.is((await request(s.url, 'GET', `/jobs/c1/status?${qs({ job_id: 'c1' })}`)).status, 200);
+});
+
+test('headers_timeout: a connection that sends nothing, or only part of its headers, is closed', async (t) => {
+  const s = await server(t, { headersTimeout: 1 });
+  const start = Date.now();
+  const silent = await rawConnection(s);
+  const partial = await rawConnection(s);
+  partial.socket.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ');
+  const [silentClosed, partialClosed] = await Promise.all([
+    Promise.race([silent.closedAt, sleep(10_000).then(() => Infinity)]),
+    Promise.race([partial.closedAt, sleep(10_000).then(() => Infinity)]),
+  ]);
+  t.true(silentClosed - start < 10_000, `the silent connection was closed (${silentClosed - start} ms)`);
+  t.true(partialClosed - start < 10_000, `the half-sent headers connection was closed (${partialClosed - start} ms)`);
+  t.is((await request(s.url, 'GET', '/healthz')).status, 200);
+});
+
+test('request_body_idle_timeout: a stalled upload is dropped and discarded; a slow but steady one completes', async (t) => {
+  const s = await server(t, { requestBodyIdleTimeout: 1 });
+  await setupJob(s.url, 'u1');
+  const target = `/jobs/u1/files?${qs({ job_id: 'u1', name: 'stalled', type: 'input' })}`;
+  const stalled = await rawConnection(s);
+  const start = Date.now();
+  stalled.socket.write(`POST ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n${'x'.repeat(10)}`);
+  const closedAt = await Promise.race([stalled.closedAt, sleep(8000).then(() => Infinity)]);
+  t.true(closedAt - start < 8000, 'the stalled upload was dropped');
+  t.true(closedAt - start >= 900, 'not before the timeout');
+  await sleep(200);
+  const jobFiles = await fs.readdir(path.join(s.staging, 'u1'));
+  t.deepEqual(jobFiles.filter((f) => f.startsWith('.upload-')), [], 'no partial upload left');
+  t.deepEqual(await fs.readdir(path.join(s.staging, 'u1', 'inputs')), []);
+
+  // 6 chunks 400 ms apart: longer than the timeout in all, never idle that long.
+  const url = new URL(s.url);
+  const reply = await new Promise<Reply>((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method: 'POST', path: `/jobs/u1/files?${qs({ job_id: 'u1', name: 'steady', type: 'input' })}`, headers: { 'content-length': '6' }, agent: false }, (res) => collectReply(res, resolve, reject));
+    req.on('error', reject);
+    void (async () => {
+      for (let i = 0; i < 6; i++) {
+        req.write('s');
+        await sleep(400);
+      }
+      req.end();
+    })();
+  });
+  t.is(reply.status, 200, reply.text);
+  t.is(await fs.readFile(path.join(s.staging, 'u1', 'inputs', 'steady'), 'utf8'), 'ssssss');
 });
