@@ -28,6 +28,7 @@ const CATALOG = {
   MAG_ERR_BACKEND_SUBMIT: 500, // the backend (launcher, scheduler) refused or failed to start the job
   MAG_ERR_BACKEND_UNREACHABLE: 500, // the scheduler or helper process cannot be asked
   MAG_ERR_BACKEND_COMMAND: 500, // a scheduler command failed or answered what we cannot read
+  MAG_ERR_HOST_DENIED: 403, // the Host is not one this server answers to, or a browser Origin is not allowed
 } as const;
 
 export type ErrorCode = keyof typeof CATALOG;
@@ -186,4 +187,11 @@ export class BackendError extends MagnetarError {
 /** The message of anything thrown, for a job's failure reason or a log line. */
 export function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** A request for a Host name this server does not answer to, or from a browser Origin not allowed (DNS rebinding, cross-site requests). */
+export class HostDenied extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_HOST_DENIED', message);
+  }
 }

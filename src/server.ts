@@ -9,7 +9,9 @@ import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
 import { createAuthorizer } from './tools/index.js';
 import { createApp } from './web/app.js';
+import { errorAnswer } from './web/errors.js';
 import { fastStatus } from './web/fast-status.js';
+import { hostGuard } from './web/host-check.js';
 import { queryOf } from './web/params.js';
 import { addressMatcher, rateLimits, type RateLimits } from './web/rate-limit.js';
 import { tlsCredentials, type TlsCredentials } from './web/tls.js';
@@ -95,8 +97,17 @@ function createHttpServer(
   const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
   const bodyIdleMs = config.app.requestBodyIdleTimeout * 1000;
   const requested = new WeakSet<Socket>();
+  const guard = hostGuard(config);
   const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     requested.add(req.socket);
+    // Before both the status fast path and express: a foreign Host or a browser Origin is refused.
+    const refused = guard(req);
+    if (refused !== undefined) {
+      const answer = errorAnswer(refused, log, { method: req.method, route: '' });
+      res.writeHead(answer.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(answer.body), connection: 'close' });
+      res.end(answer.body);
+      return;
+    }
     if (bodyIdleMs > 0 && hasBody(req)) dropIdleBody(req, bodyIdleMs);
     if (!status(req, res)) web(req, res);
   };

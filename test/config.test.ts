@@ -66,6 +66,8 @@ function expectedDefaults(dir: string): Config {
       headersTimeout: 20,
       maxConnections: 1024,
       maxConnectionsPerAddress: 256,
+      allowedHosts: [],
+      allowedOrigins: [],
       managers: [
         {
           name: '_default_',

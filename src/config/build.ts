@@ -53,6 +53,8 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     headersTimeout: options.headers_timeout,
     maxConnections: options.max_connections,
     maxConnectionsPerAddress: options.max_connections_per_address,
+    allowedHosts: options.allowed_hosts,
+    allowedOrigins: options.allowed_origins,
   };
 }
 

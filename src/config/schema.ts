@@ -376,6 +376,9 @@ export const appOptionsSchema = z
     // Open connections at once, in all and from one address (0 = no cap).
     max_connections: optionOr(asCount, 1024),
     max_connections_per_address: optionOr(asCount, 256),
+    // Host names (beyond localhost, IP addresses and the bind host) and browser origins answered.
+    allowed_hosts: optionOr(asList('host names like pulsar.example.org, *.example.org or *', /^(?:\*|(?:\*\.)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)$/), []),
+    allowed_origins: optionOr(asList('origins like https://galaxy.example.org, or *', /^(?:\*|null|https?:\/\/[^\s/]+)$/), []),
   })
   .strict();
 

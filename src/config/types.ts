@@ -101,6 +101,13 @@ export interface AppSection {
   readonly maxConnections: number;
   /** Open connections at once from one address (0 = no cap); trusted proxies are exempt. */
   readonly maxConnectionsPerAddress: number;
+  /**
+   * `allowed_hosts`: Host names answered besides IP addresses, localhost and the bind host (and,
+   * bound beyond loopback, this machine's host name); `*.example.org` covers sub-domains, `*` any.
+   */
+  readonly allowedHosts: readonly string[];
+  /** `allowed_origins`: browser `Origin` values accepted (`*`: any); other requests with an Origin are refused. */
+  readonly allowedOrigins: readonly string[];
 }
 
 export interface Config {

@@ -217,3 +217,50 @@ test('request_body_idle_timeout: a stalled upload is dropped and discarded; a sl
   t.is(reply.status, 200, reply.text);
   t.is(await fs.readFile(path.join(s.staging, 'u1', 'inputs', 'steady'), 'utf8'), 'ssssss');
 });
+
+// ------------------------------------------------------------------------------ Host and Origin
+
+test('Host and Origin: foreign Host names and browser Origins are refused on every path (fast status too); Galaxy-style requests pass', async (t) => {
+  const s = await server(t);
+  await setupJob(s.url, 'h1');
+  const port = new URL(s.url).port;
+  const targets: readonly [string, string][] = [
+    ['GET', '/healthz'],
+    ['GET', `/jobs/h1/status?${qs({ job_id: 'h1' })}`],
+    ['POST', `/jobs?${qs({ job_id: 'h2' })}`],
+  ];
+  for (const [method, target] of targets) {
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, '127.0.0.1', `LOCALHOST:${port}`, '10.1.2.3:8913']) {
+      const r = await request(s.url, method, target, { headers: { host } });
+      t.not(r.status, 403, `${method} ${target} Host ${host}: ${r.text}`);
+    }
+    for (const host of [`evil.example:${port}`, 'rebind.attacker.test', `localhost.evil.example:${port}`, `127.0.0.1.nip.io:${port}`]) {
+      const r = await request(s.url, method, target, { headers: { host } });
+      t.is(r.status, 403, `${method} ${target} Host ${host}`);
+      t.is(r.json().error, 'MAG_ERR_HOST_DENIED');
+    }
+    for (const origin of ['http://evil.example', 'null', `http://127.0.0.1:${port}`]) {
+      const r = await request(s.url, method, target, { headers: { origin } });
+      t.is(r.status, 403, `${method} ${target} Origin ${origin}`);
+      t.is(r.json().error, 'MAG_ERR_HOST_DENIED');
+    }
+  }
+  t.is((await request(s.url, 'POST', `/jobs?${qs({ job_id: 'h9' })}`, { headers: { host: 'evil.example' } })).status, 403);
+  t.is((await request(s.url, 'POST', `/jobs?${qs({ job_id: 'h9' })}`, { headers: { origin: 'http://evil.example' } })).status, 403);
+  t.false(await fs.access(path.join(s.staging, 'h9')).then(() => true, () => false), 'a refused setup created nothing');
+});
+
+test('allowed_hosts and allowed_origins widen what is answered', async (t) => {
+  const s = await server(t, { allowedHosts: ['pulsar.example.org', '*.cluster.test'], allowedOrigins: ['https://ui.example.org'] });
+  const health = (headers: Record<string, string>): Promise<number> => request(s.url, 'GET', '/healthz', { headers }).then((r) => r.status);
+  t.is(await health({ host: 'pulsar.example.org:8913' }), 200);
+  t.is(await health({ host: 'PULSAR.example.org.' }), 200);
+  t.is(await health({ host: 'node7.cluster.test' }), 200);
+  t.is(await health({ host: 'cluster.test' }), 403);
+  t.is(await health({ host: 'pulsar.example.org.evil.test' }), 403);
+  t.is(await health({ origin: 'https://ui.example.org' }), 200);
+  t.is(await health({ origin: 'https://ui.example.org/' }), 200);
+  t.is(await health({ origin: 'https://other.example.org' }), 403);
+  const any = await server(t, { allowedHosts: ['*'], allowedOrigins: ['*'] });
+  t.is((await request(any.url, 'GET', '/healthz', { headers: { host: 'anything.test', origin: 'http://x.test' } })).status, 200);
+});
