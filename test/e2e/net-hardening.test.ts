@@ -142,6 +142,8 @@ function rawConnection(s: TestServer): Promise<{ socket: net.Socket; closed: () 
       r(Date.now());
     }));
     socket.on('error', () => undefined); // a reset by the server is what some tests expect
+    // Keep reading (and dropping) what arrives: a paused socket may never notice that the server closed it.
+    socket.resume();
     socket.once('connect', () => resolve({ socket, closed: () => closed, closedAt }));
     socket.once('close', () => reject(new Error('closed before connecting')));
   });
