@@ -30,6 +30,7 @@ const CATALOG = {
   MAG_ERR_BACKEND_COMMAND: 500, // a scheduler command failed or answered what we cannot read
   MAG_ERR_LIMIT: 413, // a request exceeds a configured bound (parameter size, list length); the message names the option
   MAG_ERR_TOO_MANY_JOBS: 503, // the manager holds max_live_jobs unfinished jobs: no new job until some finish or are cleaned
+  MAG_ERR_HOST_DENIED: 403, // the Host is not one this server answers to, or a browser Origin is not allowed
 } as const;
 
 export type ErrorCode = keyof typeof CATALOG;
@@ -202,4 +203,11 @@ export class TooManyJobs extends MagnetarError {
 /** The message of anything thrown, for a job's failure reason or a log line. */
 export function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** A request for a Host name this server does not answer to, or from a browser Origin not allowed (DNS rebinding, cross-site requests). */
+export class HostDenied extends MagnetarError {
+  constructor(message: string) {
+    super('MAG_ERR_HOST_DENIED', message);
+  }
 }

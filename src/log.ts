@@ -17,18 +17,53 @@ export function createLogger(options: { level?: string; destination?: NodeJS.Wri
   );
 }
 
+/** Longest request target (or path) a log line holds; longer ones are cut and marked. */
+export const MAX_LOGGED_URL = 512;
+
+/** `text` cut to `MAX_LOGGED_URL` characters, marked when cut. */
+export function truncatedForLog(text: string): string {
+  return text.length <= MAX_LOGGED_URL ? text : `${text.slice(0, MAX_LOGGED_URL)}...<${text.length - MAX_LOGGED_URL} more characters>`;
+}
+
+/** A URL-encoded component decoded as a query-string parser would (`+` is a space); undefined if malformed. */
+function decoded(text: string): string | undefined {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * A request target fit for a log line: `private_token` is removed, and the query of routes whose
- * parameters carry the whole launch payload (command line, env values, ssh keys) is dropped.
+ * Does this path name the submit route (whose parameters carry the launch payload: command line,
+ * env values, ssh keys)? Decided on the decoded path, case-insensitively and with trailing slashes
+ * ignored — at least as broadly as express matches routes (not case-sensitive, not strict).
  */
-export function loggableUrl(url: string): string {
+function isSubmitPath(pathPart: string): boolean {
+  const path = decoded(pathPart);
+  if (path === undefined) return true; // cannot tell: assume the worst
+  return /\/submit\/*$/i.test(path);
+}
+
+/**
+ * A request target fit for a log line: the query of an unauthenticated request is dropped whole;
+ * otherwise every parameter whose decoded name is `private_token` (however spelled: `%5F`, case)
+ * or cannot be decoded is removed, and the query of the submit route is dropped. The result is cut
+ * to `MAX_LOGGED_URL` characters.
+ */
+export function loggableUrl(url: string, authenticated = true): string {
   const q = url.indexOf('?');
-  if (q === -1) return url;
+  if (q === -1) return truncatedForLog(url);
   const pathPart = url.slice(0, q);
-  if (pathPart.endsWith('/submit')) return `${pathPart}?<launch parameters omitted>`;
+  if (!authenticated) return truncatedForLog(`${pathPart}?<query omitted: not authenticated>`);
+  if (isSubmitPath(pathPart)) return truncatedForLog(`${pathPart}?<launch parameters omitted>`);
   const kept = url
     .slice(q + 1)
     .split('&')
-    .filter((kv) => !/^private_token(=|$)/i.test(kv));
-  return kept.length === 0 ? pathPart : `${pathPart}?${kept.join('&')}`;
+    .filter((kv) => {
+      const eq = kv.indexOf('=');
+      const name = decoded(eq === -1 ? kv : kv.slice(0, eq));
+      return name !== undefined && name.trim().toLowerCase() !== 'private_token';
+    });
+  return truncatedForLog(kept.length === 0 ? pathPart : `${pathPart}?${kept.join('&')}`);
 }

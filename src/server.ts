@@ -1,7 +1,7 @@
 import * as http from 'node:http';
 import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Config } from './config/types.js';
 import { jobEnvironment } from './jobs/launch.js';
 import { JobService } from './jobs/service.js';
@@ -9,9 +9,11 @@ import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
 import { createAuthorizer } from './tools/index.js';
 import { createApp } from './web/app.js';
+import { errorAnswer } from './web/errors.js';
 import { fastStatus } from './web/fast-status.js';
+import { hostGuard } from './web/host-check.js';
 import { queryOf } from './web/params.js';
-import { rateLimits, type RateLimits } from './web/rate-limit.js';
+import { addressMatcher, rateLimits, type RateLimits } from './web/rate-limit.js';
 import { tlsCredentials, type TlsCredentials } from './web/tls.js';
 
 /** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
@@ -92,12 +94,105 @@ function createHttpServer(
   tls: TlsCredentials | undefined,
 ): http.Server {
   const web = createApp(config.app, services, log, limits);
-  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests, limits.isBlocked);
+  const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
+  const bodyIdleMs = config.app.requestBodyIdleTimeout * 1000;
+  const requested = new WeakSet<Socket>();
+  const guard = hostGuard(config);
   const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    requested.add(req.socket);
+    // Before both the status fast path and express: a foreign Host or a browser Origin is refused.
+    const refused = guard(req);
+    if (refused !== undefined) {
+      const answer = errorAnswer(refused, log, { method: req.method, route: '' });
+      res.writeHead(answer.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(answer.body), connection: 'close' });
+      res.end(answer.body);
+      return;
+    }
+    if (bodyIdleMs > 0 && hasBody(req)) dropIdleBody(req, bodyIdleMs);
     if (!status(req, res)) web(req, res);
   };
-  const serverOptions: http.ServerOptions = { maxHeaderSize: MAX_HEADER_SIZE, requestTimeout: 0, headersTimeout: 120_000, keepAliveTimeout: 30_000 };
-  return tls === undefined ? http.createServer(serverOptions, app) : https.createServer({ ...serverOptions, key: tls.key, cert: tls.cert }, app);
+  const headersMs = config.app.headersTimeout * 1000;
+  const serverOptions: http.ServerOptions = {
+    maxHeaderSize: MAX_HEADER_SIZE,
+    // No limit on a whole request (uploads may be large and slow); a body that stalls is dropped
+    // by dropIdleBody, a client that does not finish its headers by headersTimeout.
+    requestTimeout: 0,
+    headersTimeout: headersMs,
+    // How often Node looks for connections over headersTimeout (also those that sent nothing).
+    connectionsCheckingInterval: headersMs > 0 ? Math.min(5_000, Math.max(250, Math.floor(headersMs / 4))) : 30_000,
+    keepAliveTimeout: 30_000,
+  };
+  const server =
+    tls === undefined
+      ? http.createServer(serverOptions, app)
+      : https.createServer({ ...serverOptions, key: tls.key, cert: tls.cert, ...(headersMs > 0 ? { handshakeTimeout: headersMs } : {}) }, app);
+  capConnections(server, config, log);
+  if (headersMs > 0) {
+    // Node's headersTimeout spares a connection that has sent nothing at all: close it too when no
+    // request has begun on it in that time (once one has, keepAliveTimeout and headersTimeout apply).
+    const watch = (socket: Socket): void => {
+      const timer = setTimeout(() => {
+        if (!requested.has(socket) && !socket.destroyed) socket.destroy();
+      }, headersMs);
+      timer.unref();
+      socket.once('close', () => clearTimeout(timer));
+    };
+    server.on(tls === undefined ? 'connection' : 'secureConnection', watch);
+  }
+  return server;
+}
+
+function hasBody(req: http.IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
+}
+
+/**
+ * A request body that sends nothing for `ms` is dropped: the socket's inactivity timeout is armed
+ * until the body has arrived (Node destroys a socket that times out with nobody listening, and the
+ * upload that was streaming from it is discarded). Answers may then take as long as they take.
+ */
+function dropIdleBody(req: http.IncomingMessage, ms: number): void {
+  const socket = req.socket;
+  socket.setTimeout(ms);
+  const disarm = (): void => {
+    if (!socket.destroyed) socket.setTimeout(0);
+  };
+  req.once('end', disarm);
+  req.once('close', disarm);
+}
+
+/**
+ * `max_connections` (server.maxConnections: Node closes connections beyond it) and
+ * `max_connections_per_address`: one address may not hold more, so a single client cannot use up
+ * the server's file descriptors. Trusted proxies carry everybody's connections and are exempt.
+ */
+function capConnections(server: http.Server, config: Config, log: Logger): void {
+  const { maxConnections, maxConnectionsPerAddress } = config.app;
+  if (maxConnections > 0) server.maxConnections = maxConnections;
+  if (maxConnectionsPerAddress === 0) return;
+  const exempt = addressMatcher(config.app.trustedProxies);
+  const open = new Map<string, number>();
+  let lastWarning = 0;
+  server.on('connection', (socket: Socket) => {
+    const address = socket.remoteAddress ?? 'unknown';
+    if (exempt(address)) return;
+    const count = (open.get(address) ?? 0) + 1;
+    if (count > maxConnectionsPerAddress) {
+      socket.destroy();
+      const now = Date.now();
+      if (now - lastWarning > 10_000) {
+        lastWarning = now;
+        log.warn({ client: address, limit: maxConnectionsPerAddress }, 'too many connections from one address: refusing new ones');
+      }
+      return;
+    }
+    open.set(address, count);
+    socket.once('close', () => {
+      const left = (open.get(address) ?? 1) - 1;
+      if (left <= 0) open.delete(address);
+      else open.set(address, left);
+    });
+  });
 }
 
 function listen(server: http.Server, port: number, host: string): Promise<void> {

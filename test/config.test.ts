@@ -62,6 +62,13 @@ function expectedDefaults(dir: string): Config {
       rateLimitSetup: 60,
       toolDependencyDir: undefined,
       allowedEnv: [],
+      trustedProxies: [],
+      requestBodyIdleTimeout: 60,
+      headersTimeout: 20,
+      maxConnections: 1024,
+      maxConnectionsPerAddress: 256,
+      allowedHosts: [],
+      allowedOrigins: [],
       managers: [
         {
           name: '_default_',
@@ -725,6 +732,34 @@ test('allowed_submit_params, rate_limit_failed_auth, rate_limit_setup, allow_ins
   t.regex(badCount.message, /whole number >= 0/);
   const badBool = await loadError(t, { 'app.yml': 'allow_insecure_public: maybe\n' }, 'app.yml');
   t.regex(badBool.message, /true or false/);
+});
+
+test('network options: trusted_proxies, timeouts, connection caps, allowed_hosts, allowed_origins', async (t) => {
+  const ini = await load(
+    t,
+    {
+      'server.ini': INI_WITH_APP(
+        'trusted_proxies = 127.0.0.1, 10.0.0.0/8, fd00::/8\nrequest_body_idle_timeout = 0\nheaders_timeout = 7.5\nmax_connections = 0\nmax_connections_per_address = 9\nallowed_hosts = pulsar.example.org, *.cluster.test\nallowed_origins = https://ui.example.org\n',
+      ),
+    },
+    'server.ini',
+  );
+  t.deepEqual(ini.config.app.trustedProxies, ['127.0.0.1', '10.0.0.0/8', 'fd00::/8']);
+  t.is(ini.config.app.requestBodyIdleTimeout, 0);
+  t.is(ini.config.app.headersTimeout, 7.5);
+  t.is(ini.config.app.maxConnections, 0);
+  t.is(ini.config.app.maxConnectionsPerAddress, 9);
+  t.deepEqual(ini.config.app.allowedHosts, ['pulsar.example.org', '*.cluster.test']);
+  t.deepEqual(ini.config.app.allowedOrigins, ['https://ui.example.org']);
+  const yaml = await load(t, { 'app.yml': 'trusted_proxies: [::1]\nallowed_hosts: ["*"]\n' }, 'app.yml');
+  t.deepEqual(yaml.config.app.trustedProxies, ['::1']);
+  t.deepEqual(yaml.config.app.allowedHosts, ['*']);
+  for (const bad of ['trusted_proxies: [10.0.0.0/33]', 'trusted_proxies: [proxy.example.org]', 'trusted_proxies: [300.1.1.1]']) {
+    t.is((await loadError(t, { 'app.yml': `${bad}\n` }, 'app.yml')).key, 'trusted_proxies', bad);
+  }
+  t.regex((await loadError(t, { 'app.yml': 'headers_timeout: -1\n' }, 'app.yml')).message, /seconds >= 0/);
+  t.is((await loadError(t, { 'app.yml': 'allowed_hosts: ["evil.test/x"]\n' }, 'app.yml')).key, 'allowed_hosts');
+  t.is((await loadError(t, { 'app.yml': 'allowed_origins: [ui.example.org]\n' }, 'app.yml')).key, 'allowed_origins');
 });
 
 test('ssl_pem = * asks for a generated certificate next to server.ini; an explicit pem must exist', async (t) => {

@@ -280,6 +280,7 @@ function downloadPlan(doc: StatusDocument): { type: string; name: string }[] {
   // 3. the version file
   if (outputs.includes('COMMAND_VERSION')) add('output', 'COMMAND_VERSION');
   // 4./5. dynamic outputs in the working and metadata directories, and what galaxy.json references
+  // RegExp from the constant DYNAMIC_OUTPUTS (never client text); the check client runs it on its own files.
   const dynamic = new RegExp(`^(?:${DYNAMIC_OUTPUTS})`);
   const referenced: string[] = [];
   for (const source of doc.realized_dynamic_file_sources ?? []) {

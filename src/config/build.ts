@@ -60,6 +60,13 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     maxLiveJobs: options.max_live_jobs,
     setupExpiry: options.setup_expiry,
     finishedExpiry: options.finished_expiry,
+    trustedProxies: options.trusted_proxies,
+    requestBodyIdleTimeout: options.request_body_idle_timeout,
+    headersTimeout: options.headers_timeout,
+    maxConnections: options.max_connections,
+    maxConnectionsPerAddress: options.max_connections_per_address,
+    allowedHosts: options.allowed_hosts,
+    allowedOrigins: options.allowed_origins,
   };
 }
 

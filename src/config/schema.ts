@@ -3,6 +3,7 @@
  * acted on. Values arrive as strings (server.ini, job_managers.ini, environment) or typed (YAML);
  * one zod schema per option set coerces both, so `debug = yes` and `debug: yes` mean the same.
  */
+import { isIP } from 'node:net';
 import os from 'node:os';
 import { z } from 'zod';
 import type { AssignIds, ManagerType } from './types.js';
@@ -274,7 +275,7 @@ export const asPositiveNumber: Coerce<number> = (value) => {
   return parsed !== undefined && Number.isFinite(parsed) && parsed > 0 ? parsed : invalid(expected, value);
 };
 
-/** Seconds, fractions allowed; 0 = never. */
+/** Seconds, fractions allowed; 0 = never (a timeout: off). */
 export const asSeconds: Coerce<number> = (value) => {
   const expected = 'a number of seconds >= 0 (0 = never)';
   let parsed: number | undefined;
@@ -305,6 +306,19 @@ export const asTmpDir: Coerce<string | undefined> = (value) => {
     if (word !== 'false') return value;
   }
   return invalid('true (per-job tmp directory) or a directory / shell expression', value);
+};
+
+/** IP addresses or CIDR blocks (`10.0.0.0/8`, `::1`, `fd00::/8`), comma-separated or a YAML list. */
+export const asAddressList: Coerce<readonly string[]> = (value) => {
+  const list = asList('IP addresses or CIDR blocks like 10.0.0.0/8', /^[0-9A-Fa-f:.]+(?:\/\d{1,3})?$/)(value);
+  if (list instanceof Invalid) return list;
+  for (const entry of list) {
+    const [address = '', prefix] = entry.split('/');
+    const family = isIP(address);
+    const bits = family === 4 ? 32 : 128;
+    if (family === 0 || (prefix !== undefined && Number(prefix) > bits)) return invalid('IP addresses or CIDR blocks like 10.0.0.0/8', entry);
+  }
+  return list;
 };
 
 export const asEnvValue: Coerce<string> = (value) => {
@@ -370,6 +384,18 @@ export const appOptionsSchema = z
     max_live_jobs: optionOr(asCount, 10_000),
     setup_expiry: optionOr(asSeconds, 24 * 3600),
     finished_expiry: optionOr(asSeconds, 7 * 24 * 3600),
+    // Proxies whose X-Forwarded-For names the client for the rate limits; none by default.
+    trusted_proxies: optionOr(asAddressList, []),
+    // A request body that sends nothing for this long is dropped (and its upload discarded).
+    request_body_idle_timeout: optionOr(asSeconds, 60),
+    // Time a client has to send a request's headers (a Galaxy submit carries its payload there).
+    headers_timeout: optionOr(asSeconds, 20),
+    // Open connections at once, in all and from one address (0 = no cap).
+    max_connections: optionOr(asCount, 1024),
+    max_connections_per_address: optionOr(asCount, 256),
+    // Host names (beyond localhost, IP addresses and the bind host) and browser origins answered.
+    allowed_hosts: optionOr(asList('host names like pulsar.example.org, *.example.org or *', /^(?:\*|(?:\*\.)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)$/), []),
+    allowed_origins: optionOr(asList('origins like https://galaxy.example.org, or *', /^(?:\*|null|https?:\/\/[^\s/]+)$/), []),
   })
   .strict();
 

@@ -115,6 +115,26 @@ export interface AppSection {
   readonly setupExpiry: number;
   /** Seconds a finished job is kept before it is cleaned; 0 = never. */
   readonly finishedExpiry: number;
+  /**
+   * `trusted_proxies`: addresses or CIDR blocks of reverse proxies. A request whose connection
+   * comes from one of them is keyed (rate limits) by the X-Forwarded-For client; [] = never.
+   */
+  readonly trustedProxies: readonly string[];
+  /** Seconds a request body may send nothing before the connection is dropped; 0 = never. */
+  readonly requestBodyIdleTimeout: number;
+  /** Seconds a client has to send a request's headers; 0 = no limit. */
+  readonly headersTimeout: number;
+  /** Open connections at once (0 = no cap). */
+  readonly maxConnections: number;
+  /** Open connections at once from one address (0 = no cap); trusted proxies are exempt. */
+  readonly maxConnectionsPerAddress: number;
+  /**
+   * `allowed_hosts`: Host names answered besides IP addresses, localhost and the bind host (and,
+   * bound beyond loopback, this machine's host name); `*.example.org` covers sub-domains, `*` any.
+   */
+  readonly allowedHosts: readonly string[];
+  /** `allowed_origins`: browser `Origin` values accepted (`*`: any); other requests with an Origin are refused. */
+  readonly allowedOrigins: readonly string[];
 }
 
 export interface Config {

@@ -5,8 +5,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { BadFileName, BadRequest, FileNotFound, JobRefused, PathDenied } from '../errors.js';
 import { CONTROL_FILES, JOB_STREAMS, RESERVED_JOBDIR_NAMES, SETUP_DIRECTORIES } from './layout.js';
+import { globMatches, hasGlobChars, parseGlob } from './glob.js';
 import { isInside, relativeNameProblem } from './paths.js';
 
 /** File types of PROTOCOL §4.2. */
@@ -47,29 +49,8 @@ function nameComponents(name: string): string[] {
   throw new BadFileName(`file name refused: ${problem.reason}`);
 }
 
-const GLOB_CHARS = /[*?[]/;
-
 /** Uploads stream into `<jobdir>/.upload-<random>.part` until they are published. */
 const UPLOAD_TEMP_PREFIX = '.upload-';
-
-/** fnmatch-style component pattern (`*`, `?`, `[...]`) → RegExp; `*` never crosses `/`. */
-function globToRegExp(pattern: string): RegExp {
-  let out = '';
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i]!;
-    if (c === '*') out += '[^/]*';
-    else if (c === '?') out += '[^/]';
-    else if (c === '[') {
-      const end = pattern.indexOf(']', i + 2);
-      if (end === -1) { out += '\\['; continue; }
-      let body = pattern.slice(i + 1, end).replace(/\\/g, '\\\\');
-      if (body.startsWith('!')) body = '^' + body.slice(1);
-      out += `[${body}]`;
-      i = end;
-    } else out += c.replace(/[.+^${}()|\]\\]/g, '\\$&');
-  }
-  return new RegExp(`^${out}$`);
-}
 
 async function realPathOfFd(fd: number): Promise<string> {
   return fs.readlink(`/proc/self/fd/${fd}`);
@@ -313,7 +294,7 @@ export class JobDirectory {
   async openDownload(name: string, type: string): Promise<OpenedDownload> {
     const effective: FileType = type === 'output_workdir' || type === 'output_metadata' || type === 'output_jobdir' ? type : 'output';
     let { base, parts } = this.#locate(name, effective);
-    if (effective === 'output_workdir' && GLOB_CHARS.test(name)) {
+    if (effective === 'output_workdir' && hasGlobChars(name)) {
       parts = await this.#expandGlob(base, parts);
     }
     const target = path.join(base, ...parts);
@@ -340,12 +321,16 @@ export class JobDirectory {
 
   async #expandGlob(base: string, parts: string[]): Promise<string[]> {
     const pattern = parts.join('/');
-    const re = globToRegExp(pattern);
+    // Parsed (and refused when malformed or over-long) before anything is listed.
+    const glob = parseGlob(pattern);
     const depth = parts.length;
-    const candidates = (await listFiles(base, depth)).sort();
-    const match = candidates.find((c) => re.test(c));
-    if (match === undefined) throw new FileNotFound(`no working-directory file matches "${pattern}"`);
-    return match.split('/');
+    const candidates = (await listFiles(base, depth)).filter((c) => c.split('/').length === depth).sort();
+    for (let i = 0; i < candidates.length; i++) {
+      // Matching is linear-ish per name, but a directory may hold many names: let others in.
+      if (i > 0 && i % 64 === 0) await yieldToEventLoop();
+      if (globMatches(glob, candidates[i]!)) return candidates[i]!.split('/');
+    }
+    throw new FileNotFound(`no working-directory file matches "${pattern}"`);
   }
 
   /** Read at most `limit` bytes (0 = all) of a file inside the job directory, never through a symlink. */

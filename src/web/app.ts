@@ -2,7 +2,7 @@ import express, { type Express } from 'express';
 import helmet from 'helmet';
 import type { AppSection } from '../config/types.js';
 import { loggableUrl, type Logger } from '../log.js';
-import { requireToken } from './auth.js';
+import { requireToken, tokenMatcher } from './auth.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import type { RateLimits } from './rate-limit.js';
 import { jobRoutes, type Services } from './routes.js';
@@ -19,11 +19,15 @@ export function createApp(app: AppSection, services: Services, log: Logger, limi
   web.set('query parser', false);
   web.use(helmet());
   if (app.logRequests) {
+    const authorized = tokenMatcher(app.privateToken);
     web.use((req, res, next) => {
       const start = process.hrtime.bigint();
       res.on('finish', () => {
+        // The query of a request without the right token is not logged at all (it is the
+        // client's to fill, up to the 16 MiB header limit, and may hold a mistyped token).
+        const authenticated = res.statusCode !== 401 && authorized(req, queryOf(req));
         log.info(
-          { method: req.method, url: loggableUrl(req.originalUrl), status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6 },
+          { method: req.method, url: loggableUrl(req.originalUrl, authenticated), status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6 },
           'request',
         );
       });

@@ -1,6 +1,6 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { BadRequest, MagnetarError, RouteNotFound, UploadTooLarge } from '../errors.js';
-import type { Logger } from '../log.js';
+import { truncatedForLog, type Logger } from '../log.js';
 
 /** Unknown routes (and wrong methods, as upstream) answer 404 with a JSON body. */
 export const notFoundHandler: RequestHandler = (_req, _res, next) => {
@@ -28,7 +28,7 @@ const INTERNAL: ErrorAnswer = {
 export function errorAnswer(error: unknown, log: Logger, request: { method: string | undefined; route: string }): ErrorAnswer {
   const known = error instanceof MagnetarError ? error : isHttpError(error) ? fromHttpLayer(error) : undefined;
   if (known === undefined || (known.status === 500 && known.code !== 'MAG_ERR_INTERNAL')) {
-    log.error({ err: error, method: request.method, route: request.route }, 'unhandled error');
+    log.error({ err: error, method: request.method, route: truncatedForLog(request.route) }, 'unhandled error');
     return INTERNAL;
   }
   return { status: known.status, body: JSON.stringify({ error: known.code, message: known.message }) };

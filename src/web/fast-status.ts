@@ -39,7 +39,6 @@ export function fastStatus(
   token: string | undefined,
   log: Logger,
   logRequests: boolean,
-  isBlocked: (req: IncomingMessage) => boolean = () => false,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
   const authorized = tokenMatcher(token);
   const base = { ...helmetHeaders(), 'content-type': 'application/json; charset=utf-8' };
@@ -60,8 +59,8 @@ export function fastStatus(
       return false;
     }
     const service: JobService | undefined = services.get(manager);
-    // A client over its failed-authentication limit is refused by express (web/rate-limit.ts).
-    if (service === undefined || !isValidJobId(jobId) || !authorized(req, query) || isBlocked(req)) return false;
+    // A request with the right token is never refused by the rate limits (web/rate-limit.ts).
+    if (service === undefined || !isValidJobId(jobId) || !authorized(req, query)) return false;
     const start = logRequests ? process.hrtime.bigint() : 0n;
     const answer = (status: number, body: string): void => {
       res.writeHead(status, { ...base, 'content-length': Buffer.byteLength(body) });

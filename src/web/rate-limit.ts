@@ -1,15 +1,17 @@
 /**
  * Per-client request limits, composed around the routes (express-rate-limit):
  * - failed authentications: every answer 401 counts against the client's address; a request with
- *   a missing or wrong token beyond `rate_limit_failed_auth` in a minute is refused with 429 and
- *   blocks the address: every request from it is refused — with a correct token too — until the
- *   minute is over. Requests with a correct token are never counted, so many concurrent uploads
- *   from Galaxy cannot trip the limit;
+ *   a missing or wrong token beyond `rate_limit_failed_auth` in a minute is refused with 429, and
+ *   so is every further request from that address without the right token until the minute is
+ *   over. A request with the right token is never counted and never refused by this limit: failed
+ *   guesses (perhaps from another user behind the same proxy or NAT) cannot lock Galaxy out;
  * - `POST /jobs` (setup) per address in public tool service mode (`rate_limit_setup`).
- * The address is the socket's peer: `X-Forwarded-For` and `Forwarded` are never trusted (a client
- * could name any address and escape its limit). IPv6 clients are grouped by /56, as one site.
+ * The address is the socket's peer. `X-Forwarded-For` is believed only when that peer is one of
+ * `trusted_proxies` (then the client is the right-most forwarded address that is not itself a
+ * trusted proxy); `Forwarded` is never read. IPv6 clients are grouped by /56, as one site.
  */
 import type { IncomingMessage } from 'node:http';
+import { BlockList, isIP } from 'node:net';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { ipKeyGenerator, rateLimit, type ClientRateLimitInfo, type Store } from 'express-rate-limit';
 import type { AppSection } from '../config/types.js';
@@ -25,11 +27,6 @@ export interface RateLimits {
   readonly failedAuth: RequestHandler | undefined;
   /** Express middleware for `POST /jobs` (before the routes); undefined = no limit. */
   readonly setup: RequestHandler | undefined;
-  /**
-   * For the status fast path, which answers before express: true when this client is over its
-   * failed-authentication limit, so the request must go through express to be refused there.
-   */
-  isBlocked(req: IncomingMessage): boolean;
   /** Stop the stores' expiry timers. */
   close(): void;
 }
@@ -46,8 +43,8 @@ export function rateLimits(
     warn: (error: unknown, message?: string) => log.warn({ err: error }, message ?? 'rate limiter warning'),
   };
 
+  const clientKey = clientKeyOf(app.trustedProxies);
   let failedAuth: RequestHandler | undefined;
-  let isBlocked: (req: IncomingMessage) => boolean = () => false;
   const failedLimit = app.rateLimitFailedAuth;
   if (failedLimit > 0 && app.privateToken !== undefined) {
     const store = new WindowStore(WINDOW_MS);
@@ -75,17 +72,20 @@ export function rateLimits(
       logger,
     });
     const authorized = tokenMatcher(app.privateToken);
-    isBlocked = (req) => store.isBlocked(clientKey(req));
     failedAuth = (req: Request, res: Response, next: NextFunction) => {
-      // express 5 passes a rejection of the returned promise to the error handler.
-      if (!authorized(req, queryOf(req))) return counter(req, res, next);
+      // The right token always passes (the status fast path relies on it and never asks).
+      if (authorized(req, queryOf(req))) {
+        next();
+        return;
+      }
       const key = clientKey(req);
       if (store.isBlocked(key)) {
         res.setHeader('Retry-After', String(store.secondsLeft(key)));
         next(refuse(key));
         return;
       }
-      next();
+      // express 5 passes a rejection of the returned promise to the error handler.
+      return counter(req, res, next);
     };
   }
 
@@ -112,16 +112,63 @@ export function rateLimits(
   return {
     failedAuth,
     setup,
-    isBlocked: (req) => isBlocked(req),
     close() {
       for (const store of stores) store.shutdown();
     },
   };
 }
 
-/** The client's address as the socket sees it (never a forwarded-for header). */
-function clientKey(req: IncomingMessage): string {
-  return ipKeyGenerator(req.socket.remoteAddress ?? 'unknown', IPV6_SUBNET);
+/** `::ffff:10.0.0.1` → `10.0.0.1`; anything else unchanged. */
+function plainAddress(address: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return mapped === null ? address : mapped[1]!;
+}
+
+/** Does `list` (from `asAddressList`: addresses and CIDR blocks) hold `address`? */
+export function addressMatcher(list: readonly string[]): (address: string | undefined) => boolean {
+  if (list.length === 0) return () => false;
+  const blocks = new BlockList();
+  for (const entry of list) {
+    const [address = '', prefix] = entry.split('/');
+    const type = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+    if (prefix === undefined) blocks.addAddress(plainAddress(address), type);
+    else blocks.addSubnet(address, Number(prefix), type);
+  }
+  return (address) => {
+    if (address === undefined) return false;
+    const plain = plainAddress(address);
+    const family = isIP(plain);
+    return family !== 0 && blocks.check(plain, family === 6 ? 'ipv6' : 'ipv4');
+  };
+}
+
+/**
+ * The client's address: the socket's peer, or — when that peer is a trusted proxy — the
+ * right-most X-Forwarded-For entry that is not a trusted proxy (entries left of it are the
+ * client's to write, so they are never believed).
+ */
+export function clientAddressOf(trustedProxies: readonly string[]): (req: IncomingMessage) => string {
+  const trusted = addressMatcher(trustedProxies);
+  return (req) => {
+    const peer = plainAddress(req.socket.remoteAddress ?? 'unknown');
+    if (!trusted(peer)) return peer;
+    const header = req.headers['x-forwarded-for'];
+    if (header === undefined) return peer;
+    const hops = (Array.isArray(header) ? header.join(',') : header).split(',').map((h) => plainAddress(h.trim()));
+    let client = peer;
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = hops[i]!;
+      if (isIP(hop) === 0) break; // garbage: stop at the last address we could read
+      client = hop;
+      if (!trusted(hop)) break;
+    }
+    return client;
+  };
+}
+
+function clientKeyOf(trustedProxies: readonly string[]): (req: IncomingMessage) => string {
+  const addressOf = clientAddressOf(trustedProxies);
+  return (req) => ipKeyGenerator(addressOf(req), IPV6_SUBNET);
 }
 
 /**

@@ -695,6 +695,43 @@ test('private_token: refused without or with a wrong token, Bearer accepted, nev
   t.false(log.includes(Buffer.from(`x:${token}`).toString('base64')), 'the Authorization header appears in the server log');
 });
 
+test('the log never holds the token or a launch payload however spelled, and long request lines are cut', async (t) => {
+  const token = 'tok-LOGSECRET-42';
+  const fx = await fixture(t, { privateToken: token, logRequests: true });
+  const auth = { Authorization: `Bearer ${token}` };
+  // The token in spellings the query parser decodes to private_token.
+  t.is((await request(fx.base, 'GET', `/healthz?private%5Ftoken=${token}`)).status, 200);
+  t.is((await request(fx.base, 'GET', `/healthz?%70rivate_token=${token}&x=1`)).status, 200);
+  t.is((await request(fx.base, 'GET', `/healthz?private_token=${token}&private_token=${token}`)).status, 200);
+  // A wrong token (perhaps a near miss of the right one) is not logged either: no query of an unauthenticated request is.
+  t.is((await request(fx.base, 'GET', `/healthz?private_token=${token}X`)).status, 401);
+  t.is((await request(fx.base, 'GET', `/healthz?PRIVATE_TOKEN=${token}`)).status, 401);
+  // Submits spelled the ways express still routes them (case, trailing slash, manager prefix).
+  const env = JSON.stringify([{ name: 'API_KEY', value: 'ENVSECRET-value' }]);
+  for (const [i, route] of ['/jobs/l1/SUBMIT', '/jobs/l2/submit/', '/managers/_default_/jobs/l3/Submit/', '/jobs/l4/%73ubmit'].entries()) {
+    await send(fx.base, 'POST', `/jobs?job_id=l${i + 1}`, { headers: auth });
+    const r = await send(fx.base, 'POST', `${route}?${qs({ command_line: `echo CMDSECRET-${i}`, env })}`, { headers: auth });
+    t.true([200, 404].includes(r.status), `${route}: ${r.status} ${r.text}`);
+    const r2 = await request(fx.base, 'POST', `${route}?${qs({ command_line: `echo CMDSECRET-${i}`, env, private_token: token })}`);
+    t.true([200, 404, 409].includes(r2.status), `${route} (token in the query): ${r2.status} ${r2.text}`);
+  }
+  // An unauthenticated 8 MiB request line.
+  const before = fx.server.logLines.join('\n').length;
+  const huge = await request(fx.base, 'GET', `/healthz?junk=${'j'.repeat(8 * 1024 * 1024)}`);
+  t.is(huge.status, 401);
+  const hugeAuthorized = await send(fx.base, 'GET', `/healthz?junk=${'k'.repeat(8 * 1024 * 1024)}`, { headers: auth });
+  t.is(hugeAuthorized.status, 200);
+  const grown = fx.server.logLines.join('\n').length - before;
+  t.true(grown < 16 * 1024, `the log grew by ${grown} characters for two 8 MiB request lines`);
+
+  const log = fx.server.logLines.join('\n');
+  t.true(fx.server.logLines.some((l) => l.includes('/healthz')), 'requests are logged at all');
+  t.false(log.includes('LOGSECRET'), 'the token appears in the log');
+  t.false(log.includes('CMDSECRET'), 'a command line appears in the log');
+  t.false(log.includes('ENVSECRET'), 'an env value appears in the log');
+  t.true(log.includes('x=1'), 'other parameters are still logged');
+});
+
 test('a 5 MB query string on submit (a huge command line) is accepted', async (t) => {
   const fx = await fixture(t);
   await setupJob(t, fx, 'big1');

@@ -104,6 +104,7 @@ export function parseSgeErrorReason(stdout: string): string | undefined {
 
 /** `qacct -j <id>`: `failed` and `exit_status` of a finished job (when accounting has it). */
 export function parseQacct(stdout: string): string | undefined {
+  // RegExp from constant field names below (never client text); `.+?` then `\s*$` on one line is linear.
   const field = (name: string): string | undefined => new RegExp(`^${name}\\s+(.+?)\\s*$`, 'm').exec(stdout)?.[1]?.replace(/\s+/g, ' ');
   const failed = field('failed');
   const exit = field('exit_status');

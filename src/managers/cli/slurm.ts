@@ -97,6 +97,7 @@ export function parseSbatch(stdout: string): string | undefined {
 
 /** `scontrol show job -o` → `JobState=… Reason=… ExitCode=…`. */
 export function parseScontrol(stdout: string): string | undefined {
+  // RegExp from constant field names below (never client text); no nested quantifiers.
   const field = (name: string): string | undefined => new RegExp(`(?:^|\\s)${name}=(\\S+)`).exec(stdout)?.[1];
   const state = field('JobState');
   if (state === undefined) return undefined;
