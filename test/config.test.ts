@@ -96,6 +96,8 @@ function expectedDefaults(dir: string): Config {
       maxSubmitJsonDepth: 64,
       maxDynamicFileSources: 100,
       maxTouchOutputs: 1000,
+      maxJobFiles: 10000,
+      maxConcurrentUploadsPerJob: 32,
       maxCommandLineSize: 8 * 1024 ** 2,
       maxStatusSize: 16 * 1024 ** 2,
       statusCacheSize: 64 * 1024 ** 2,

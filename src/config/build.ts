@@ -54,6 +54,8 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     maxSubmitJsonDepth: options.max_submit_json_depth,
     maxDynamicFileSources: options.max_dynamic_file_sources,
     maxTouchOutputs: options.max_touch_outputs,
+    maxJobFiles: options.max_job_files,
+    maxConcurrentUploadsPerJob: options.max_concurrent_uploads_per_job,
     maxCommandLineSize: options.max_command_line_size,
     maxStatusSize: options.max_status_size,
     statusCacheSize: options.status_cache_size,

@@ -377,6 +377,8 @@ export const appOptionsSchema = z
     max_submit_json_depth: optionOr(asCount, 64),
     max_dynamic_file_sources: optionOr(asCount, 100),
     max_touch_outputs: optionOr(asCount, 1000),
+    max_job_files: optionOr(asCount, 10_000),
+    max_concurrent_uploads_per_job: optionOr(asCount, 32),
     // Galaxy's command lines for tools over large collections run to megabytes.
     max_command_line_size: optionOr(asByteSize, 8 * MiB),
     max_status_size: optionOr(asByteSize, 16 * MiB),

@@ -103,6 +103,10 @@ export interface AppSection {
   readonly maxDynamicFileSources: number;
   /** Most `submit_extras.touch_outputs` per job; 0 = no limit. */
   readonly maxTouchOutputs: number;
+  /** Files and directories uploads may create in one job (each name component counts); 0 = no limit. */
+  readonly maxJobFiles: number;
+  /** Uploads streaming into one job at once; 0 = no limit. */
+  readonly maxConcurrentUploadsPerJob: number;
   /** Largest `command_line` in bytes; 0 = no limit. */
   readonly maxCommandLineSize: number;
   /** Bytes of stdout/stderr and dynamic file sources realized in one status document together; 0 = no limit. */

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppSection, ManagerConfig } from '../config/types.js';
 import {
-  BadRequest, JobNotFound, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
+  BadRequest, JobNotFound, LimitExceeded, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
   StoreUnavailable, TooManyJobs, UploadClosed, UploadTooLarge, messageOf,
 } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -72,6 +72,10 @@ export class JobService {
   #finishedBytes = 0;
   /** Bytes uploaded into each job in `setup`, and bytes of uploads still streaming. */
   readonly #uploadedBytes = new Map<string, number>();
+  /** Files and directories each job's uploads may have created (name components published). */
+  readonly #uploadedEntries = new Map<string, number>();
+  /** Uploads streaming into each job now. */
+  readonly #streaming = new Map<string, number>();
   readonly #inflightBytes = new Map<string, number>();
   /** Follow-ups that nobody awaits (a backend's "it started" news): errors are logged, never lost. */
   readonly #background = new Set<Promise<void>>();
@@ -345,6 +349,7 @@ export class JobService {
   #forget(id: string): void {
     this.#uncache(id);
     this.#uploadedBytes.delete(id);
+    this.#uploadedEntries.delete(id);
   }
 
   // ---------------------------------------------------------------- files
@@ -369,6 +374,9 @@ export class JobService {
     if (cacheToken !== undefined) throw new NotConfigured('the file cache is not configured on this server (cache_token given)');
     const record = this.#requireStaging(id);
     const decision = await this.#authorizer.authorizeUpload(id, record.toolId, record.toolVersion, name, fileType);
+    // Each component of the name may become a file or a directory: that is what a job may be made to hold.
+    const entries = name.split('/').length;
+    this.#checkJobFiles(id, entries);
     const { maxUploadSize, maxJobUploadSize } = this.#app;
     let taken = 0;
     const take = (n: number): void => {
@@ -388,6 +396,12 @@ export class JobService {
       else this.#inflightBytes.set(id, left);
       taken = 0;
     };
+    const streaming = this.#streaming.get(id) ?? 0;
+    const maxStreaming = this.#app.maxConcurrentUploadsPerJob;
+    if (maxStreaming > 0 && streaming >= maxStreaming) {
+      throw new LimitExceeded(`job ${id} already receives ${streaming} uploads at once, the most max_concurrent_uploads_per_job allows`);
+    }
+    this.#streaming.set(id, streaming + 1);
     let staged: StagedUpload | undefined;
     try {
       staged = await this.#dir(id).stageUpload(name, fileType, body, { take }, decision.expectedSha256);
@@ -397,7 +411,9 @@ export class JobService {
         if (current?.incarnation !== record.incarnation || current.state !== 'setup') {
           throw new UploadClosed(`job ${id} was submitted, cancelled or cleaned while "${name}" was uploading; the file was not stored`);
         }
+        this.#checkJobFiles(id, entries);
         const replaced = await upload.publish();
+        this.#uploadedEntries.set(id, (this.#uploadedEntries.get(id) ?? 0) + entries);
         staged = undefined;
         const bytes = taken;
         release();
@@ -407,7 +423,18 @@ export class JobService {
       return { path: upload.path };
     } finally {
       release();
+      const left = (this.#streaming.get(id) ?? 1) - 1;
+      if (left > 0) this.#streaming.set(id, left);
+      else this.#streaming.delete(id);
       if (staged !== undefined) await staged.discard();
+    }
+  }
+
+  /** Refuse an upload that would take the job past `max_job_files` files and directories. */
+  #checkJobFiles(id: string, entries: number): void {
+    const max = this.#app.maxJobFiles;
+    if (max > 0 && (this.#uploadedEntries.get(id) ?? 0) + entries > max) {
+      throw new LimitExceeded(`uploads into job ${id} would create more than max_job_files (${max}) files and directories`);
     }
   }
 

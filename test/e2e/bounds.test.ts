@@ -1,5 +1,6 @@
 import test from 'ava';
 import * as fs from 'node:fs/promises';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as v8 from 'node:v8';
@@ -109,6 +110,50 @@ test('dynamic_file_sources are deduplicated by path and capped by max_dynamic_fi
   const doc = await waitForJob(server.url, '3');
   t.is(doc.status, 'complete', doc.stderr);
   t.deepEqual(doc.realized_dynamic_file_sources, [{ type: 'galaxy', path: 'galaxy.json', contents: '{"a":1}\n' }]);
+});
+
+test('uploads are capped by max_job_files (each name component counts): over the cap nothing is created', async (t) => {
+  const server = await startTestServer({ app: { maxJobFiles: 5 } });
+  t.teardown(() => server.stop());
+  const config = await setupJob(server.url, 'files');
+  const upload = async (name: string): Promise<Reply> =>
+    request(server.url, 'POST', `/jobs/files/files?${qs({ job_id: 'files', name, type: 'input' })}`, { body: 'x' });
+  t.is((await upload('a/b/c.txt')).status, 200);
+  t.is((await upload('d/e.txt')).status, 200);
+  assertLimit(t, await upload('f.txt'), /more than max_job_files \(5\)/);
+  assertLimit(t, await upload('g/h/i/j/k/l.txt'), /max_job_files/);
+  const entries = await fs.readdir(config.inputs_directory, { recursive: true });
+  t.deepEqual(entries.sort(), ['a', 'a/b', 'a/b/c.txt', 'd', 'd/e.txt']);
+});
+
+test('uploads streaming into one job at once are capped by max_concurrent_uploads_per_job', async (t) => {
+  const server = await startTestServer({ app: { maxConcurrentUploadsPerJob: 2 } });
+  t.teardown(() => server.stop());
+  await setupJob(server.url, 'slow');
+  const url = new URL(server.url);
+  // Two uploads that announce a body and send only part of it: they hold their places.
+  const held = await Promise.all([0, 1].map(async (i) => {
+    const socket = await new Promise<import('node:net').Socket>((resolve, reject) => {
+      const s = net.connect(Number(url.port), url.hostname, () => resolve(s));
+      s.on('error', reject);
+    });
+    socket.write(`POST /jobs/slow/files?${qs({ job_id: 'slow', name: `s${i}`, type: 'input' })} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc`);
+    return socket;
+  }));
+  t.teardown(() => held.forEach((s) => s.destroy()));
+  let third: Reply | undefined;
+  for (let i = 0; i < 100 && third?.status !== 413; i++) {
+    third = await request(server.url, 'POST', `/jobs/slow/files?${qs({ job_id: 'slow', name: 'third', type: 'input' })}`, { body: 'x' });
+    if (third.status !== 413) await new Promise((r) => setTimeout(r, 20));
+  }
+  assertLimit(t, third!, /max_concurrent_uploads_per_job/);
+  held.forEach((s) => s.destroy());
+  let after: Reply | undefined;
+  for (let i = 0; i < 100 && after?.status !== 200; i++) {
+    after = await request(server.url, 'POST', `/jobs/slow/files?${qs({ job_id: 'slow', name: 'fourth', type: 'input' })}`, { body: 'x' });
+    if (after.status !== 200) await new Promise((r) => setTimeout(r, 20));
+  }
+  t.is(after?.status, 200, 'once the stalled uploads went, uploads are accepted again');
 });
 
 test('touch_outputs are capped by max_touch_outputs: over the cap nothing is created', async (t) => {
