@@ -4,8 +4,11 @@
  * issue lists, each bounded in count and time. The well-behaved client's p99 and errors under
  * attack should match its figures alone.
  */
+import { execFile } from 'node:child_process';
 import * as net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { Client, HttpError, qs } from './client.js';
 import { runOneJob } from './lifecycle.js';
 import type { ServerProcess } from './server-process.js';
@@ -91,7 +94,13 @@ async function tallied(tally: Tally, request: () => Promise<unknown>): Promise<v
   }
 }
 
-type Attack = (server: ServerProcess, until: number, tally: Tally) => Promise<void>;
+/** Where the attacks send their requests. */
+interface Target {
+  readonly host: string;
+  readonly port: number;
+}
+
+type Attack = (server: Target, until: number, tally: Tally) => Promise<void>;
 
 /**
  * Download names that are globs built to make a backtracking matcher explode against the name of
@@ -173,20 +182,47 @@ const stalledConnections: Attack = async (server, until, tally) => {
   }
 };
 
-const ATTACKS: Readonly<Record<string, Attack>> = { hostileGlob, badToken, heavySubmits, stalledConnections };
+const ALL_ATTACKS: Readonly<Record<string, Attack>> = { hostileGlob, badToken, heavySubmits, stalledConnections };
+
+/** `BENCH_SOAK_ATTACKS` (a comma list) picks some of them, to see which one costs the most. */
+const ATTACKS: Readonly<Record<string, Attack>> = (() => {
+  const chosen = (process.env['BENCH_SOAK_ATTACKS'] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
+  if (chosen.length === 0) return ALL_ATTACKS;
+  const unknown = chosen.filter((name) => !(name in ALL_ATTACKS));
+  if (unknown.length > 0) throw new Error(`BENCH_SOAK_ATTACKS: unknown ${unknown.join(', ')} (use ${Object.keys(ALL_ATTACKS).join(',')})`);
+  return Object.fromEntries(chosen.map((name) => [name, ALL_ATTACKS[name]!]));
+})();
+
+/** Run every attack until `durationMs` has passed; their tallies by attack name. */
+async function attackAll(target: Target, durationMs: number): Promise<Record<string, AttackFigures>> {
+  const until = Date.now() + durationMs;
+  const tallies = Object.fromEntries(Object.keys(ATTACKS).map((name) => [name, new Tally()]));
+  await Promise.all(Object.entries(ATTACKS).map(async ([name, attack]) => attack(target, until, tallies[name]!)));
+  return Object.fromEntries(Object.entries(tallies).map(([name, tally]) => [name, tally.figures()]));
+}
+
+/**
+ * The misbehaving client is a process of its own (this module run as a script), as it would be:
+ * in the bench's process its loops would slow the well-behaved client's own event loop.
+ */
+async function attackFromAnotherProcess(target: Target, durationMs: number): Promise<Record<string, AttackFigures>> {
+  const script = fileURLToPath(import.meta.url);
+  const { stdout } = await promisify(execFile)(process.execPath, [script, target.host, String(target.port), String(durationMs)], {
+    timeout: durationMs + 60_000,
+    maxBuffer: 1 << 20,
+  });
+  return JSON.parse(stdout) as Record<string, AttackFigures>;
+}
 
 export async function runSoak(server: ServerProcess, durationMs: number): Promise<SoakResult> {
   log(`soak: the well-behaved client alone for ${durationMs} ms`);
   const alone = await wellBehaved(server, durationMs, 'soak_alone_');
   log(`soak: alone ${JSON.stringify(alone)}`);
-  log(`soak: again, with ${Object.keys(ATTACKS).join(', ')} from a misbehaving client`);
-  const until = Date.now() + durationMs;
-  const tallies = Object.fromEntries(Object.keys(ATTACKS).map((name) => [name, new Tally()]));
-  const attacking = Promise.all(Object.entries(ATTACKS).map(async ([name, attack]) => attack(server, until, tallies[name]!)));
+  log(`soak: again, with ${Object.keys(ATTACKS).join(', ')} from a misbehaving client (another process)`);
+  const attacking = attackFromAnotherProcess(server, durationMs);
   const underAttack = await wellBehaved(server, durationMs, 'soak_attacked_');
-  await attacking;
+  const attacks = await attacking;
   log(`soak: under attack ${JSON.stringify(underAttack)}`);
-  const attacks = Object.fromEntries(Object.entries(tallies).map(([name, tally]) => [name, tally.figures()]));
   return {
     seconds_per_phase: durationMs / 1000,
     alone,
@@ -194,4 +230,15 @@ export async function runSoak(server: ServerProcess, durationMs: number): Promis
     attacks,
     p99_ratio: alone.p99_ms > 0 ? round(underAttack.p99_ms / alone.p99_ms) : 0,
   };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [host, port, ms] = process.argv.slice(2);
+  attackAll({ host: host ?? '127.0.0.1', port: Number(port) }, Number(ms)).then(
+    (figures) => process.stdout.write(JSON.stringify(figures)),
+    (error: unknown) => {
+      process.stderr.write(`soak attacker: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.exitCode = 1;
+    },
+  );
 }
