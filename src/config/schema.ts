@@ -377,7 +377,7 @@ export const appOptionsSchema = z
     max_submit_json_depth: optionOr(asCount, 64),
     max_dynamic_file_sources: optionOr(asCount, 100),
     max_touch_outputs: optionOr(asCount, 1000),
-    max_job_files: optionOr(asCount, 10_000),
+    max_job_files: optionOr(asCount, 100_000),
     max_concurrent_uploads_per_job: optionOr(asCount, 32),
     // Galaxy's command lines for tools over large collections run to megabytes.
     max_command_line_size: optionOr(asByteSize, 8 * MiB),
@@ -391,7 +391,7 @@ export const appOptionsSchema = z
     // A request body that sends nothing for this long is dropped (and its upload discarded).
     request_body_idle_timeout: optionOr(asSeconds, 60),
     // Time a client has to send a request's headers (a Galaxy submit carries its payload there).
-    headers_timeout: optionOr(asSeconds, 20),
+    headers_timeout: optionOr(asSeconds, 60),
     // Open connections at once, in all and from one address (0 = no cap).
     max_connections: optionOr(asCount, 1024),
     max_connections_per_address: optionOr(asCount, 256),

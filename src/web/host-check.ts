@@ -13,6 +13,9 @@ import { HostDenied } from '../errors.js';
  * Answered: a Host that is an IP address (a page cannot be served from our address, so it is no
  * rebinding), `localhost`, the bind host, this machine's host name when bound beyond loopback,
  * and `allowed_hosts` (`*.example.org` for sub-domains, `*` for any). The port is not checked.
+ * A server bound beyond loopback with no `allowed_hosts` answers any Host: Galaxy reaches such a
+ * server by whatever name its destination says (an alias, a proxy's public name), and refusing
+ * those would fail every job; there the token guards it, and `allowed_hosts` turns the check on.
  * A request with an `Origin` header is refused unless `allowed_origins` lists it (or `*`).
  */
 export function hostGuard(config: Config): (req: IncomingMessage) => HostDenied | undefined {
@@ -21,7 +24,8 @@ export function hostGuard(config: Config): (req: IncomingMessage) => HostDenied 
   const loopback = bind === 'localhost' || bind === '::1' || bind.startsWith('127.');
   if (!loopback) names.add(os.hostname().toLowerCase());
   const suffixes: string[] = [];
-  let anyHost = false;
+  // Beyond loopback the check is the administrator's choice (see above).
+  let anyHost = !loopback && config.app.allowedHosts.length === 0;
   for (const entry of config.app.allowedHosts) {
     const name = entry.toLowerCase().replace(/\.$/, '');
     if (name === '*') anyHost = true;

@@ -42,7 +42,8 @@ export type SubmitLimits = Pick<
 
 function sizeBound(name: string, limits: SubmitLimits): [number, string] {
   if (name === 'dependencies_description') return [limits.maxDependenciesDescriptionSize, 'max_dependencies_description_size'];
-  if (name === 'command_line') return [limits.maxCommandLineSize, 'max_command_line_size'];
+  // Both grow with the job's inputs and outputs (remote_staging lists every one): the larger bound.
+  if (name === 'command_line' || name === 'remote_staging') return [limits.maxCommandLineSize, 'max_command_line_size'];
   return [limits.maxSubmitParamSize, 'max_submit_param_size'];
 }
 

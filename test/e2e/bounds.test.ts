@@ -48,7 +48,6 @@ test('each submit parameter is bounded by max_submit_param_size; command_line an
   const cases: [string, string][] = [
     ['env', JSON.stringify([{ name: 'A', value: big }])],
     ['params', JSON.stringify({ a: big })],
-    ['remote_staging', JSON.stringify({ x: big })],
     ['submit_extras', JSON.stringify({ touch_outputs: [big] })],
     ['dynamic_file_sources', JSON.stringify([{ path: big }])],
     ['setup_params', JSON.stringify({ job_id: '1', tool_id: big })],
@@ -58,6 +57,9 @@ test('each submit parameter is bounded by max_submit_param_size; command_line an
     assertLimit(t, reply, new RegExp(`"${name}" is larger than max_submit_param_size \\(65536 bytes\\)`));
   }
   assertLimit(t, await submit(server, '1', { command_line: 'true', params: bigJson }), /max_submit_param_size/);
+  // remote_staging lists every input and output of a job: it has the command line's (larger) bound.
+  const staging = JSON.stringify({ x: 'x'.repeat(40 * 1024) });
+  assertLimit(t, await submit(server, '1', { command_line: 'true', remote_staging: staging }), /"remote_staging" is larger than max_command_line_size \(32768 bytes\)/);
   const deps = JSON.stringify(Array.from({ length: 3000 }, () => ({})));
   assertLimit(t, await submit(server, '1', { command_line: 'true', dependencies_description: deps }), /"dependencies_description" is larger than max_dependencies_description_size \(8192 bytes\)/);
   assertLimit(t, await submit(server, '1', { command_line: `echo ${'x'.repeat(32 * 1024)}` }), /"command_line" is larger than max_command_line_size \(32768 bytes\)/);

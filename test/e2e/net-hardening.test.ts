@@ -8,8 +8,9 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { collectReply, qs, request, setupJob, type Reply } from '../helpers/client.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { startTestServer, testConfig, type TestServer } from '../helpers/server.js';
 import type { AppSection } from '../../src/config/types.js';
+import { hostGuard } from '../../src/web/host-check.js';
 
 async function server(t: ExecutionContext, app: Partial<AppSection> = {}): Promise<TestServer> {
   const s = await startTestServer({ app });
@@ -265,4 +266,17 @@ test('allowed_hosts and allowed_origins widen what is answered', async (t) => {
   t.is(await health({ origin: 'https://other.example.org' }), 403);
   const any = await server(t, { allowedHosts: ['*'], allowedOrigins: ['*'] });
   t.is((await request(any.url, 'GET', '/healthz', { headers: { host: 'anything.test', origin: 'http://x.test' } })).status, 200);
+});
+
+test('bound beyond loopback, the Host check is on only when allowed_hosts is set (Galaxy reaches such a server by any name); Origins are refused either way', (t) => {
+  const guard = (host: string, allowedHosts: string[]) =>
+    hostGuard({ ...testConfig('/nonexistent', { allowedHosts }), server: { host, port: 8913, sslPem: undefined, sslGenerate: false } });
+  const req = (headers: Record<string, string>): http.IncomingMessage => ({ headers }) as unknown as http.IncomingMessage;
+  const open = guard('0.0.0.0', []);
+  t.is(open(req({ host: 'pulsar.example.org:8913' })), undefined, 'an alias Galaxy uses is answered');
+  t.is(open(req({ host: 'pulsar.example.org', origin: 'http://evil.example' }))?.code, 'MAG_ERR_HOST_DENIED');
+  const listed = guard('0.0.0.0', ['pulsar.example.org']);
+  t.is(listed(req({ host: 'pulsar.example.org:8913' })), undefined);
+  t.is(listed(req({ host: 'other.example.org' }))?.code, 'MAG_ERR_HOST_DENIED');
+  t.is(guard('127.0.0.1', [])(req({ host: 'pulsar.example.org' }))?.code, 'MAG_ERR_HOST_DENIED', 'on loopback the check is always on');
 });
