@@ -351,3 +351,18 @@ test('a finished job keeps of its launch only its dynamic file sources', async (
   t.false(/MARKER_(COMMAND|ENV|PARAM)/.test(text));
   t.deepEqual(JSON.parse(text).launch.request.dynamicFileSources, [{ type: 'galaxy', path: 'galaxy.json' }]);
 });
+
+test("the defaults refuse the issue's floods: 6,000 dynamic sources, a 4.5 MiB dependencies_description, 300,000 touch_outputs", async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  const config = await setupJob(server.url, 'floods');
+  const sources = JSON.stringify(Array.from({ length: 6000 }, (_, i) => ({ type: 'galaxy', path: `f${i}.json` })));
+  assertLimit(t, await submit(server, 'floods', { command_line: 'true', dynamic_file_sources: sources }), /max_dynamic_file_sources|max_submit_param_size/);
+  // 4.5 MiB of `{},` is 13.5 MiB percent-encoded: inside the 16 MiB request line, so the bound answers.
+  const deps = `[${'{},'.repeat(1.5 * MiB - 1)}{}]`;
+  assertLimit(t, await submit(server, 'floods', { command_line: 'true', dependencies_description: deps }), /max_dependencies_description_size/);
+  const touches = JSON.stringify({ touch_outputs: Array.from({ length: 300_000 }, (_, i) => `t${i}`) });
+  assertLimit(t, await submit(server, 'floods', { command_line: 'true', submit_extras: touches }), /max_touch_outputs|max_submit_param_size/);
+  t.is(await countFiles(config.outputs_directory), 0, 'nothing was created');
+  t.is((await recordOf(server, 'floods')).state, 'setup', 'the job is still set up: a refused parameter changes nothing');
+});
