@@ -697,8 +697,10 @@ export class JobService {
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
     // Until the ending is on disk, a restart would find the job as it was before: keep trying.
     this.#inBackground(record.id, this.#recordLater(ended));
-    // `next` may carry the external id being recorded; the backend's job is stopped either way.
-    if (next.state !== 'postprocessing' && next.state !== 'complete') await this.#stopBackendJob({ ...next, state: record.state });
+    // A job ending on purpose (failed, cancelled, lost) is stopped by whoever ended it (#fail,
+    // cancel). Otherwise it was going on (being started, running): stop it here. `next` may carry
+    // the external id being recorded.
+    if (!keepsTarget && next.state !== 'postprocessing' && next.state !== 'complete') await this.#stopBackendJob({ ...next, state: record.state });
     return ended;
   }
 
