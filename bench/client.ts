@@ -25,10 +25,14 @@ export class Client {
   /** Socket idle limit per request (ms); unset = none. Bounds a bench loop against a hung server. */
   readonly timeoutMs: number | undefined;
 
-  constructor(host: string, port: number, maxSockets: number, timeoutMs?: number) {
+  /** Source address of the connections (another loopback address stands for another machine). */
+  readonly localAddress: string | undefined;
+
+  constructor(host: string, port: number, maxSockets: number, timeoutMs?: number, localAddress?: string) {
     this.host = host;
     this.port = port;
     this.timeoutMs = timeoutMs;
+    this.localAddress = localAddress;
     this.agent = new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets, scheduling: 'lifo' });
   }
 
@@ -42,7 +46,7 @@ export class Client {
       } else if (method !== 'GET') {
         allHeaders['Content-Length'] = '0';
       }
-      const req = http.request({ host: this.host, port: this.port, method, path: target, headers: allHeaders, agent: this.agent }, (res) => {
+      const req = http.request({ host: this.host, port: this.port, localAddress: this.localAddress, method, path: target, headers: allHeaders, agent: this.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {

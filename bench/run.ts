@@ -341,7 +341,12 @@ async function main(): Promise<number> {
     if (only.has('soak')) {
       const soakMs = envInt('BENCH_SOAK_MS', 8000);
       log(`== soak: one well-behaved client, alone and then beside a misbehaving one (${soakMs} ms each)`);
-      soak = await withServer(ctx, 'soak', async (server) => runSoak(server, soakMs));
+      const decoyDir = path.join(root, 'soak-decoy');
+      const startDecoy = async (): Promise<ServerProcess> => {
+        await fs.mkdir(decoyDir, { recursive: true });
+        return ServerProcess.start({ root: decoyDir, numConcurrentJobs: NUM_CONCURRENT_JOBS, logLevel: ctx.serverLogLevel, entry: ctx.serverEntry });
+      };
+      soak = await withServer(ctx, 'soak', async (server) => runSoak(server, soakMs, startDecoy));
       if (isFailed(soak)) failures++;
       out['soak'] = soak;
     }

@@ -31,11 +31,16 @@ export interface AttackFigures {
 
 export interface SoakResult {
   readonly seconds_per_phase: number;
+  readonly attacker_address: string;
   readonly alone: ClientFigures;
   readonly under_attack: ClientFigures;
+  /** The control: the good client while the same attack hits another server process. */
+  readonly attack_elsewhere?: ClientFigures;
   readonly attacks: Record<string, AttackFigures>;
   /** under_attack.p99 / alone.p99. */
   readonly p99_ratio: number;
+  /** under_attack.p99 / attack_elsewhere.p99: the slowdown the server under test adds to the machine's. */
+  readonly p99_ratio_to_control?: number;
 }
 
 /** Client-side bound on any one request, so a stalled server cannot stall the bench. */
@@ -94,10 +99,11 @@ async function tallied(tally: Tally, request: () => Promise<unknown>): Promise<v
   }
 }
 
-/** Where the attacks send their requests. */
+/** Where the attacks send their requests, and from which address. */
 interface Target {
   readonly host: string;
   readonly port: number;
+  readonly localAddress: string;
 }
 
 type Attack = (server: Target, until: number, tally: Tally) => Promise<void>;
@@ -107,7 +113,7 @@ type Attack = (server: Target, until: number, tally: Tally) => Promise<void>;
  * a file the job made in its working directory.
  */
 const hostileGlob: Attack = async (server, until, tally) => {
-  const client = new Client(server.host, server.port, 1, REQUEST_TIMEOUT_MS);
+  const client = new Client(server.host, server.port, 1, REQUEST_TIMEOUT_MS, server.localAddress);
   try {
     await client.request('POST', `/jobs?${qs({ job_id: 'soak_glob' })}`);
     await client.request('POST', `/jobs/soak_glob/submit?${qs({ job_id: 'soak_glob', command_line: `touch ${'a'.repeat(26)}` })}`);
@@ -132,7 +138,7 @@ const hostileGlob: Attack = async (server, until, tally) => {
  * failed authentications).
  */
 const badToken: Attack = async (server, until, tally) => {
-  const client = new Client(server.host, server.port, 2, REQUEST_TIMEOUT_MS);
+  const client = new Client(server.host, server.port, 2, REQUEST_TIMEOUT_MS, server.localAddress);
   try {
     while (Date.now() < until) await tallied(tally, () => client.request('GET', `/jobs/x/status?${qs({ job_id: 'x', private_token: 'wrong' })}`));
   } finally {
@@ -142,7 +148,7 @@ const badToken: Attack = async (server, until, tally) => {
 
 /** Submits whose parameters ask the server to keep or create a lot (dynamic sources, touches, payload). */
 const heavySubmits: Attack = async (server, until, tally) => {
-  const client = new Client(server.host, server.port, 1, REQUEST_TIMEOUT_MS);
+  const client = new Client(server.host, server.port, 1, REQUEST_TIMEOUT_MS, server.localAddress);
   const sources = JSON.stringify(Array.from({ length: 2000 }, (_, i) => ({ type: 'galaxy', path: `s${i % 3}.json` })));
   const touches = JSON.stringify({ touch_outputs: Array.from({ length: 5000 }, (_, i) => `t${i}`) });
   const deps = JSON.stringify({ requirements: Array.from({ length: 20_000 }, () => ({})) });
@@ -164,7 +170,7 @@ const heavySubmits: Attack = async (server, until, tally) => {
 const stalledConnections: Attack = async (server, until, tally) => {
   const sockets: net.Socket[] = [];
   const open = (payload: string): void => {
-    const socket = net.connect(server.port, server.host);
+    const socket = net.connect({ port: server.port, host: server.host, localAddress: server.localAddress });
     socket.on('error', () => tally.note('reset'));
     socket.on('close', () => undefined);
     socket.write(payload);
@@ -207,34 +213,62 @@ async function attackAll(target: Target, durationMs: number): Promise<Record<str
  */
 async function attackFromAnotherProcess(target: Target, durationMs: number): Promise<Record<string, AttackFigures>> {
   const script = fileURLToPath(import.meta.url);
-  const { stdout } = await promisify(execFile)(process.execPath, [script, target.host, String(target.port), String(durationMs)], {
+  const { stdout } = await promisify(execFile)(process.execPath, [script, target.host, String(target.port), String(durationMs), target.localAddress], {
     timeout: durationMs + 60_000,
     maxBuffer: 1 << 20,
   });
   return JSON.parse(stdout) as Record<string, AttackFigures>;
 }
 
-export async function runSoak(server: ServerProcess, durationMs: number): Promise<SoakResult> {
+/**
+ * The misbehaving client's source address: another loopback address by default, as a client on
+ * another machine would have (`BENCH_SOAK_FROM=127.0.0.1` puts it on the good client's address).
+ */
+const ATTACKER_ADDRESS = process.env['BENCH_SOAK_FROM'] ?? '127.0.0.2';
+
+/**
+ * Alone, then beside the misbehaving client, then beside the same misbehaving client attacking
+ * another server process (the control): on a small machine the attacker's own CPU and the decoy's
+ * slow everything down, and the control shows how much of the slowdown is that rather than the
+ * server under test giving the attacker more than its share.
+ */
+export async function runSoak(server: ServerProcess, durationMs: number, startDecoy?: () => Promise<ServerProcess>): Promise<SoakResult> {
   log(`soak: the well-behaved client alone for ${durationMs} ms`);
   const alone = await wellBehaved(server, durationMs, 'soak_alone_');
   log(`soak: alone ${JSON.stringify(alone)}`);
-  log(`soak: again, with ${Object.keys(ATTACKS).join(', ')} from a misbehaving client (another process)`);
-  const attacking = attackFromAnotherProcess(server, durationMs);
+  log(`soak: again, with ${Object.keys(ATTACKS).join(', ')} from a misbehaving client (another process, from ${ATTACKER_ADDRESS})`);
+  const attacking = attackFromAnotherProcess({ host: server.host, port: server.port, localAddress: ATTACKER_ADDRESS }, durationMs);
   const underAttack = await wellBehaved(server, durationMs, 'soak_attacked_');
   const attacks = await attacking;
   log(`soak: under attack ${JSON.stringify(underAttack)}`);
+  let control: ClientFigures | undefined;
+  if (startDecoy !== undefined) {
+    const decoy = await startDecoy();
+    try {
+      log(`soak: control: the same attack on another server process (pid ${decoy.pid}) while the good client runs`);
+      const decoyAttack = attackFromAnotherProcess({ host: decoy.host, port: decoy.port, localAddress: ATTACKER_ADDRESS }, durationMs);
+      control = await wellBehaved(server, durationMs, 'soak_control_');
+      await decoyAttack;
+      log(`soak: control ${JSON.stringify(control)}`);
+    } finally {
+      await decoy.stop();
+    }
+  }
   return {
     seconds_per_phase: durationMs / 1000,
+    attacker_address: ATTACKER_ADDRESS,
     alone,
     under_attack: underAttack,
+    ...(control === undefined ? {} : { attack_elsewhere: control }),
     attacks,
     p99_ratio: alone.p99_ms > 0 ? round(underAttack.p99_ms / alone.p99_ms) : 0,
+    ...(control === undefined || control.p99_ms === 0 ? {} : { p99_ratio_to_control: round(underAttack.p99_ms / control.p99_ms) }),
   };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const [host, port, ms] = process.argv.slice(2);
-  attackAll({ host: host ?? '127.0.0.1', port: Number(port) }, Number(ms)).then(
+  const [host, port, ms, from] = process.argv.slice(2);
+  attackAll({ host: host ?? '127.0.0.1', port: Number(port), localAddress: from ?? '127.0.0.1' }, Number(ms)).then(
     (figures) => process.stdout.write(JSON.stringify(figures)),
     (error: unknown) => {
       process.stderr.write(`soak attacker: ${error instanceof Error ? error.message : String(error)}\n`);

@@ -13,7 +13,8 @@ import { errorAnswer } from './web/errors.js';
 import { fastStatus } from './web/fast-status.js';
 import { hostGuard } from './web/host-check.js';
 import { queryOf } from './web/params.js';
-import { addressMatcher, rateLimits, type RateLimits } from './web/rate-limit.js';
+import { FairShare, requestCost } from './web/fair-share.js';
+import { addressMatcher, clientKeyOf, rateLimits, type RateLimits } from './web/rate-limit.js';
 import { tlsCredentials, type TlsCredentials } from './web/tls.js';
 
 /** Galaxy sends the whole submit payload in the query string (PROTOCOL §1.1). */
@@ -98,6 +99,13 @@ function createHttpServer(
   const bodyIdleMs = config.app.requestBodyIdleTimeout * 1000;
   const requested = new WeakSet<Socket>();
   const guard = hostGuard(config);
+  const fair = config.app.fairShare
+    ? new FairShare({ onHold: (client) => log.warn({ client }, 'fair share: the server is busy and this client is over its share; its requests wait briefly') })
+    : undefined;
+  const clientKey = clientKeyOf(config.app.trustedProxies);
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    if (!status(req, res)) web(req, res);
+  };
   const app = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     requested.add(req.socket);
     // Before both the status fast path and express: a foreign Host or a browser Origin is refused.
@@ -109,7 +117,8 @@ function createHttpServer(
       return;
     }
     if (bodyIdleMs > 0 && hasBody(req)) dropIdleBody(req, bodyIdleMs);
-    if (!status(req, res)) web(req, res);
+    if (fair === undefined) handle(req, res);
+    else fair.admit(clientKey(req), requestCost(req.url?.length ?? 0, Number(req.headers['content-length']) || 0), () => handle(req, res));
   };
   const headersMs = config.app.headersTimeout * 1000;
   const serverOptions: http.ServerOptions = {
@@ -127,6 +136,7 @@ function createHttpServer(
       ? http.createServer(serverOptions, app)
       : https.createServer({ ...serverOptions, key: tls.key, cert: tls.cert, ...(headersMs > 0 ? { handshakeTimeout: headersMs } : {}) }, app);
   capConnections(server, config, log);
+  if (fair !== undefined) server.once('close', () => fair.close());
   if (headersMs > 0) {
     // Node's headersTimeout spares a connection that has sent nothing at all: close it too when no
     // request has begun on it in that time (once one has, keepAliveTimeout and headersTimeout apply).

@@ -67,6 +67,7 @@ function expectedDefaults(dir: string): Config {
       headersTimeout: 60,
       maxConnections: 1024,
       maxConnectionsPerAddress: 256,
+      fairShare: true,
       allowedHosts: [],
       allowedOrigins: [],
       managers: [
@@ -102,6 +103,7 @@ function expectedDefaults(dir: string): Config {
       maxStatusSize: 16 * 1024 ** 2,
       statusCacheSize: 64 * 1024 ** 2,
       maxLiveJobs: 10_000,
+      maxLiveJobsPerAddress: 5_000,
       setupExpiry: 86_400,
       finishedExpiry: 604_800,
     },

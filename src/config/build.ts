@@ -60,6 +60,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     maxStatusSize: options.max_status_size,
     statusCacheSize: options.status_cache_size,
     maxLiveJobs: options.max_live_jobs,
+    maxLiveJobsPerAddress: options.max_live_jobs_per_address,
     setupExpiry: options.setup_expiry,
     finishedExpiry: options.finished_expiry,
     trustedProxies: options.trusted_proxies,
@@ -67,6 +68,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     headersTimeout: options.headers_timeout,
     maxConnections: options.max_connections,
     maxConnectionsPerAddress: options.max_connections_per_address,
+    fairShare: options.fair_share,
     allowedHosts: options.allowed_hosts,
     allowedOrigins: options.allowed_origins,
   };

@@ -384,6 +384,7 @@ export const appOptionsSchema = z
     max_status_size: optionOr(asByteSize, 16 * MiB),
     status_cache_size: optionOr(asByteSize, 64 * MiB),
     max_live_jobs: optionOr(asCount, 10_000),
+    max_live_jobs_per_address: optionOr(asCount, 5_000),
     setup_expiry: optionOr(asSeconds, 24 * 3600),
     finished_expiry: optionOr(asSeconds, 7 * 24 * 3600),
     // Proxies whose X-Forwarded-For names the client for the rate limits; none by default.
@@ -395,6 +396,8 @@ export const appOptionsSchema = z
     // Open connections at once, in all and from one address (0 = no cap).
     max_connections: optionOr(asCount, 1024),
     max_connections_per_address: optionOr(asCount, 256),
+    // While the event loop is busy, requests from an address over its share wait a little (web/fair-share.ts).
+    fair_share: optionOr(asBoolean, true),
     // Host names (beyond localhost, IP addresses and the bind host) and browser origins answered.
     allowed_hosts: optionOr(asList('host names like pulsar.example.org, *.example.org or *', /^(?:\*|(?:\*\.)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)$/), []),
     allowed_origins: optionOr(asList('origins like https://galaxy.example.org, or *', /^(?:\*|null|https?:\/\/[^\s/]+)$/), []),

@@ -115,6 +115,8 @@ export interface AppSection {
   readonly statusCacheSize: number;
   /** Unfinished jobs (set up to postprocessing) each manager holds before it refuses setups; 0 = no limit. */
   readonly maxLiveJobs: number;
+  /** Of those, the most one client address (behind trusted_proxies: X-Forwarded-For client) may hold; 0 = no limit. */
+  readonly maxLiveJobsPerAddress: number;
   /** Seconds a job may stay set up without being submitted before it is cleaned; 0 = never. */
   readonly setupExpiry: number;
   /** Seconds a finished job is kept before it is cleaned; 0 = never. */
@@ -132,6 +134,11 @@ export interface AppSection {
   readonly maxConnections: number;
   /** Open connections at once from one address (0 = no cap); trusted proxies are exempt. */
   readonly maxConnectionsPerAddress: number;
+  /**
+   * `fair_share`: while the event loop is busy and several addresses are active, requests from an
+   * address using more than its share are held back briefly (at most ~200 ms; never refused).
+   */
+  readonly fairShare: boolean;
   /**
    * `allowed_hosts`: Host names answered besides IP addresses, localhost and the bind host (and,
    * bound beyond loopback, this machine's host name); `*.example.org` covers sub-domains, `*` any.

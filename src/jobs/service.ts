@@ -90,6 +90,8 @@ export class JobService {
   #sweeping: Promise<void> | undefined;
   /** Setups of new jobs whose record is being written (they count against `max_live_jobs`). */
   #settingUp = 0;
+  /** The same, per client (`max_live_jobs_per_address`). */
+  readonly #settingUpBy = new Map<string, number>();
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -268,17 +270,21 @@ export class JobService {
 
   // ---------------------------------------------------------------- setup
 
-  async setup(clientJobId: string, toolId: string | undefined, toolVersion: string | undefined): Promise<object> {
+  /**
+   * Set a job up. `client` is who asks (their address, see web/rate-limit.ts clientKeyOf), counted
+   * against `max_live_jobs_per_address`; undefined for callers that are not a network client.
+   */
+  async setup(clientJobId: string, toolId: string | undefined, toolVersion: string | undefined, client?: string): Promise<object> {
     const id = assignJobId(this.manager.assignIds, clientJobId);
     // Decided before anything touches the disk.
     const tool = this.#authorizer.authorizeSetup(id, toolId, toolVersion);
     return this.#locked(id, async () => {
-      await this.#setupLocked(id, tool.toolId, tool.toolVersion);
+      await this.#setupLocked(id, tool.toolId, tool.toolVersion, client);
       return this.#jobConfig(id, tool.toolId, tool.toolVersion);
     });
   }
 
-  async #setupLocked(id: string, toolId: string | undefined, toolVersion: string | undefined): Promise<JobRecord> {
+  async #setupLocked(id: string, toolId: string | undefined, toolVersion: string | undefined, client: string | undefined): Promise<JobRecord> {
     const existing = this.#store.get(id);
     if (existing !== undefined && !isTerminal(existing.state) && existing.state !== 'setup') {
       throw new JobStateConflict(`job ${id} is ${wireStatus(existing.state)}; clean it or cancel it before setting it up again`);
@@ -290,15 +296,34 @@ export class JobService {
     if (maxLiveJobs > 0 && adds && this.#store.liveCount + this.#settingUp >= maxLiveJobs) {
       throw new TooManyJobs(`manager ${this.manager.name} holds ${this.#store.liveCount} unfinished jobs: max_live_jobs (${maxLiveJobs}) reached; retry when jobs have finished or been cleaned`);
     }
+    // One client may not hold them all: its own unfinished jobs (again counting setups under way).
+    const perClient = this.#app.maxLiveJobsPerAddress;
+    const clientCounts = perClient > 0 && client !== undefined;
+    if (clientCounts && adds && this.#store.liveCountOf(client) + (this.#settingUpBy.get(client) ?? 0) >= perClient) {
+      throw new TooManyJobs(`client ${client} holds ${this.#store.liveCountOf(client)} unfinished jobs on manager ${this.manager.name}: max_live_jobs_per_address (${perClient}) reached; retry when jobs have finished or been cleaned`);
+    }
+    const countsFor = adds && clientCounts ? client : undefined;
     if (adds) this.#settingUp++;
+    if (countsFor !== undefined) this.#settingUpBy.set(countsFor, (this.#settingUpBy.get(countsFor) ?? 0) + 1);
     try {
-      return await this.#writeSetup(id, existing, toolId, toolVersion);
+      return await this.#writeSetup(id, existing, toolId, toolVersion, client);
     } finally {
       if (adds) this.#settingUp--;
+      if (countsFor !== undefined) {
+        const left = (this.#settingUpBy.get(countsFor) ?? 1) - 1;
+        if (left <= 0) this.#settingUpBy.delete(countsFor);
+        else this.#settingUpBy.set(countsFor, left);
+      }
     }
   }
 
-  async #writeSetup(id: string, existing: JobRecord | undefined, toolId: string | undefined, toolVersion: string | undefined): Promise<JobRecord> {
+  async #writeSetup(
+    id: string,
+    existing: JobRecord | undefined,
+    toolId: string | undefined,
+    toolVersion: string | undefined,
+    client: string | undefined,
+  ): Promise<JobRecord> {
     const now = new Date().toISOString();
     const record: JobRecord = {
       id,
@@ -307,6 +332,7 @@ export class JobService {
       state: 'setup',
       toolId,
       toolVersion,
+      client,
       createdAt: now,
       updatedAt: now,
       launch: undefined,
@@ -465,12 +491,13 @@ export class JobService {
   /**
    * Close the job to uploads (state `preprocessing`, recorded first), authorize it, prepare its
    * launch and queue it. A refusal fails the job and answers 403; a malformed env entry answers
-   * 400 and leaves the job set up.
+   * 400 and leaves the job set up. `client` is as for setup (a submit with `setup_params` sets the
+   * job up).
    */
-  async submit(jobId: string, request: SubmitRequest): Promise<void> {
+  async submit(jobId: string, request: SubmitRequest, client?: string): Promise<void> {
     const id = checkJobId(jobId);
     await this.#locked(id, async () => {
-      const record = await this.#recordForSubmit(id, request);
+      const record = await this.#recordForSubmit(id, request, client);
       if (record.state !== 'setup') {
         this.#log.info({ jobId: id, state: record.state }, 'duplicate submit ignored');
         return;
@@ -498,7 +525,7 @@ export class JobService {
   }
 
   /** The job a submit is for: set up here when the request carries `setup_params` (PROTOCOL §2.5). */
-  async #recordForSubmit(id: string, request: SubmitRequest): Promise<JobRecord> {
+  async #recordForSubmit(id: string, request: SubmitRequest, client: string | undefined): Promise<JobRecord> {
     const record = this.#store.get(id);
     const setupParams = request.setupParams;
     if (record !== undefined && (setupParams === undefined || record.state === 'setup' || (await this.#dir(id).exists()))) return record;
@@ -507,7 +534,7 @@ export class JobService {
     // Everything that can be refused is refused before the setup writes anything.
     const tool = this.#authorizer.authorizeSetup(id, setupParams.toolId, setupParams.toolVersion, true);
     this.#authorizer.authorizeEnv(id, tool.toolId, request.env);
-    return this.#setupLocked(id, tool.toolId, tool.toolVersion);
+    return this.#setupLocked(id, tool.toolId, tool.toolVersion, client);
   }
 
   /**

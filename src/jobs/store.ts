@@ -29,6 +29,8 @@ export interface JobRecord {
   readonly state: JobState;
   readonly toolId: string | undefined;
   readonly toolVersion: string | undefined;
+  /** Who set the job up: the client's address (see web/rate-limit.ts clientKeyOf), if known. */
+  readonly client?: string | undefined;
   readonly createdAt: string;
   readonly updatedAt: string;
   readonly launch: LaunchRecord | undefined;
@@ -70,6 +72,7 @@ const recordSchema = z.object({
   state: z.enum(JOB_STATES),
   toolId: z.string().optional(),
   toolVersion: z.string().optional(),
+  client: z.string().max(128).optional(),
   createdAt: z.string(),
   updatedAt: z.string(),
   launch: z
@@ -99,6 +102,8 @@ export class JobStore {
   readonly #jobs = new Map<string, JobRecord>();
   /** Records whose state is not terminal (kept as records change: setup is refused past `max_live_jobs`). */
   #live = 0;
+  /** Unfinished jobs per client that set them up (`max_live_jobs_per_address`). */
+  readonly #liveByClient = new Map<string, number>();
   /** Serialises file operations per job so an older record never overwrites a newer one. */
   readonly #writing = new Map<string, Promise<unknown>>();
   #closed = false;
@@ -154,6 +159,11 @@ export class JobStore {
     return this.#live;
   }
 
+  /** Unfinished jobs set up by `client`. */
+  liveCountOf(client: string): number {
+    return this.#liveByClient.get(client) ?? 0;
+  }
+
   /** Every record now (a copy: the store may change while the caller goes through it). */
   records(): JobRecord[] {
     return [...this.#jobs.values()];
@@ -161,15 +171,24 @@ export class JobStore {
 
   #set(record: JobRecord): void {
     const previous = this.#jobs.get(record.id);
-    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
-    if (!isTerminal(record.state)) this.#live++;
+    if (previous !== undefined) this.#countLive(previous, -1);
+    this.#countLive(record, 1);
     this.#jobs.set(record.id, record);
   }
 
   #remove(id: string): void {
     const previous = this.#jobs.get(id);
-    if (previous !== undefined && !isTerminal(previous.state)) this.#live--;
+    if (previous !== undefined) this.#countLive(previous, -1);
     this.#jobs.delete(id);
+  }
+
+  #countLive(record: JobRecord, delta: 1 | -1): void {
+    if (isTerminal(record.state)) return;
+    this.#live += delta;
+    if (record.client === undefined) return;
+    const count = (this.#liveByClient.get(record.client) ?? 0) + delta;
+    if (count <= 0) this.#liveByClient.delete(record.client);
+    else this.#liveByClient.set(record.client, count);
   }
 
   /**
@@ -267,6 +286,7 @@ async function readRecord(file: string): Promise<JobRecord | string> {
     state: r.state,
     toolId: r.toolId,
     toolVersion: r.toolVersion,
+    client: r.client,
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
     // Records of finished jobs written before they were slimmed: keep only what status reads.

@@ -4,7 +4,7 @@ import type { AppSection } from '../config/types.js';
 import { loggableUrl, type Logger } from '../log.js';
 import { requireToken, tokenMatcher } from './auth.js';
 import { errorHandler, notFoundHandler } from './errors.js';
-import type { RateLimits } from './rate-limit.js';
+import { clientKeyOf, type RateLimits } from './rate-limit.js';
 import { jobRoutes, type Services } from './routes.js';
 import { queryOf } from './params.js';
 
@@ -36,7 +36,7 @@ export function createApp(app: AppSection, services: Services, log: Logger, limi
   }
   if (limits?.failedAuth !== undefined) web.use(limits.failedAuth);
   if (limits?.setup !== undefined) web.post(['/jobs', '/managers/:manager/jobs'], limits.setup);
-  const routes = jobRoutes(services, requireToken(app.privateToken, queryOf));
+  const routes = jobRoutes(services, requireToken(app.privateToken, queryOf), clientKeyOf(app.trustedProxies));
   web.use('/managers/:manager', routes);
   web.use('/', routes);
   web.use(notFoundHandler);

@@ -166,7 +166,8 @@ export function clientAddressOf(trustedProxies: readonly string[]): (req: Incomi
   };
 }
 
-function clientKeyOf(trustedProxies: readonly string[]): (req: IncomingMessage) => string {
+/** The key a client is counted under: its address (see clientAddressOf), IPv6 by /56 network. */
+export function clientKeyOf(trustedProxies: readonly string[]): (req: IncomingMessage) => string {
   const addressOf = clientAddressOf(trustedProxies);
   return (req) => ipKeyGenerator(addressOf(req), IPV6_SUBNET);
 }

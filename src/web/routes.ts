@@ -19,7 +19,7 @@ function sendOk(res: Response): void {
 }
 
 /** The route table of PROTOCOL §2 (routes 1–9); mounted at `/` and at `/managers/:manager`. */
-export function jobRoutes(services: Services, auth: RequestHandler): Router {
+export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (req: Request) => string): Router {
   const router = Router({ mergeParams: true });
 
   const service = (req: Request): JobService => {
@@ -32,7 +32,7 @@ export function jobRoutes(services: Services, auth: RequestHandler): Router {
 
   router.post('/jobs', auth, async (req, res) => {
     const svc = service(req);
-    const config = await svc.setup(required(req, 'job_id'), optional(req, 'tool_id'), optional(req, 'tool_version'));
+    const config = await svc.setup(required(req, 'job_id'), optional(req, 'tool_id'), optional(req, 'tool_version'), clientOf(req));
     sendJson(res, JSON.stringify(config));
   });
 
@@ -65,7 +65,7 @@ export function jobRoutes(services: Services, auth: RequestHandler): Router {
   router.post('/jobs/:job_id/submit', auth, async (req, res) => {
     const svc = service(req);
     const request = parseSubmit(req, svc.submitLimits);
-    await svc.submit(jobId(req), request);
+    await svc.submit(jobId(req), request, clientOf(req));
     sendOk(res);
   });
 

@@ -1,5 +1,6 @@
 import test from 'ava';
 import * as fs from 'node:fs/promises';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -302,6 +303,47 @@ test('max_live_jobs holds when the setups arrive all at once', async (t) => {
   t.is(replies.filter((r) => r.status === 200).length, 3);
   t.is(replies.filter((r) => r.status === 503).length, 57);
   t.is((await fs.readdir(server.staging)).length, 3);
+});
+
+/** A setup sent from `localAddress` (another loopback address stands for another machine). */
+function setupFrom(base: string, localAddress: string, id: string): Promise<{ status: number; body: string }> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method: 'POST', path: `/jobs?${qs({ job_id: id })}`, localAddress, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test('max_live_jobs_per_address: one client cannot take every place, others still can; the count survives a restart', async (t) => {
+  const app = { maxLiveJobs: 100, maxLiveJobsPerAddress: 3 };
+  const first = await startTestServer({ app });
+  let server = first;
+  t.teardown(() => server.stop());
+  const mine = await Promise.all(Array.from({ length: 20 }, async (_, i) => setupFrom(server.url, '127.0.0.1', `a${i}`)));
+  t.is(mine.filter((r) => r.status === 200).length, 3);
+  for (const refused of mine.filter((r) => r.status !== 200)) {
+    t.is(refused.status, 503, refused.body);
+    t.regex(refused.body, /MAG_ERR_TOO_MANY_JOBS/);
+    t.regex(refused.body, /max_live_jobs_per_address \(3\)/);
+  }
+  t.is((await setupFrom(server.url, '127.0.0.2', 'b0')).status, 200, 'another address still sets up');
+  t.is((await fs.readdir(server.staging)).length, 4);
+  // A finished job frees its place; after a restart the unfinished ones still count.
+  const setUp = mine.map((r, i) => (r.status === 200 ? `a${i}` : undefined)).filter((id): id is string => id !== undefined);
+  t.is((await submit(server, setUp[0]!, { command_line: 'true' })).text, 'OK');
+  t.is((await waitForJob(server.url, setUp[0]!)).status, 'complete');
+  t.is((await setupFrom(server.url, '127.0.0.1', 'a100')).status, 200);
+  await first.close();
+  server = await startTestServer({ app, root: first.root });
+  t.is((await setupFrom(server.url, '127.0.0.1', 'a101')).status, 503, 'after the restart, 127.0.0.1 still holds 3');
+  t.is((await setupFrom(server.url, '127.0.0.2', 'b1')).status, 200);
 });
 
 test('expiry: set-up jobs never submitted and finished jobs never cleaned are cleaned by the sweep; live jobs are not', async (t) => {

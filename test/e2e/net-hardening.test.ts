@@ -280,3 +280,46 @@ test('bound beyond loopback, the Host check is on only when allowed_hosts is set
   t.is(listed(req({ host: 'other.example.org' }))?.code, 'MAG_ERR_HOST_DENIED');
   t.is(guard('127.0.0.1', [])(req({ host: 'pulsar.example.org' }))?.code, 'MAG_ERR_HOST_DENIED', 'on loopback the check is always on');
 });
+
+/** One GET from `localAddress` (another loopback address stands for another machine). */
+function getFrom(base: string, localAddress: string, target: string, agent: http.Agent): Promise<number> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: url.hostname, port: url.port, path: target, localAddress, agent }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+test('fair share: a client flooding from another address is held back, never refused, and the other is served', async (t) => {
+  const s = await server(t);
+  await setupJob(s.url, 'fair');
+  const floodAgent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+  const goodAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => {
+    floodAgent.destroy();
+    goodAgent.destroy();
+  });
+  const until = Date.now() + 2000;
+  const floodAnswers = new Map<number, number>();
+  const flood = Array.from({ length: 8 }, async () => {
+    while (Date.now() < until) {
+      const status = await getFrom(s.url, '127.0.0.2', `/jobs/x/status?${qs({ job_id: 'x' })}`, floodAgent);
+      floodAnswers.set(status, (floodAnswers.get(status) ?? 0) + 1);
+    }
+  });
+  const goodAnswers: number[] = [];
+  while (Date.now() < until) {
+    goodAnswers.push(await getFrom(s.url, '127.0.0.1', `/jobs/fair/status?${qs({ job_id: 'fair' })}`, goodAgent));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  await Promise.all(flood);
+  t.deepEqual([...floodAnswers.keys()], [200], 'every flood request was answered, none refused');
+  t.true(goodAnswers.length > 0 && goodAnswers.every((status) => status === 200));
+  const held = s.logLines.filter((line) => line.includes('fair share'));
+  t.true(held.some((line) => line.includes('127.0.0.2')), 'the flooding address was held back');
+  t.false(held.some((line) => line.includes('"127.0.0.1"')), 'the polite client never was');
+});
