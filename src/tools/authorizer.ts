@@ -1,9 +1,9 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { parse as parseShell } from 'shell-quote';
 import { JobRefused } from '../errors.js';
 import { PINNED_AFTER_CLIENT_ENV, SERVER_SET_ENV, envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
+import { shellSecondOpinion } from './shell-check.js';
 import type { ToolDefinition } from './types.js';
 
 /** What the job service asks the authorizer about a submit (PROTOCOL §2.5, parsed). */
@@ -215,33 +215,4 @@ export class ToolboxAuthorizer implements Authorizer {
 function errorCode(error: unknown): string {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === 'string' ? code : 'unknown error';
-}
-
-/**
- * A second opinion from shell-quote on a command line the validator accepted (never the only
- * boundary: it does not model every bash expansion). Anything it sees expanding — a variable, a
- * command substitution, a glob, a backquote — or a comment cutting the line short, is refused
- * whatever the validator said; operators such as `>` or `|` stay the validator's (literal) call.
- */
-export function shellSecondOpinion(commandLine: string): string | undefined {
-  const expansions: string[] = [];
-  let entries: ReturnType<typeof parseShell>;
-  try {
-    entries = parseShell(commandLine, (name: string) => {
-      expansions.push(name);
-      return '';
-    });
-  } catch {
-    return 'shell-quote cannot parse it';
-  }
-  if (expansions.length > 0) return 'it expands a variable or substitutes a command';
-  for (const entry of entries) {
-    if (typeof entry === 'string') {
-      if (entry.includes('`')) return 'it contains a backquote';
-      continue;
-    }
-    if ('comment' in entry) return 'it contains a shell comment';
-    if ('op' in entry && entry.op === 'glob') return 'it contains a glob pattern';
-  }
-  return undefined;
 }

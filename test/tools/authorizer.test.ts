@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { JobRefused } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
-import { ToolboxAuthorizer, shellSecondOpinion } from '../../src/tools/authorizer.js';
+import { ToolboxAuthorizer } from '../../src/tools/authorizer.js';
+import { shellSecondOpinion } from '../../src/tools/shell-check.js';
 import type { ToolDefinition, Validator } from '../../src/tools/types.js';
 
 test('shell-quote second opinion: expansions, substitutions, globs, backquotes and comments are refused; plain words and operators pass', (t) => {
