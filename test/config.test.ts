@@ -59,7 +59,7 @@ function expectedDefaults(dir: string): Config {
       allowInsecurePublic: false,
       allowedSubmitParams: [],
       rateLimitFailedAuth: 20,
-      rateLimitSetup: 60,
+      rateLimitSetup: 1000,
       toolDependencyDir: undefined,
       allowedEnv: [],
       trustedProxies: [],
@@ -602,7 +602,7 @@ test('no tool_config_files: not public, new options have their defaults', async 
   t.false(config.app.allowInsecurePublic);
   t.deepEqual(config.app.allowedSubmitParams, []);
   t.is(config.app.rateLimitFailedAuth, 20);
-  t.is(config.app.rateLimitSetup, 60);
+  t.is(config.app.rateLimitSetup, 1000);
   t.false(config.server.sslGenerate);
   const defaults = await defaultConfig('/tmp');
   t.deepEqual(defaults.app.toolConfigFiles, []);
@@ -659,7 +659,7 @@ test('an empty YAML value is as if the key were absent: the default, and nothing
     { 'tools.xml': TOOLBOX, 'app.yml': 'tool_config_files: tools.xml\nassign_ids:\nallow_unsafe_env:\nrate_limit_setup:\nmanager:\n  type: unqueued\n  num_concurrent_jobs:\n  job_name_template:\n' },
     'app.yml',
   );
-  t.is(config.app.rateLimitSetup, 60);
+  t.is(config.app.rateLimitSetup, 1000);
   t.is(config.app.managers[0]?.numConcurrentJobs, 1);
   t.is(config.app.managers[0]?.jobNameTemplate, 'pulsar_$job_id');
   t.deepEqual(warnings, []);

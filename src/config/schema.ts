@@ -360,7 +360,8 @@ export const appOptionsSchema = z
     allow_insecure_public: optionOr(asBoolean, false),
     allowed_submit_params: optionOr(asParamNameList, []),
     rate_limit_failed_auth: optionOr(asCount, 20),
-    rate_limit_setup: optionOr(asCount, 60),
+    // A busy Galaxy sets jobs up from one address, and its client does not retry a 429.
+    rate_limit_setup: optionOr(asCount, 1000),
     tool_dependency_dir: option(asOptionalPath),
     galaxy_home: option(asOptionalText),
     galaxy_virtual_env: option(asOptionalText),

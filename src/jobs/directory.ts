@@ -193,6 +193,12 @@ export class JobDirectory {
   }
 
   /** `GET files/path` and the upload response: where the file of this name and type lives. */
+  /** The path for (name, type), computed from the name alone: nothing on disk is read or made. */
+  computedPath(name: string, type: FileType): string {
+    const { base, parts } = this.#locate(name, type);
+    return path.join(base, ...parts);
+  }
+
   async pathFor(name: string, type: FileType, createParents: boolean): Promise<string> {
     const { base, parts } = this.#locate(name, type);
     if (type.startsWith('output')) {

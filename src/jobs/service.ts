@@ -472,11 +472,16 @@ export class JobService {
       if (!(await dir.exists())) throw new JobNotFound(`job ${id} does not exist`);
       return { path: await dir.pathFor(name, fileType, false) };
     }
-    // Answering may create the file's parent directories: under the lock, while uploads are open.
-    return this.#locked(id, async () => {
-      this.#requireStaging(id);
-      return { path: await dir.pathFor(name, fileType, true) };
-    });
+    // While uploads are open, answering creates the file's parent directories (under the lock).
+    // Afterwards it is a read-only question, answered in every state (as upstream): the path as
+    // computed, with nothing created.
+    const uploadsOpen = (): boolean => {
+      const record = this.#store.get(id);
+      if (record === undefined) throw new JobNotFound(`job ${id} has not been set up`);
+      return record.state === 'setup';
+    };
+    if (!uploadsOpen()) return { path: dir.computedPath(name, fileType) };
+    return this.#locked(id, async () => ({ path: uploadsOpen() ? await dir.pathFor(name, fileType, true) : dir.computedPath(name, fileType) }));
   }
 
   async download(jobId: string, name: string, type: string | undefined): Promise<OpenedDownload> {

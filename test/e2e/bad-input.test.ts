@@ -377,8 +377,14 @@ test('uploads need a set-up job: 404 before setup (nothing created), 409 after s
   for (const type of UPLOAD_TYPES) {
     await probe(t, fx, 'POST', upload('s1', `late-${type}`, type), { status: 409, body: 'late', label: `upload ${type} after submit` });
   }
-  await probe(t, fx, 'GET', `/jobs/s1/files/path?${qs({ name: 'late', type: 'input' })}`, { status: 409 });
   t.false(await exists(path.join(jobDir(fx, 's1'), 'inputs', 'late-input')));
+  // files/path is a read-only question, answered in every state; once uploads are closed it
+  // creates nothing (no parent directory for a nested name either).
+  const answered = await probe(t, fx, 'GET', `/jobs/s1/files/path?${qs({ name: 'sub/late', type: 'input' })}`, { status: 200 });
+  t.is(answered.json().path, path.join(jobDir(fx, 's1'), 'inputs', 'sub', 'late'));
+  t.false(await exists(path.join(jobDir(fx, 's1'), 'inputs', 'sub')));
+  const tool = await probe(t, fx, 'GET', `/jobs/s1/files/path?${qs({ name: 'x/y.py', type: 'tool' })}`, { status: 200 });
+  t.is(tool.json().path, path.join(jobDir(fx, 's1'), 'tool_files', 'x', 'y.py'));
 
   // Also while the job is still queued or running.
   await setupJob(t, fx, 's2');

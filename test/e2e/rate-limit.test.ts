@@ -3,6 +3,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { request, qs, type Reply } from '../helpers/client.js';
 import { makeRoot, startTestServer, type TestServer } from '../helpers/server.js';
+import { defaultConfig } from '../../src/config/index.js';
 
 const TOKEN = 'the-right-token';
 
@@ -131,4 +132,22 @@ test('POST /jobs is not limited outside public mode', async (t) => {
   for (let i = 0; i < 6; i++) {
     t.is((await request(server.url, 'POST', `/jobs?${qs({ job_id: `j${i}` })}`)).status, 200);
   }
+});
+
+test('the default setup limit lets a busy Galaxy through: 1,000 setups a minute from one address with the token, then 429 with Retry-After', async (t) => {
+  const root = await makeRoot();
+  const toolbox = path.join(root, 'toolbox.xml');
+  await fs.writeFile(toolbox, '<toolbox tool_path="."></toolbox>\n');
+  // The test helper turns the limits off; this test puts the shipped default back.
+  const server = await startTestServer({ root, app: { toolConfigFiles: [toolbox], allowUnsafeEnv: false, privateToken: TOKEN, rateLimitSetup: (await defaultConfig(root)).app.rateLimitSetup } });
+  t.teardown(() => server.stop());
+  t.is(server.config.app.rateLimitSetup, 1000, 'the default');
+  const setup = (i: number): Promise<Reply> => request(server.url, 'POST', `/jobs?${qs({ job_id: `g${i}`, tool_id: 'no_such_tool', private_token: TOKEN })}`);
+  const statuses = new Map<number, number>();
+  for (let batch = 0; batch < 1000; batch += 50) {
+    const replies = await Promise.all(Array.from({ length: 50 }, async (_, i) => setup(batch + i)));
+    for (const reply of replies) statuses.set(reply.status, (statuses.get(reply.status) ?? 0) + 1);
+  }
+  t.deepEqual([...statuses], [[403, 1000]], 'every setup reached the authorizer (unknown tool: 403), none was rate limited');
+  assertLimited(t, await setup(1000), 'the 1,001st setup in the minute');
 });
