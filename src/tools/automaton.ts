@@ -3,6 +3,11 @@
  * class) transition is computed once by subset construction and cached for every later text. Past
  * a cap on DFA states the match continues as a plain NFA simulation, so time stays linear in the
  * text (times the NFA size) and memory stays bounded whatever the input.
+ *
+ * A guard (a one-character negative lookahead, `notFollowedBy`) is a state that stays in the
+ * closure like a character state; stepping on a code unit outside its set continues through it
+ * first, and at the end of the text it always passes. Its set joins the character classes, so a
+ * class still decides every transition.
  */
 import { CharSet, type Pattern } from './regex.js';
 
@@ -35,6 +40,8 @@ const CHAR = 0;
 /** ε-moves to `out1` and, if ≥ 0, `out2`. */
 const SPLIT = 1;
 const MATCH = 2;
+/** Passes to `out1` when the next code unit is not in its set, or at the end of the text. */
+const GUARD = 3;
 
 const UNKNOWN = -1;
 const DEAD = -2;
@@ -75,6 +82,7 @@ class Builder {
    */
   build(p: Pattern, next: number, label: number): number {
     if (p.type === 'set') return this.add(CHAR, next, -1, label, p.set);
+    if (p.type === 'guard') return this.add(GUARD, next, -1, label, p.set);
     const key = `${next}:${label}`;
     let byNext = this.#memo.get(p);
     const known = byNext?.get(key);
@@ -85,7 +93,7 @@ class Builder {
     return entry;
   }
 
-  #build(p: Exclude<Pattern, { type: 'set' }>, next: number, label: number): number {
+  #build(p: Exclude<Pattern, { type: 'set' | 'guard' }>, next: number, label: number): number {
     switch (p.type) {
       case 'seq': {
         let entry = next;
@@ -123,6 +131,7 @@ export class Automaton {
   readonly #label: Int32Array;
   readonly #sets: readonly (CharSet | undefined)[];
   readonly #final: number;
+  readonly #hasGuards: boolean;
   /** Character classes: class k holds code units `bounds[k]` … `bounds[k+1] - 1`. */
   readonly #bounds: Int32Array;
   readonly #ascii: Uint16Array;
@@ -147,6 +156,7 @@ export class Automaton {
     this.#label = Int32Array.from(b.label);
     this.#sets = b.sets;
     this.#final = final;
+    this.#hasGuards = this.#kind.includes(GUARD);
     this.#mark = new Uint32Array(n);
     this.#stack = new Int32Array(n);
 
@@ -206,6 +216,34 @@ export class Automaton {
     return this.#accepting[d] === 1 ? { ok: true } : this.#failure(text.length, this.#dfaSets[d]);
   }
 
+  /**
+   * `states` followed by every state reached through the guards among them that pass: all guards
+   * when `c` is undefined (the end of the text), else those whose set lacks `c`. Each guard is
+   * crossed once, so the list stays within the NFA's size per guard.
+   */
+  #throughGuards(states: Int32Array, c: number | undefined): ArrayLike<number> {
+    if (!this.#hasGuards) return states;
+    let all: number[] | undefined;
+    let crossed: Set<number> | undefined;
+    for (let i = 0; i < (all ?? states).length; i++) {
+      const s = (all ?? states)[i] ?? 0;
+      if (this.#kind[s] !== GUARD || (c !== undefined && this.#sets[s]?.has(c) === true)) continue;
+      crossed ??= new Set();
+      if (crossed.has(s)) continue;
+      crossed.add(s);
+      all ??= Array.from(states);
+      for (const t of this.#closure([this.#out1[s] ?? -1])) all.push(t);
+    }
+    return all ?? states;
+  }
+
+  /** Would the text be accepted if it ended with `states` alive? */
+  #accepts(states: Int32Array): boolean {
+    const all = this.#throughGuards(states, undefined);
+    for (let i = 0; i < all.length; i++) if (all[i] === this.#final) return true;
+    return false;
+  }
+
   #classOf(c: number): number {
     const b = this.#bounds;
     let lo = 0;
@@ -254,7 +292,11 @@ export class Automaton {
   /** The states entered from `states` on a code unit `c`. */
   #step(states: Int32Array, c: number): number[] {
     const seeds: number[] = [];
-    for (const s of states) if (this.#kind[s] === CHAR && this.#sets[s]?.has(c) === true) seeds.push(this.#out1[s] ?? -1);
+    const all = this.#throughGuards(states, c);
+    for (let i = 0; i < all.length; i++) {
+      const s = all[i] ?? 0;
+      if (this.#kind[s] === CHAR && this.#sets[s]?.has(c) === true) seeds.push(this.#out1[s] ?? -1);
+    }
     return seeds;
   }
 
@@ -271,7 +313,7 @@ export class Automaton {
       trans.set(this.#trans);
       this.#trans = trans;
     }
-    this.#accepting[id] = states.includes(this.#final) ? 1 : 0;
+    this.#accepting[id] = this.#accepts(states) ? 1 : 0;
     return id;
   }
 
@@ -297,16 +339,15 @@ export class Automaton {
       if (seeds.length === 0) return this.#failure(i, current);
       current = this.#closure(seeds);
     }
-    return current.includes(this.#final) ? { ok: true } : this.#failure(text.length, current);
+    return this.#accepts(current) ? { ok: true } : this.#failure(text.length, current);
   }
 
   #failure(index: number, states: Int32Array | undefined): MatchOutcome {
     const labels = new Set<number>();
-    let endExpected = false;
-    for (const s of states ?? []) {
-      if (s === this.#final) endExpected = true;
-      else if ((this.#label[s] ?? NO_LABEL) !== NO_LABEL) labels.add(this.#label[s] ?? NO_LABEL);
+    const alive = states ?? new Int32Array(0);
+    for (const s of alive) {
+      if (s !== this.#final && (this.#label[s] ?? NO_LABEL) !== NO_LABEL) labels.add(this.#label[s] ?? NO_LABEL);
     }
-    return { ok: false, index, expected: [...labels].sort((a, b) => a - b), endExpected };
+    return { ok: false, index, expected: [...labels].sort((a, b) => a - b), endExpected: this.#accepts(alive) };
   }
 }

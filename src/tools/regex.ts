@@ -108,7 +108,13 @@ export type Pattern =
   | { readonly type: 'seq'; readonly items: readonly Pattern[] }
   | { readonly type: 'alt'; readonly alts: readonly Pattern[] }
   | { readonly type: 'repeat'; readonly body: Pattern; readonly min: number; readonly max: number }
-  | { readonly type: 'label'; readonly label: number; readonly body: Pattern };
+  | { readonly type: 'label'; readonly label: number; readonly body: Pattern }
+  /**
+   * Zero-width: the next code unit must not be in `set` (the end of the text passes). The
+   * validator puts one after a literal that ends in an unbraced `$NAME`, so that nothing after it
+   * can extend the name.
+   */
+  | { readonly type: 'guard'; readonly set: CharSet };
 
 export const EMPTY: Pattern = { type: 'seq', items: [] };
 
@@ -122,6 +128,11 @@ export function seq(...items: Pattern[]): Pattern {
 
 export function alt(...alts: Pattern[]): Pattern {
   return alts.length === 1 && alts[0] !== undefined ? alts[0] : { type: 'alt', alts };
+}
+
+/** Zero-width: the next code unit, if any, is not in `s`. */
+export function notFollowedBy(s: CharSet): Pattern {
+  return { type: 'guard', set: s };
 }
 
 /** `max` may be `Infinity`. */
@@ -144,6 +155,8 @@ export function nullable(p: Pattern): boolean {
   switch (p.type) {
     case 'set':
       return false;
+    case 'guard':
+      return true;
     case 'seq':
       return p.items.every(nullable);
     case 'alt':
@@ -155,11 +168,13 @@ export function nullable(p: Pattern): boolean {
   }
 }
 
-/** Rebuild `p` with every set replaced by `f(set)`. */
+/** Rebuild `p` with every set replaced by `f(set)` (guards are kept as they are). */
 export function mapSets(p: Pattern, f: (s: CharSet) => CharSet): Pattern {
   switch (p.type) {
     case 'set':
       return set(f(p.set));
+    case 'guard':
+      return p;
     case 'seq':
       return { type: 'seq', items: p.items.map((item) => mapSets(item, f)) };
     case 'alt':

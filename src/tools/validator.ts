@@ -2,12 +2,24 @@
  * `<command_validator>` / `<configfile_validator>`: the element language of Pulsar's validators
  * (PROTOCOL §12.2), compiled once into a single automaton and judged in linear time.
  *
- * Shell policy, by construction: every character a non-literal element (`regex`, `integer`,
- * `float`, `input`/`output` paths) can consume lies in SAFE, which holds no character that could
- * start a command, substitute, expand, redirect, quote or glob. Whitespace comes only from
- * separators and literals; a command line never contains a newline or any other control character.
- * So shell syntax in an accepted line is exactly the syntax some `literal` (or `tool_wrapper`,
- * `configfile`, parameter name) spells.
+ * Shell policy, by construction. The compiler knows the shell's quoting state at every element:
+ * each element's own quotes are balanced, and so must be every literal (else the whole validator
+ * falls back to the unquoted rules below). A non-literal element consumes only characters of the
+ * set its state allows:
+ * - unquoted (and `integer`, `float`, `input`/`output` paths anywhere): COMMAND_SAFE, which holds
+ *   no character that could start a command, substitute, expand, redirect, quote or glob;
+ * - inside single quotes (a command line's `regex`): anything but `'`, NUL and a newline, which
+ *   bash takes literally there;
+ * - inside double quotes: anything but `"`, `$`, backquote, backslash, NUL and a newline, which
+ *   bash takes literally there.
+ * So a regex can never close its quotes or expand anything. Whitespace outside quotes comes only
+ * from separators and literals; a command line never contains a newline or any other control
+ * character. A literal (or `tool_wrapper`, `configfile`, parameter name, separator) may spell
+ * shell syntax, but no expansion: outside single quotes its only `$` are Galaxy's benign
+ * `$GALAXY_SLOTS`, `${GALAXY_SLOTS:-N}`, `$GALAXY_MEMORY_MB`, `${GALAXY_MEMORY_MB:-N}` and
+ * `$GALAXY_MEMORY_MB_PER_SLOT` (an unbraced one may not be followed by a name character), and it
+ * has no backquote. Config files keep the unquoted set (plus whitespace) even inside quotes: their
+ * language is the tool's, and in Python or R a backslash escapes a quote inside single quotes.
  */
 import { relativeNameProblem } from '../jobs/paths.js';
 import { Automaton, AutomatonTooLarge } from './automaton.js';
@@ -18,6 +30,7 @@ import {
   RegexSyntaxError,
   alt,
   mapSets,
+  notFollowedBy,
   nullable,
   optional,
   parseRegex,
@@ -46,6 +59,26 @@ const PATH_CHARS = CharSet.chars('._+,@%=:-').union(CharSet.of([0x30, 0x39], [0x
 export const COMMAND_SAFE = PATH_CHARS.union(CharSet.chars('/'));
 /** Config files may also hold whitespace, line breaks included, in regex-matched text. */
 export const CONFIGFILE_SAFE = COMMAND_SAFE.union(CharSet.chars(' \t\n\r'));
+/** A command line's regex inside single quotes: bash takes all of these literally there. */
+export const SINGLE_QUOTED_SAFE = CharSet.chars("'\u0000\n").negate();
+/** A command line's regex inside double quotes: bash takes all of these literally there. */
+export const DOUBLE_QUOTED_SAFE = CharSet.chars('"$`\\\u0000\n').negate();
+
+/**
+ * The shell's quoting state where an element starts. `unknown`: some literal of the validator
+ * leaves its quotes open (or ends in a backslash), so nothing is assumed and every element keeps
+ * the unquoted set, which is safe in every state.
+ */
+type QuoteState = 'none' | 'single' | 'double' | 'unknown';
+
+/** Galaxy's variables a literal may expand (the job script exports them as whole numbers or not at all). */
+const BENIGN_NAMES = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_MEMORY_MB_PER_SLOT']);
+/** The names that may take a `${NAME:-digits}` default. */
+const BENIGN_DEFAULTS = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB']);
+const BENIGN_LIST = '$GALAXY_SLOTS, ${GALAXY_SLOTS:-N}, $GALAXY_MEMORY_MB, ${GALAXY_MEMORY_MB:-N} and $GALAXY_MEMORY_MB_PER_SLOT';
+/** Characters that would extend a shell variable name (non-ASCII too: some locales call it a letter). */
+const NAME_CHARS = CharSet.of([0x30, 0x39], [0x41, 0x5a], [0x5f, 0x5f], [0x61, 0x7a], [0x80, 0xffff]);
+const NAME_CHAR = /[A-Za-z0-9_]/;
 
 /**
  * The job directory is compiled as this one code unit. Texts are screened for control characters
@@ -100,6 +133,10 @@ interface Context {
   /** Label id → element description, for rejection reasons. */
   readonly labels: string[];
   readonly warnings: string[];
+  /** False when some literal leaves the quoting state changed: every element is then compiled in state `unknown`. */
+  readonly quoteAware: boolean;
+  /** Literals (and other fixed texts) that leave the quoting state changed. */
+  readonly unbalanced: string[];
 }
 
 interface Part {
@@ -127,12 +164,15 @@ function load(root: XmlElement, kind: ValidatorKind): { validator: Validator; wa
   const name = root.attrs['name'];
   if (kind === 'configfile' && (name === undefined || name === '')) throw new ValidatorLoadError('configfile_validator: the name attribute is required');
   const where = kind === 'command' ? expected : `${expected} ${quoted(name ?? '')}`;
-  const ctx: Context = { kind, labels: [], warnings: [] };
-  if (root.children.length === 0) ctx.warnings.push(`${where}: no elements, so only an empty text is accepted`);
-  warnStrayText(root, where, ctx);
-  const sep = separator(root.attrs['separate_by'] ?? '*spaces*', where, ctx);
-  lintAdjacentPaths(root, root.attrs['separate_by'] ?? '*spaces*', where, ctx);
-  const pattern = joinChildren(root.children.map((child) => element(child, sep, undefined, where, 1, ctx)), sep);
+  let ctx = context(kind, true);
+  let pattern = rootPattern(root, where, ctx);
+  if (ctx.unbalanced.length > 0) {
+    const unbalanced = ctx.unbalanced;
+    ctx = context(kind, false);
+    pattern = rootPattern(root, where, ctx);
+    const shown = unbalanced.slice(0, 3).join('; ') + (unbalanced.length > 3 ? ` (and ${unbalanced.length - 3} more)` : '');
+    ctx.warnings.push(`${where}: ${shown}: leaves a quote open or ends in a backslash, so the quoting state is unknown and quoted elements keep the unquoted character set`);
+  }
   let automaton: Automaton;
   try {
     automaton = Automaton.compile(pattern);
@@ -141,6 +181,27 @@ function load(root: XmlElement, kind: ValidatorKind): { validator: Validator; wa
     throw error;
   }
   return { validator: new CompiledValidator(automaton, ctx.labels, where, kind), warnings: ctx.warnings };
+}
+
+function context(kind: ValidatorKind, quoteAware: boolean): Context {
+  return { kind, labels: [], warnings: [], quoteAware, unbalanced: [] };
+}
+
+function rootPattern(root: XmlElement, where: string, ctx: Context): Pattern {
+  const state: QuoteState = ctx.quoteAware ? 'none' : 'unknown';
+  if (root.children.length === 0) ctx.warnings.push(`${where}: no elements, so only an empty text is accepted`);
+  warnStrayText(root, where, ctx);
+  const sep = separator(root.attrs['separate_by'] ?? '*spaces*', where, ctx, state);
+  lintAdjacentPaths(root, root.attrs['separate_by'] ?? '*spaces*', where, ctx);
+  return joinChildren(root.children.map((child) => element(child, sep, undefined, where, 1, ctx, state)), sep);
+}
+
+/** The state after a quote character `q` is read (literally, as the quote an element adds) in `state`. */
+function afterQuote(state: QuoteState, q: "'" | '"'): QuoteState {
+  if (state === 'unknown') return state;
+  if (state === 'none') return q === "'" ? 'single' : 'double';
+  if (state === 'single') return q === "'" ? 'none' : 'single';
+  return q === '"' ? 'none' : 'double';
 }
 
 /**
@@ -163,8 +224,11 @@ function joinChildren(parts: readonly Part[], sep: Pattern): Pattern {
   return head;
 }
 
-/** One child element; `parent` describes the enclosing parameter or group, if any. */
-function element(el: XmlElement, sep: Pattern, parent: string | undefined, parentPath: string, depth: number, ctx: Context): Part {
+/**
+ * One child element; `parent` describes the enclosing parameter or group, if any; `state` is the
+ * quoting state where it starts (and ends: its own quotes are balanced).
+ */
+function element(el: XmlElement, sep: Pattern, parent: string | undefined, parentPath: string, depth: number, ctx: Context, state: QuoteState): Part {
   const where = `${parentPath} > ${describe(el)}`;
   const own = ELEMENT_ATTRS.get(el.name);
   if (own === undefined) throw new ValidatorLoadError(`${where}: unknown element <${el.name}>`);
@@ -178,79 +242,157 @@ function element(el: XmlElement, sep: Pattern, parent: string | undefined, paren
   if (min > max) throw new ValidatorLoadError(`${where}: min (${min}) is greater than max (${max})`);
 
   const label = ctx.labels.push(parent === undefined ? describe(el) : `${describe(el)} in ${parent}`) - 1;
-  let core = body(el, where, depth, ctx);
-  if (flag(el, 'single_quote', where)) core = seq(text("'"), core, text("'"));
-  if (flag(el, 'double_quote', where)) core = seq(text('"'), core, text('"'));
+  const single = flag(el, 'single_quote', where);
+  const double = flag(el, 'double_quote', where);
+  // As upstream: single quotes inside, double quotes outside.
+  const outer = double ? afterQuote(state, '"') : state;
+  const inner = single ? afterQuote(outer, "'") : outer;
+  let core = body(el, where, depth, ctx, inner);
+  if (single) core = seq(text("'"), core, text("'"));
+  if (double) core = seq(text('"'), core, text('"'));
   const labelled: Pattern = { type: 'label', label, body: core };
   const pattern = max === 1 ? labelled : seq(labelled, repeat(seq(sep, labelled), Math.max(min, 1) - 1, max - 1));
   return { pattern, optional: min === 0 };
 }
 
-/** The pattern of one occurrence of `el`, before quotes and repetition. */
-function body(el: XmlElement, where: string, depth: number, ctx: Context): Pattern {
+/**
+ * The pattern of one occurrence of `el`, before quotes and repetition, in quoting state `state`.
+ * Paths (`input`, `output`) keep the unquoted path characters in every state: the server and
+ * Galaxy name the files, so nothing legitimate needs more, and one narrow token is what makes the
+ * "no `.`/`..` component, inside the job" rule checkable.
+ */
+function body(el: XmlElement, where: string, depth: number, ctx: Context, state: QuoteState): Pattern {
   switch (el.name) {
     case 'literal':
-      return literal(valueOrText(el, 'value', where, ctx), where, ctx);
+      return literal(valueOrText(el, 'value', where, ctx), where, ctx, state);
     case 'regex':
-      return regex(valueOrText(el, 'value', where, ctx), where, ctx);
+      return regex(valueOrText(el, 'value', where, ctx), where, ctx, state);
     case 'integer':
       return DIGITS;
     case 'float':
       return FLOAT;
     case 'tool_wrapper':
-      return seq(JOBDIR_SYMBOL, text(`/tool_files/${relativeName(valueOrText(el, 'name', where, ctx), where)}`));
+      return seq(JOBDIR_SYMBOL, text('/tool_files/'), fixedText(relativeName(valueOrText(el, 'name', where, ctx), where), where, ctx, state));
     case 'configfile':
-      return seq(JOBDIR_SYMBOL, text(`/configs/${relativeName(valueOrText(el, 'name', where, ctx), where)}`));
+      return seq(JOBDIR_SYMBOL, text('/configs/'), fixedText(relativeName(valueOrText(el, 'name', where, ctx), where), where, ctx, state));
     case 'input':
       return seq(JOBDIR_SYMBOL, text('/inputs/'), PATH_TOKEN);
     case 'output': {
       const fromWorkDir = el.attrs['from_work_dir'];
       if (fromWorkDir === undefined) return seq(JOBDIR_SYMBOL, text('/outputs/'), PATH_TOKEN);
-      return seq(JOBDIR_SYMBOL, text(`/working/${relativeName(fromWorkDir, `${where} from_work_dir`)}`));
+      const name = relativeName(fromWorkDir, `${where} from_work_dir`);
+      return seq(JOBDIR_SYMBOL, text('/working/'), fixedText(name, `${where} from_work_dir`, ctx, state));
     }
     case 'parameter': {
       const name = el.attrs['name'];
       if (name === undefined || name === '') throw new ValidatorLoadError(`${where}: the name attribute is required`);
-      const nameText = literal(name, `${where} name`, ctx);
-      const inner = container(el, '*spaces*', where, depth, ctx);
+      const nameText = literal(name, `${where} name`, ctx, state);
+      const inner = container(el, '*spaces*', where, depth, ctx, state);
       const joiner = alt(text('='), repeat(set(CharSet.chars(' \t')), 1, Infinity));
       return inner.allOptional ? seq(nameText, optional(seq(joiner, inner.pattern))) : seq(nameText, joiner, inner.pattern);
     }
     case 'group':
       if (el.children.length === 0) ctx.warnings.push(`${where}: empty group`);
-      return container(el, '', where, depth, ctx).pattern;
+      return container(el, '', where, depth, ctx, state).pattern;
     default:
       throw new ValidatorLoadError(`${where}: unknown element <${el.name}>`);
   }
 }
 
-function container(el: XmlElement, defaultSep: string, where: string, depth: number, ctx: Context): { pattern: Pattern; allOptional: boolean } {
+function container(el: XmlElement, defaultSep: string, where: string, depth: number, ctx: Context, state: QuoteState): { pattern: Pattern; allOptional: boolean } {
   warnStrayText(el, where, ctx);
-  const sep = separator(el.attrs['separate_by'] ?? defaultSep, where, ctx);
+  const sep = separator(el.attrs['separate_by'] ?? defaultSep, where, ctx, state);
   lintAdjacentPaths(el, el.attrs['separate_by'] ?? defaultSep, where, ctx);
   const parent = describe(el);
-  const parts = el.children.map((child) => element(child, sep, parent, where, depth + 1, ctx));
+  const parts = el.children.map((child) => element(child, sep, parent, where, depth + 1, ctx, state));
   return { pattern: joinChildren(parts, sep), allOptional: parts.every((p) => p.optional) };
 }
 
-function separator(value: string, where: string, ctx: Context): Pattern {
+function separator(value: string, where: string, ctx: Context, state: QuoteState): Pattern {
   let pattern: Pattern;
   if (value === '*spaces*') pattern = repeat(set(CharSet.chars(' ')), 1, Infinity);
   else if (value === '*whitespace*') pattern = repeat(set(CharSet.chars(ctx.kind === 'command' ? ' \t' : ' \t\n\r')), 1, Infinity);
-  else pattern = literal(value, `${where} separate_by`, ctx);
+  else pattern = literal(value, `${where} separate_by`, ctx, state);
   const name = value === '*spaces*' || value === '*whitespace*' ? value : quoted(value);
   return { type: 'label', label: ctx.labels.push(`separator ${name}`) - 1, body: pattern };
 }
 
-function literal(value: string, where: string, ctx: Context): Pattern {
+function literal(value: string, where: string, ctx: Context, state: QuoteState): Pattern {
   if (value.includes('\u0000')) throw new ValidatorLoadError(`${where}: NUL character`);
   if ((ctx.kind === 'command' ? COMMAND_CONTROL : CONFIGFILE_CONTROL).test(value)) {
     ctx.warnings.push(`${where}: contains a control character that is never accepted (a line break in a command line?), so it can never match`);
   }
-  return text(value);
+  return fixedText(value, where, ctx, state);
 }
 
-function regex(source: string, where: string, ctx: Context): Pattern {
+/**
+ * Text the validator spells (a literal, a separator, a parameter or file name), read by the shell
+ * in `state`: a load error if it expands anything but Galaxy's benign variables; noted in
+ * `ctx.unbalanced` if it leaves the quoting state changed; followed by a guard if it ends in an
+ * unbraced benign `$NAME`, so that nothing after it extends the name.
+ */
+function fixedText(value: string, where: string, ctx: Context, state: QuoteState): Pattern {
+  // A config file's language is the tool's (R spells `df$col`): its literals are taken as written.
+  if (ctx.kind === 'configfile') return text(value);
+  const scan = scanShell(value, state);
+  if ('problem' in scan) throw new ValidatorLoadError(`${where}: ${scan.problem}`);
+  if (scan.end !== state) ctx.unbalanced.push(`${where.slice(where.lastIndexOf(' > ') + 3)}`);
+  return scan.openName ? seq(text(value), notFollowedBy(NAME_CHARS)) : text(value);
+}
+
+type ShellScan = { readonly end: QuoteState | 'escape'; readonly openName: boolean } | { readonly problem: string };
+
+/**
+ * How bash reads `value` starting in `state`: the state it ends in (`escape` after a trailing
+ * backslash outside single quotes), whether it ends with an unbraced benign `$NAME`, or the
+ * expansion it would perform. In state `unknown` every `$` must be a benign form and no backquote
+ * may appear, wherever the quotes are.
+ */
+function scanShell(value: string, start: QuoteState): ShellScan {
+  let state: QuoteState | 'escape' = start;
+  let openName = false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i];
+    openName = false;
+    if (state === 'single') {
+      if (c === "'") state = 'none';
+      continue;
+    }
+    if (c === '`') return { problem: `spells a command substitution (a backquote); a literal may expand only ${BENIGN_LIST}` };
+    if (c === '$') {
+      const benign = benignExpansion(value, i);
+      if (benign === undefined) return { problem: `spells a shell expansion (${quoted(value.slice(i, i + 24))}); a literal may expand only ${BENIGN_LIST}` };
+      i += benign.length - 1;
+      openName = benign.open;
+      continue;
+    }
+    if (state === 'unknown') continue;
+    if (c === '\\') {
+      if (i + 1 === value.length) state = 'escape';
+      i++;
+    } else if (c === "'" && state === 'none') state = 'single';
+    else if (c === '"') state = state === 'none' ? 'double' : 'none';
+  }
+  return { end: state, openName };
+}
+
+/** The benign expansion starting at `value[i]` (a `$`): its length, and whether it is unbraced. */
+function benignExpansion(value: string, i: number): { readonly length: number; readonly open: boolean } | undefined {
+  if (value[i + 1] === '{') {
+    const close = value.indexOf('}', i + 2);
+    if (close === -1) return undefined;
+    const inner = value.slice(i + 2, close);
+    const dash = inner.indexOf(':-');
+    if (dash === -1 || !BENIGN_DEFAULTS.has(inner.slice(0, dash))) return undefined;
+    const digits = inner.slice(dash + 2);
+    return /^[0-9]{1,9}$/.test(digits) ? { length: close - i + 1, open: false } : undefined;
+  }
+  let end = i + 1;
+  while (end < value.length && NAME_CHAR.test(value[end] ?? '')) end++;
+  return BENIGN_NAMES.has(value.slice(i + 1, end)) ? { length: end - i, open: true } : undefined;
+}
+
+function regex(source: string, where: string, ctx: Context, state: QuoteState): Pattern {
   let parsed: Pattern;
   try {
     parsed = parseRegex(source);
@@ -258,7 +400,7 @@ function regex(source: string, where: string, ctx: Context): Pattern {
     if (error instanceof RegexSyntaxError) throw new ValidatorLoadError(`${where}: unsupported regex: ${error.message}`, { cause: error });
     throw error;
   }
-  const safe = ctx.kind === 'command' ? COMMAND_SAFE : CONFIGFILE_SAFE;
+  const safe = ctx.kind === 'configfile' ? CONFIGFILE_SAFE : state === 'single' ? SINGLE_QUOTED_SAFE : state === 'double' ? DOUBLE_QUOTED_SAFE : COMMAND_SAFE;
   let stripped = CharSet.EMPTY;
   let emptied = false;
   const restricted = mapSets(parsed, (s) => {
@@ -294,6 +436,7 @@ function lintAdjacentPaths(el: XmlElement, sep: string, where: string, ctx: Cont
 function hasNullableRepeat(p: Pattern): boolean {
   switch (p.type) {
     case 'set':
+    case 'guard':
       return false;
     case 'seq':
       return p.items.some(hasNullableRepeat);

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { Automaton, AutomatonTooLarge } from '../../src/tools/automaton.js';
-import { CharSet, parseRegex, RegexSyntaxError, seq, text, type Pattern } from '../../src/tools/regex.js';
+import { alt, CharSet, notFollowedBy, parseRegex, RegexSyntaxError, repeat, seq, set, text, type Pattern } from '../../src/tools/regex.js';
 
 function matcher(source: string, maxDfaStates?: number): (s: string) => boolean {
   const automaton = Automaton.compile(parseRegex(source), maxDfaStates === undefined ? {} : { maxDfaStates });
@@ -153,6 +153,26 @@ test('failures report the index and the labels alive there', (t) => {
   t.deepEqual(automaton.match('abx'), { ok: false, index: 2, expected: [3], endExpected: false });
   t.deepEqual(automaton.match('a'), { ok: false, index: 1, expected: [7], endExpected: false });
   t.deepEqual(automaton.match('abcdx'), { ok: false, index: 4, expected: [], endExpected: true });
+});
+
+test('guards (one-character negative lookahead) agree with JS RegExp, through the DFA and the plain simulation', (t) => {
+  const abc = repeat(set(CharSet.chars('abc')), 0, Infinity);
+  const cases: [Pattern, RegExp][] = [
+    [seq(abc, text('a'), notFollowedBy(CharSet.chars('b')), abc), /^[abc]*a(?!b)[abc]*$/],
+    [seq(text('c'), repeat(seq(text('a'), notFollowedBy(CharSet.chars('a'))), 0, Infinity), abc), /^c(?:a(?!a))*[abc]*$/],
+    [seq(abc, notFollowedBy(CharSet.chars('c')), repeat(alt(notFollowedBy(CharSet.chars('b')), text('a')), 0, Infinity), notFollowedBy(CharSet.chars('a'))), /^[abc]*(?!c)(?:(?!b)|a)*(?!a)$/],
+    [seq(text('ab'), notFollowedBy(CharSet.chars('abc'))), /^ab(?![abc])$/],
+  ];
+  for (const [pattern, reference] of cases) {
+    for (const limits of [{}, { maxDfaStates: 1 }]) {
+      const automaton = Automaton.compile(pattern, limits);
+      for (const s of strings('abc', 400, 12, 5)) t.is(automaton.match(s).ok, reference.test(s), `${reference.source} ${JSON.stringify(s)}`);
+    }
+  }
+  const failure = Automaton.compile(seq({ type: 'label', label: 1, body: seq(text('ab'), notFollowedBy(CharSet.chars('c'))) }, { type: 'label', label: 2, body: repeat(set(CharSet.chars('cd')), 0, Infinity) }));
+  t.true(failure.match('ab').ok);
+  t.true(failure.match('abdc').ok);
+  t.like(failure.match('abc'), { ok: false, index: 2 });
 });
 
 test('hostile 1 MB inputs are linear', (t) => {
