@@ -26,7 +26,7 @@ export interface ValidateToolOptions {
 type Expect = 'accept' | 'reject';
 
 interface Case {
-  /** `command`, or `configfile NAME`. */
+  /** `command`, `galaxy`, or `configfile NAME`. */
   readonly subject: string;
   /** Where the case is in the fixtures file, e.g. `command[2]`. */
   readonly label: string;
@@ -35,7 +35,7 @@ interface Case {
   readonly expect: Expect;
   readonly note: string | undefined;
   readonly validator: Validator;
-  /** A command case's `tool_script`: the body of `tool_script.sh` (a Galaxy-shaped job). */
+  /** A `galaxy` case's `tool_script`: the body of `tool_script.sh`. */
   readonly toolScript?: string | undefined;
 }
 
@@ -74,14 +74,13 @@ export function reportLine(r: FixtureResult): { readonly line: string; readonly 
 }
 
 /**
- * A command case with a `tool_script`, or whose line is one of Galaxy's wrapper shapes, is judged
- * the way the server judges a submit (`judgeCommandLine`): the wrapper, then the script's preamble
- * and its one tool command. Any other case is the legacy form: the validator alone, as ever.
+ * A `galaxy` case, or a `command` line that is one of Galaxy's wrapper shapes, is judged the way
+ * the server judges a submit (`judgeCommandLine`): the wrapper, then the script's preamble and its
+ * one tool command. Any other case is the legacy form: the validator alone, as ever.
  */
 async function judge(c: Case, jobDirectory: string): Promise<ValidationResult> {
-  const written = c.written === '' && c.toolScript !== undefined ? undefined : c.written;
-  const text = written === undefined ? defaultWrapper(jobDirectory, FIXTURE_GALAXY_JOB_ID) : substituteJob(written, jobDirectory);
-  if (c.subject !== 'command' || (c.toolScript === undefined && matchWrapper(text, jobDirectory) === undefined)) {
+  const text = c.written === '' && c.subject === 'galaxy' ? defaultWrapper(jobDirectory, FIXTURE_GALAXY_JOB_ID) : substituteJob(c.written, jobDirectory);
+  if (c.subject !== 'galaxy' && (c.subject !== 'command' || matchWrapper(text, jobDirectory) === undefined)) {
     return c.validator.validate(text, jobDirectory);
   }
   const script = c.toolScript === undefined ? undefined : substituteJob(c.toolScript, jobDirectory);
@@ -90,9 +89,8 @@ async function judge(c: Case, jobDirectory: string): Promise<ValidationResult> {
 }
 
 function show(c: Case): string {
-  if (c.toolScript === undefined) return display(c.written);
-  const line = c.written === '' ? "Galaxy's default wrapper" : display(c.written);
-  return `${line} + ${TOOL_SCRIPT_NAME} ${JSON.stringify(c.toolScript)}`;
+  const line = c.written === '' && c.subject === 'galaxy' ? "Galaxy's default wrapper" : display(c.written);
+  return c.toolScript === undefined ? line : `${line} + ${TOOL_SCRIPT_NAME} ${JSON.stringify(c.toolScript)}`;
 }
 
 /**
@@ -155,8 +153,8 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
   const fail: (key: string, message: string) => never = (key, message) => {
     throw new FixtureError(`${file}: ${key}: ${message}`);
   };
-  if (!isMapping(doc)) return fail('(top level)', 'expected a mapping with command and/or configfiles');
-  checkKeys(doc, ['job_directory', 'command', 'configfiles'], '(top level)', fail);
+  if (!isMapping(doc)) return fail('(top level)', 'expected a mapping with command, galaxy and/or configfiles');
+  checkKeys(doc, ['job_directory', 'command', 'galaxy', 'configfiles'], '(top level)', fail);
 
   let jobDirectory = DEFAULT_FIXTURE_JOB_DIRECTORY;
   if (doc['job_directory'] !== undefined) {
@@ -170,18 +168,19 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
 
   const cases: Case[] = [];
   const readCases = (list: unknown, key: string, textKey: 'line' | 'content', subject: string, validator: Validator): void => {
-    const galaxy = textKey === 'line';
-    const shape = galaxy ? `{ ${textKey} and/or tool_script, expect, note? }` : `{ ${textKey}, expect, note? }`;
+    // `galaxy` cases: a wrapper line and/or the body of tool_script.sh (at least one of them).
+    const galaxy = subject === 'galaxy';
+    const shape = galaxy ? '{ line?, tool_script?, expect, note? }' : `{ ${textKey}, expect, note? }`;
     if (!Array.isArray(list)) fail(key, `expected a list of ${shape}`);
     (list as unknown[]).forEach((entry, i) => {
       const label = `${key}[${i}]`;
       if (!isMapping(entry)) fail(label, `expected a mapping ${shape}`);
-      checkKeys(entry, galaxy ? [textKey, 'tool_script', 'expect', 'note'] : [textKey, 'expect', 'note'], label, fail);
+      checkKeys(entry, galaxy ? ['line', 'tool_script', 'expect', 'note'] : [textKey, 'expect', 'note'], label, fail);
       const toolScript = entry['tool_script'];
-      if (toolScript !== undefined && typeof toolScript !== 'string') fail(label, 'tool_script must be a string (quote it, or use a | block)');
-      const written = entry[textKey] ?? (toolScript === undefined ? undefined : '');
-      if (typeof written !== 'string') fail(label, `${textKey} must be a string (quote it)`);
-      if (written === '' && toolScript !== undefined && entry[textKey] !== undefined) fail(label, `${textKey} must not be empty (leave it out for Galaxy's default wrapper)`);
+      if (toolScript !== undefined && typeof toolScript !== 'string') fail(label, 'tool_script must be a string (quote it, or use a |- block)');
+      const written = galaxy && entry['line'] === undefined ? (toolScript === undefined ? undefined : '') : entry[textKey];
+      if (typeof written !== 'string') fail(label, galaxy ? 'give line (the command line) and/or tool_script (the body of tool_script.sh), as strings' : `${textKey} must be a string (quote it)`);
+      if (galaxy && entry['line'] !== undefined && written === '') fail(label, "line must not be empty (leave it out for Galaxy's default wrapper)");
       const expect = entry['expect'];
       if (expect !== 'accept' && expect !== 'reject') fail(label, 'expect must be accept or reject');
       const note = entry['note'];
@@ -190,10 +189,11 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
     });
   };
 
-  if (doc['command'] !== undefined && doc['command'] !== null) {
+  for (const key of ['command', 'galaxy'] as const) {
+    if (doc[key] === undefined || doc[key] === null) continue;
     const validator = tool.commandValidator;
-    if (validator === undefined) fail('command', `tool "${tool.id}" has no command_validator`);
-    readCases(doc['command'], 'command', 'line', 'command', validator);
+    if (validator === undefined) fail(key, `tool "${tool.id}" has no command_validator`);
+    readCases(doc[key], key, 'line', key, validator);
   }
   const configfiles = doc['configfiles'];
   if (configfiles !== undefined && configfiles !== null) {
@@ -207,7 +207,7 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
       readCases(list, `configfiles.${name}`, 'content', `configfile ${name}`, validator);
     }
   }
-  if (cases.length === 0) fail('(top level)', 'no cases: add command and/or configfiles entries');
+  if (cases.length === 0) fail('(top level)', 'no cases: add command, galaxy and/or configfiles entries');
   return { jobDirectory, cases };
 }
 

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request, qs, waitForJob, type Reply } from '../helpers/client.js';
 import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
-import { GALAXY_SHELLS, INTEGRITY_BLOCK, SCRIPT_PREAMBLES, WRAPPER_SHAPES, renderShape, type WrapperShape } from '../../src/tools/galaxy-shapes.js';
+import yaml from 'js-yaml';
+import { GALAXY_SHELLS, INTEGRITY_BLOCK, SCRIPT_PREAMBLES, WRAPPER_SHAPES, defaultWrapper, matchWrapper, renderShape, type WrapperShape } from '../../src/tools/galaxy-shapes.js';
 
 /*
  * Galaxy-shaped jobs over real HTTP against a public server (the sample toolbox): every shape of
@@ -247,3 +248,36 @@ test('uploads close at submit: a tool_script.sh sent after the job was authorize
   await t.throwsAsync(fs.access(fx.canary));
   t.is(await fs.readFile(path.join(job.dir, 'tool_script.sh'), 'utf8'), honestScript(job, command), 'the validated script is the one that ran');
 });
+
+interface GalaxyFixture { readonly line?: string; readonly tool_script?: string; readonly expect: 'accept' | 'reject' }
+interface Fixtures { readonly galaxy?: readonly GalaxyFixture[]; readonly configfiles?: Readonly<Record<string, readonly { content: string; expect: string }[]>> }
+
+for (const sample of [{ dir: 'cat1', toolId: 'cat1' }, { dir: 'head1', toolId: 'head1' }, { dir: 'filter_score', toolId: FILTER_ID }]) {
+  test(`every accepted Galaxy-shaped fixture of the sample tool ${sample.dir} runs on a real public server`, async (t) => {
+    const fixtures = yaml.load(await fs.readFile(path.join(TOOLBOX_DIR, sample.dir, `${sample.dir}.fixtures.yml`), 'utf8')) as Fixtures;
+    const accepted = (fixtures.galaxy ?? []).filter((c) => c.expect === 'accept');
+    t.true(accepted.length > 0);
+    const fx = await galaxyServer(t);
+    for (const fixture of accepted) {
+      const job = await setup(fx, sample.toolId);
+      const sub = (text: string): string => text.replace(/\$JOB(?![A-Za-z0-9_])/g, job.dir);
+      const line = fixture.line === undefined ? defaultWrapper(job.dir, '42') : sub(fixture.line);
+      const script = fixture.tool_script === undefined ? undefined : sub(fixture.tool_script);
+      const all = `${line}\n${script ?? ''}`;
+      for (const m of all.matchAll(/\/inputs\/([^' ]+)/g)) await upload(t, fx, job, m[1]!, 'input', 'a\t1\nb\t2\nc\t3\n'.repeat(5));
+      for (const m of all.matchAll(/\/tool_files\/([^' ]+)/g)) await upload(t, fx, job, m[1]!, 'tool', await fs.readFile(path.join(TOOLBOX_DIR, sample.dir, m[1]!)));
+      for (const m of all.matchAll(/\/configs\/([^' ]+)/g)) {
+        await upload(t, fx, job, m[1]!, 'config', fixtures.configfiles![m[1]!]!.find((c) => c.expect === 'accept')!.content);
+      }
+      const wrapper = matchWrapper(line, job.dir);
+      t.truthy(wrapper, line);
+      if (wrapper?.kind === 'script') await uploadScript(t, fx, job, wrapper.shape, script!);
+      const reply = await submit(fx, job, line);
+      t.is(reply.text, 'OK', `${line}: ${reply.text}`);
+      const doc = await waitForJob(fx.server.url, job.id);
+      t.is(doc.status, 'complete', `${line}: ${doc.stderr}`);
+      t.is(doc.returncode, 0, `${line}: ${doc.stderr}`);
+      t.true(doc.outputs_directory_contents.length > 0, 'the tool wrote its output');
+    }
+  });
+}

@@ -289,3 +289,82 @@ test('configs/tool_script.sh (Galaxy sends its script as a config file too) is h
   await fs.rm(path.join(job, 'configs', 'tool_script.sh'));
   t.regex((await t.throwsAsync(authorizer.authorizeSubmit(facts, path.join(job, 'configs')), { instanceOf: JobRefused }))!.message, /"other.sh" has no configfile_validator/);
 });
+
+async function runCli(fn: (out: (l: string) => void, err: (l: string) => void) => Promise<number>): Promise<{ code: number; out: string[]; err: string[] }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await fn((l) => out.push(l), (l) => err.push(l));
+  return { code, out, err };
+}
+
+test('validate-tool: galaxy cases give the wrapper and/or the body of tool_script.sh and are judged as the server judges a submit', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-galaxy-cli-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  const fixtures = path.join(dir, 'cat1.yml');
+  await fs.writeFile(fixtures, `galaxy:
+  - tool_script: |-
+      #!/bin/bash
+      set -e
+      cat '$JOB/inputs/a.dat' > '$JOB/outputs/b.dat'
+    expect: accept
+  - line: "/usr/bin/env bash $JOB/working/tool_script.sh > '../metadata/tool_stdout' 2> '../metadata/tool_stderr'; return_code=$?; echo $return_code > $JOB/galaxy_9.ec; sh -c \\"exit $return_code\\""
+    tool_script: "#!/usr/bin/env bash\\ncat '$JOB/inputs/a.dat' > '$JOB/outputs/b.dat'"
+    expect: accept
+  - line: "cat '$JOB/inputs/a.dat' > '$JOB/outputs/b.dat' > '../metadata/tool_stdout' 2> '../metadata/tool_stderr'; return_code=$?; echo $return_code > $JOB/galaxy_9.ec; sh -c \\"exit $return_code\\""
+    expect: accept
+    note: shell none
+  - line: "/bin/bash $JOB/tool_script.sh > '../metadata/tool_stdout' 2> '../metadata/tool_stderr'; return_code=$?; echo $return_code > $JOB/galaxy_9.ec; sh -c \\"exit $return_code\\""
+    expect: reject
+    note: no script given
+  - tool_script: "#!/bin/bash\\ncat '$JOB/inputs/a.dat' > '$JOB/outputs/b.dat'\\nid"
+    expect: accept
+    note: wrongly expected
+`);
+  const { validateTool } = await import('../../src/cli/validate-tool.js');
+  const r = await runCli((out, err) => validateTool({ tool: path.join(TOOLBOX_DIR, 'cat1', 'cat1.xml'), fixtures, out, err }));
+  t.is(r.code, 1, r.out.join('\n'));
+  t.regex(r.out[0]!, /^ok {3}accept {2}galaxy: Galaxy's default wrapper \+ tool_script\.sh "#!\/bin\/bash\\nset -e\\ncat /);
+  t.regex(r.out[1]!, /^ok {3}accept {2}galaxy: \/usr\/bin\/env bash /);
+  t.regex(r.out[2]!, /^ok {3}accept {2}galaxy: cat /);
+  t.regex(r.out[3]!, /^ok {3}reject {2}.*\(tool_script\.sh: the fixture gives no tool_script/);
+  t.regex(r.out[4]!, /^FAIL expected accept, rejected: galaxy: .*has more than one line.*\[galaxy\[4\]: wrongly expected\]$/);
+  t.regex(r.out[5]!, /5 cases, 1 failed/);
+
+  for (const [text, reason] of [
+    ['galaxy:\n  - expect: accept\n', /galaxy\[0\]: give line .* and\/or tool_script/],
+    ['galaxy:\n  - tool_script: 3\n    expect: accept\n', /tool_script must be a string/],
+    ['galaxy:\n  - line: ""\n    tool_script: x\n    expect: accept\n', /line must not be empty/],
+    ['galaxy:\n  - line: x\n    script: x\n    expect: accept\n', /unknown key "script"/],
+    ['command:\n  - line: x\n    tool_script: x\n    expect: accept\n', /unknown key "tool_script"/],
+  ] as const) {
+    await fs.writeFile(fixtures, text);
+    const bad = await runCli((out, err) => validateTool({ tool: path.join(TOOLBOX_DIR, 'cat1', 'cat1.xml'), fixtures, out, err }));
+    t.is(bad.code, 2, text);
+    t.regex(bad.err.join('\n'), reason);
+  }
+});
+
+test('lint-toolbox runs each tool\'s fixtures (Galaxy-shaped cases included): a case that does not hold is a problem', async (t) => {
+  const { lintToolbox } = await import('../../src/cli/lint-toolbox.js');
+  const clean = await runCli((out, err) => lintToolbox({ files: [path.join(TOOLBOX_DIR, 'tools.xml')], out, err }));
+  t.is(clean.code, 0, clean.out.join('\n'));
+  t.regex(clean.out.at(-1)!, /^3 tools in 1 toolbox file: no problems \(3 fixtures files, \d+ cases as expected\)$/);
+
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-galaxy-lint-'));
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }));
+  await fs.mkdir(path.join(dir, 'cat1'));
+  await fs.copyFile(path.join(TOOLBOX_DIR, 'cat1', 'cat1.xml'), path.join(dir, 'cat1', 'cat1.xml'));
+  await fs.writeFile(path.join(dir, 'cat1', 'cat1.fixtures.yml'), `galaxy:
+  - tool_script: "#!/bin/bash\\n. /deps/env.sh; cat '$JOB/inputs/a.dat' > '$JOB/outputs/b.dat'"
+    expect: accept
+    note: dependency lines
+`);
+  await fs.writeFile(path.join(dir, 'tools.xml'), '<toolbox><tool file="cat1/cat1.xml"/></toolbox>');
+  const r = await runCli((out, err) => lintToolbox({ files: [path.join(dir, 'tools.xml')], out, err }));
+  t.is(r.code, 1, r.out.join('\n'));
+  t.regex(r.out[0]!, /cat1 1\.0\.0: fixtures .*cat1\.fixtures\.yml: FAIL expected accept, rejected: galaxy: .*dependency_resolution: none.*\[galaxy\[0\]: dependency lines\]/);
+  await fs.writeFile(path.join(dir, 'cat1', 'cat1.fixtures.yml'), 'galaxy: [\n');
+  const broken = await runCli((out, err) => lintToolbox({ files: [path.join(dir, 'tools.xml')], out, err }));
+  t.is(broken.code, 1);
+  t.regex(broken.out[0]!, /fixtures .*invalid YAML/);
+});
