@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { JobRefused } from '../errors.js';
 import { PINNED_AFTER_CLIENT_ENV, SERVER_SET_ENV, envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
-import { GALAXY_SHELLS, TOOL_SCRIPT_NAME, describeWrapperShapes, looksLikeWrapper, matchToolScript, matchWrapper, unvouchedFeature, type ScriptLocation } from './galaxy-shapes.js';
+import { GALAXY_SHELLS, TOOL_SCRIPT_NAME, describeWrapperShapes, isPlainJobDirectory, looksLikeWrapper, matchToolScript, matchWrapper, unvouchedFeature, type ScriptLocation } from './galaxy-shapes.js';
 import { shellSecondOpinion } from './shell-check.js';
 import type { ToolDefinition, Validator } from './types.js';
 
@@ -265,6 +265,9 @@ export async function judgeCommandLine(
     if (!verdict.ok) {
       const feature = unvouchedFeature(commandLine);
       if (feature !== undefined) return refuse(feature);
+      if (looksLikeWrapper(commandLine) && !isPlainJobDirectory(jobDirectory)) {
+        return refuse("Galaxy's wrapper shapes need a job directory Galaxy can write unquoted: the server's staging_directory has a character outside [A-Za-z0-9._+,@%=:/-]");
+      }
       if (looksLikeWrapper(commandLine)) {
         return refuse(`the command line is not one of Galaxy's wrapper shapes for this job (${describeWrapperShapes()}), and command_validator rejected it as a tool command: ${verdict.reason}`);
       }

@@ -12,7 +12,7 @@ import {
   renderShape, unvouchedFeature, type ScriptLocation,
 } from '../../src/tools/galaxy-shapes.js';
 import { loadTool } from '../../src/tools/toolbox.js';
-import type { ToolDefinition } from '../../src/tools/types.js';
+import type { ToolDefinition, Validator } from '../../src/tools/types.js';
 
 const TOOLBOX_DIR = fileURLToPath(new URL('../../../toolbox/', import.meta.url));
 const JOB = '/srv/staging/42';
@@ -153,12 +153,15 @@ test('wrapper tampering is refused: statements before or after, other scripts, e
   t.like(matchWrapper(`touch /tmp/x; ${CAT}${TAIL}`, JOB), { kind: 'inline', toolCommand: `touch /tmp/x; ${CAT}` });
 });
 
-test('a job directory that would need quoting never matches a shape (Galaxy writes it unquoted)', (t) => {
+test('a job directory that would need quoting never matches a shape (Galaxy writes it unquoted)', async (t) => {
   t.true(isPlainJobDirectory(JOB));
   for (const dir of ['/srv/stag ing/42', '/srv/$x/42', "/srv/'/42", '/srv/*/42', 'relative/42', '/srv/a;b/42']) {
     t.false(isPlainJobDirectory(dir), dir);
     t.is(matchWrapper(`/bin/bash ${dir}/tool_script.sh${TAIL.replaceAll(JOB, dir)}`, dir), undefined, dir);
   }
+  const validator: Validator = { validate: () => ({ ok: false, reason: 'no' }) };
+  const verdict = await judgeCommandLine(validator, `/bin/bash /srv/stag ing/42/tool_script.sh${TAIL}`, '/srv/stag ing/42', async () => ({ ok: false, reason: 'unused' }));
+  t.regex((verdict as { reason: string }).reason, /staging_directory has a character/);
 });
 
 test('script tampering: an edited integrity block, an extra line, a chained statement are refused with a reason', (t) => {
