@@ -4,6 +4,7 @@ import { ToolFiles } from '../tools/tool-files.js';
 import { readToolbox, type LoadedTool } from '../tools/toolbox.js';
 import type { XmlElement } from '../tools/types.js';
 import { lintValidator } from '../tools/validator.js';
+import { reportLine, runFixtures } from './validate-tool.js';
 
 export const EXIT_CLEAN = 0;
 export const EXIT_PROBLEMS = 1;
@@ -49,13 +50,18 @@ export async function lintToolbox(options: LintToolboxOptions): Promise<number> 
   const { tools, problems } = await readToolbox(options.files);
   const findings: Finding[] = problems.map((p) => ({ file: p.file, tool: p.tool, message: p.message }));
   const toolFiles = new ToolFiles();
-  for (const tool of tools) findings.push(...(await lintTool(tool, toolFiles)));
+  const fixtures = { files: 0, cases: 0 };
+  for (const tool of tools) {
+    findings.push(...(await lintTool(tool, toolFiles)));
+    findings.push(...(await runToolFixtures(tool, fixtures)));
+  }
   for (const f of findings) {
     out(`${relative(f.file)}: ${f.tool === undefined ? '' : `${f.tool}: `}${f.message.replace(/\s*\n\s*/g, ' ')}`);
   }
   const count = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
   if (findings.length === 0) {
-    out(`${count(tools.length, 'tool')} in ${count(options.files.length, 'toolbox file')}: no problems`);
+    const ran = fixtures.files === 0 ? '' : ` (${count(fixtures.files, 'fixtures file')}, ${count(fixtures.cases, 'case')} as expected)`;
+    out(`${count(tools.length, 'tool')} in ${count(options.files.length, 'toolbox file')}: no problems${ran}`);
     return EXIT_CLEAN;
   }
   out(`${count(tools.length, 'tool')} loaded from ${count(options.files.length, 'toolbox file')}: ${count(findings.length, 'problem')}`);
@@ -109,6 +115,26 @@ async function lintTool(tool: LoadedTool, toolFiles: ToolFiles): Promise<Finding
     if (!declared.has(name)) add(`configfile_validator "${name}" matches no <configfile filename="${name}"> of this tool`);
   }
   return findings;
+}
+
+/**
+ * A tool's fixtures (`<tool>.fixtures.yml` next to `<tool>.xml`, the `validate-tool` format, Galaxy-
+ * shaped cases included), when it has them: every case that does not come out as expected is a problem.
+ */
+async function runToolFixtures(tool: LoadedTool, totals: { files: number; cases: number }): Promise<Finding[]> {
+  const { definition } = tool;
+  const file = path.join(path.dirname(definition.toolFile), `${path.basename(definition.toolFile, '.xml')}.fixtures.yml`);
+  const st = await fs.stat(file).catch(() => undefined);
+  if (st === undefined || !st.isFile() || definition.commandValidator === undefined) return [];
+  const finding = (message: string): Finding => ({ file: definition.toolFile, tool: `${definition.id} ${definition.version}`, message: `fixtures ${relative(file)}: ${message}` });
+  try {
+    const results = await runFixtures(file, definition);
+    totals.files += 1;
+    totals.cases += results.length;
+    return results.map(reportLine).filter((r) => !r.ok).map((r) => finding(r.line));
+  } catch (error) {
+    return [finding(error instanceof Error ? error.message : String(error))];
+  }
 }
 
 /** The `name` (attribute, else text) of every `element` below `root`. */

@@ -47,7 +47,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .command('validate-tool')
     .description('run a tool\'s validators over fixture command lines and config files ($JOB = the job directory)')
     .argument('<tool>', 'the tool XML')
-    .requiredOption('-f, --fixtures <file>', 'fixtures YAML: command: [{ line, expect: accept|reject }], configfiles: { NAME: [{ content, expect }] }')
+    .requiredOption('-f, --fixtures <file>', 'fixtures YAML: command: [{ line, expect: accept|reject }], galaxy: [{ line?, tool_script?, expect }], configfiles: { NAME: [{ content, expect }] }')
     .action(async (tool: string, opts: { fixtures: string }) => {
       exitCode = await validateTool({ tool, fixtures: opts.fixtures });
     });

@@ -1,8 +1,10 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { CORE_SCHEMA, load } from 'js-yaml';
+import { judgeCommandLine } from '../tools/authorizer.js';
+import { TOOL_SCRIPT_NAME, defaultWrapper, matchWrapper } from '../tools/galaxy-shapes.js';
 import { loadTool, ToolLoadError } from '../tools/toolbox.js';
-import type { ToolDefinition, Validator } from '../tools/types.js';
+import type { ToolDefinition, ValidationResult, Validator } from '../tools/types.js';
 
 export const EXIT_OK = 0;
 export const EXIT_MISMATCH = 1;
@@ -24,7 +26,7 @@ export interface ValidateToolOptions {
 type Expect = 'accept' | 'reject';
 
 interface Case {
-  /** `command`, or `configfile NAME`. */
+  /** `command`, `galaxy`, or `configfile NAME`. */
   readonly subject: string;
   /** Where the case is in the fixtures file, e.g. `command[2]`. */
   readonly label: string;
@@ -33,9 +35,63 @@ interface Case {
   readonly expect: Expect;
   readonly note: string | undefined;
   readonly validator: Validator;
+  /** A `galaxy` case's `tool_script`: the body of `tool_script.sh`. */
+  readonly toolScript?: string | undefined;
 }
 
-class FixtureError extends Error {}
+/** Galaxy's job id in the default wrapper of a fixture that gives only a `tool_script`. */
+const FIXTURE_GALAXY_JOB_ID = '42';
+
+export class FixtureError extends Error {}
+
+export interface FixtureResult {
+  readonly subject: string;
+  readonly label: string;
+  readonly shown: string;
+  readonly expect: Expect;
+  readonly note: string | undefined;
+  readonly verdict: ValidationResult;
+}
+
+/** Read a fixtures file and judge every case of it as a public server would; throws `FixtureError`. */
+export async function runFixtures(file: string, tool: ToolDefinition): Promise<FixtureResult[]> {
+  const { jobDirectory, cases } = await readFixtures(file, tool);
+  const results: FixtureResult[] = [];
+  for (const c of cases) {
+    results.push({ subject: c.subject, label: c.label, shown: show(c), expect: c.expect, note: c.note, verdict: await judge(c, jobDirectory) });
+  }
+  return results;
+}
+
+/** One report line per result, and whether it came out as expected. */
+export function reportLine(r: FixtureResult): { readonly line: string; readonly ok: boolean } {
+  const prefix = r.subject === 'command' ? '' : `${r.subject}: `;
+  const where = `[${r.label}${r.note === undefined ? '' : `: ${r.note}`}]`;
+  if (r.verdict.ok && r.expect === 'accept') return { ok: true, line: `ok   accept  ${prefix}${r.shown}` };
+  if (!r.verdict.ok && r.expect === 'reject') return { ok: true, line: `ok   reject  ${prefix}${r.shown}  (${oneLine(r.verdict.reason)})` };
+  if (r.verdict.ok) return { ok: false, line: `FAIL expected reject, accepted: ${prefix}${r.shown}  ${where}` };
+  return { ok: false, line: `FAIL expected accept, rejected: ${prefix}${r.shown}  (${oneLine(r.verdict.reason)})  ${where}` };
+}
+
+/**
+ * A `galaxy` case, or a `command` line that is one of Galaxy's wrapper shapes, is judged the way
+ * the server judges a submit (`judgeCommandLine`): the wrapper, then the script's preamble and its
+ * one tool command. Any other case is the legacy form: the validator alone, as ever.
+ */
+async function judge(c: Case, jobDirectory: string): Promise<ValidationResult> {
+  const text = c.written === '' && c.subject === 'galaxy' ? defaultWrapper(jobDirectory, FIXTURE_GALAXY_JOB_ID) : substituteJob(c.written, jobDirectory);
+  if (c.subject !== 'galaxy' && (c.subject !== 'command' || matchWrapper(text, jobDirectory) === undefined)) {
+    return c.validator.validate(text, jobDirectory);
+  }
+  const script = c.toolScript === undefined ? undefined : substituteJob(c.toolScript, jobDirectory);
+  const verdict = await judgeCommandLine(c.validator, text, jobDirectory, async () => (script === undefined ? { ok: false, reason: `the fixture gives no tool_script (the body of ${TOOL_SCRIPT_NAME})` } : { ok: true, text: script }));
+  return verdict.ok ? { ok: true } : { ok: false, reason: verdict.reason };
+}
+
+function show(c: Case): string {
+  const line = c.written === '' && c.subject === 'galaxy' ? "Galaxy's default wrapper" : display(c.written);
+  return c.toolScript === undefined ? line : `${line} + ${TOOL_SCRIPT_NAME} ${JSON.stringify(c.toolScript)}`;
+}
 
 /**
  * `magnetar validate-tool TOOL.xml --fixtures FILE.yml`: run a tool's validators over example
@@ -54,34 +110,20 @@ export async function validateTool(options: ValidateToolOptions): Promise<number
     err(`magnetar validate-tool: ${oneLine(message)}`);
     return EXIT_USAGE;
   }
-  let jobDirectory: string;
-  let cases: Case[];
+  let results: FixtureResult[];
   try {
-    ({ jobDirectory, cases } = await readFixtures(options.fixtures, tool));
+    results = await runFixtures(options.fixtures, tool);
   } catch (error) {
     err(`magnetar validate-tool: ${oneLine(describe(error))}`);
     return EXIT_USAGE;
   }
   let failed = 0;
-  for (const c of cases) {
-    const text = substituteJob(c.written, jobDirectory);
-    const verdict = c.validator.validate(text, jobDirectory);
-    const shown = display(c.written);
-    const prefix = c.subject === 'command' ? '' : `${c.subject}: `;
-    const where = `[${c.label}${c.note === undefined ? '' : `: ${c.note}`}]`;
-    if (verdict.ok && c.expect === 'accept') {
-      out(`ok   accept  ${prefix}${shown}`);
-    } else if (!verdict.ok && c.expect === 'reject') {
-      out(`ok   reject  ${prefix}${shown}  (${oneLine(verdict.reason)})`);
-    } else if (verdict.ok) {
-      failed += 1;
-      out(`FAIL expected reject, accepted: ${prefix}${shown}  ${where}`);
-    } else {
-      failed += 1;
-      out(`FAIL expected accept, rejected: ${prefix}${shown}  (${oneLine(verdict.reason)})  ${where}`);
-    }
+  for (const r of results) {
+    const { line, ok } = reportLine(r);
+    if (!ok) failed += 1;
+    out(line);
   }
-  out(`${tool.id} ${tool.version}: ${cases.length} case${cases.length === 1 ? '' : 's'}, ${failed === 0 ? 'all as expected' : `${failed} failed`}`);
+  out(`${tool.id} ${tool.version}: ${results.length} case${results.length === 1 ? '' : 's'}, ${failed === 0 ? 'all as expected' : `${failed} failed`}`);
   return failed === 0 ? EXIT_OK : EXIT_MISMATCH;
 }
 
@@ -111,8 +153,8 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
   const fail: (key: string, message: string) => never = (key, message) => {
     throw new FixtureError(`${file}: ${key}: ${message}`);
   };
-  if (!isMapping(doc)) return fail('(top level)', 'expected a mapping with command and/or configfiles');
-  checkKeys(doc, ['job_directory', 'command', 'configfiles'], '(top level)', fail);
+  if (!isMapping(doc)) return fail('(top level)', 'expected a mapping with command, galaxy and/or configfiles');
+  checkKeys(doc, ['job_directory', 'command', 'galaxy', 'configfiles'], '(top level)', fail);
 
   let jobDirectory = DEFAULT_FIXTURE_JOB_DIRECTORY;
   if (doc['job_directory'] !== undefined) {
@@ -126,25 +168,32 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
 
   const cases: Case[] = [];
   const readCases = (list: unknown, key: string, textKey: 'line' | 'content', subject: string, validator: Validator): void => {
-    if (!Array.isArray(list)) fail(key, `expected a list of { ${textKey}, expect, note? }`);
+    // `galaxy` cases: a wrapper line and/or the body of tool_script.sh (at least one of them).
+    const galaxy = subject === 'galaxy';
+    const shape = galaxy ? '{ line?, tool_script?, expect, note? }' : `{ ${textKey}, expect, note? }`;
+    if (!Array.isArray(list)) fail(key, `expected a list of ${shape}`);
     (list as unknown[]).forEach((entry, i) => {
       const label = `${key}[${i}]`;
-      if (!isMapping(entry)) fail(label, `expected a mapping { ${textKey}, expect, note? }`);
-      checkKeys(entry, [textKey, 'expect', 'note'], label, fail);
-      const written = entry[textKey];
-      if (typeof written !== 'string') fail(label, `${textKey} must be a string (quote it)`);
+      if (!isMapping(entry)) fail(label, `expected a mapping ${shape}`);
+      checkKeys(entry, galaxy ? ['line', 'tool_script', 'expect', 'note'] : [textKey, 'expect', 'note'], label, fail);
+      const toolScript = entry['tool_script'];
+      if (toolScript !== undefined && typeof toolScript !== 'string') fail(label, 'tool_script must be a string (quote it, or use a |- block)');
+      const written = galaxy && entry['line'] === undefined ? (toolScript === undefined ? undefined : '') : entry[textKey];
+      if (typeof written !== 'string') fail(label, galaxy ? 'give line (the command line) and/or tool_script (the body of tool_script.sh), as strings' : `${textKey} must be a string (quote it)`);
+      if (galaxy && entry['line'] !== undefined && written === '') fail(label, "line must not be empty (leave it out for Galaxy's default wrapper)");
       const expect = entry['expect'];
       if (expect !== 'accept' && expect !== 'reject') fail(label, 'expect must be accept or reject');
       const note = entry['note'];
       if (note !== undefined && typeof note !== 'string') fail(label, 'note must be a string');
-      cases.push({ subject, label, written, expect, note, validator });
+      cases.push({ subject, label, written, expect, note, validator, toolScript });
     });
   };
 
-  if (doc['command'] !== undefined && doc['command'] !== null) {
+  for (const key of ['command', 'galaxy'] as const) {
+    if (doc[key] === undefined || doc[key] === null) continue;
     const validator = tool.commandValidator;
-    if (validator === undefined) fail('command', `tool "${tool.id}" has no command_validator`);
-    readCases(doc['command'], 'command', 'line', 'command', validator);
+    if (validator === undefined) fail(key, `tool "${tool.id}" has no command_validator`);
+    readCases(doc[key], key, 'line', key, validator);
   }
   const configfiles = doc['configfiles'];
   if (configfiles !== undefined && configfiles !== null) {
@@ -158,7 +207,7 @@ async function readFixtures(file: string, tool: ToolDefinition): Promise<{ jobDi
       readCases(list, `configfiles.${name}`, 'content', `configfile ${name}`, validator);
     }
   }
-  if (cases.length === 0) fail('(top level)', 'no cases: add command and/or configfiles entries');
+  if (cases.length === 0) fail('(top level)', 'no cases: add command, galaxy and/or configfiles entries');
   return { jobDirectory, cases };
 }
 

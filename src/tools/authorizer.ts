@@ -1,10 +1,12 @@
+import { constants as fsc, type Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { JobRefused } from '../errors.js';
 import { PINNED_AFTER_CLIENT_ENV, SERVER_SET_ENV, envStatements, type EnvEntry } from '../jobs/script.js';
 import type { Logger } from '../log.js';
+import { GALAXY_SHELLS, TOOL_SCRIPT_NAME, describeWrapperShapes, isPlainJobDirectory, looksLikeWrapper, matchToolScript, matchWrapper, unvouchedFeature, type ScriptLocation } from './galaxy-shapes.js';
 import { shellSecondOpinion } from './shell-check.js';
-import type { ToolDefinition } from './types.js';
+import type { ToolDefinition, Validator } from './types.js';
 
 /** What the job service asks the authorizer about a submit (PROTOCOL §2.5, parsed). */
 export interface SubmitFacts {
@@ -91,6 +93,8 @@ export function isServerSetEnv(name: string): boolean {
 }
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+/** A `tool_script.sh` is one tool command after a short preamble: the default `max_command_line_size`. */
+export const MAX_TOOL_SCRIPT_BYTES = 8 * 1024 * 1024;
 
 /** A toolbox decides: only its tools, their files, and what their validators accept may run. */
 export class ToolboxAuthorizer implements Authorizer {
@@ -192,8 +196,15 @@ export class ToolboxAuthorizer implements Authorizer {
     }
     for (const name of names.sort()) {
       const validator = tool.configfileValidators.get(name);
-      if (validator === undefined) deny('config file', `config file "${name}" has no configfile_validator`);
       const full = path.join(configsDirectory, name);
+      if (validator === undefined && name === TOOL_SCRIPT_NAME) {
+        // Galaxy sends its tool script as a config file too (pulsar.py: config_files.append(tool_script)).
+        // That copy never runs, but it is held to the script's own rule: a preamble and one accepted command.
+        await this.#authorizeToolScript(tool, facts.jobDirectory, full, 'config file', deny);
+        this.#allow(jobId, tool.id, 'config file', name);
+        continue;
+      }
+      if (validator === undefined) deny('config file', `config file "${name}" has no configfile_validator`);
       const st = await fs.lstat(full).catch((error: unknown) => deny('config file', `config file "${name}" cannot be read (${errorCode(error)})`));
       if (!st.isFile()) deny('config file', `config file "${name}" is not a regular file`);
       if (st.size > MAX_CONFIG_FILE_BYTES) deny('config file', `config file "${name}" is larger than ${MAX_CONFIG_FILE_BYTES} bytes`);
@@ -202,12 +213,168 @@ export class ToolboxAuthorizer implements Authorizer {
       if (!verdict.ok) deny('config file', `configfile_validator "${name}" rejected the file: ${verdict.reason}`);
       this.#allow(jobId, tool.id, 'config file', name);
     }
-    const verdict = tool.commandValidator!.validate(facts.commandLine, facts.jobDirectory);
-    if (!verdict.ok) deny('command line', `command_validator rejected the command line: ${verdict.reason}`);
-    const second = shellSecondOpinion(facts.commandLine);
-    if (second !== undefined) deny('command line', `the command line was accepted by its validator but ${second}`);
+    const detail = await this.#authorizeCommandLine(tool, facts, deny);
     if (facts.hasDependencies) this.#log.info({ jobId, toolId: tool.id, step: 'dependencies' }, 'dependencies_description ignored on a public server');
-    this.#allow(jobId, tool.id, 'command line');
+    this.#allow(jobId, tool.id, 'command line', detail);
+  }
+
+  /** The command line (see `judgeCommandLine`); resolves with its shape, for the audit log. */
+  async #authorizeCommandLine(tool: ToolDefinition, facts: SubmitFacts, deny: (step: string, reason: string) => never): Promise<string> {
+    const { jobDirectory } = facts;
+    const verdict = await judgeCommandLine(tool.commandValidator!, facts.commandLine, jobDirectory, async (location) => readToolScript(jobDirectory, path.join(jobDirectory, location)));
+    if (!verdict.ok) deny(verdict.step, verdict.reason);
+    return verdict.detail;
+  }
+
+  /** Judge a copy of `tool_script.sh` that does not run (read once, never through a link). */
+  async #authorizeToolScript(
+    tool: ToolDefinition,
+    jobDirectory: string,
+    file: string,
+    step: string,
+    deny: (step: string, reason: string) => never,
+  ): Promise<void> {
+    const where = path.relative(jobDirectory, file);
+    const read = await readToolScript(jobDirectory, file);
+    if (!read.ok) deny(step, `${where}: ${read.reason}`);
+    const verdict = judgeToolScript(tool.commandValidator!, read.text, undefined, jobDirectory, where);
+    if (!verdict.ok) deny(step, verdict.reason);
+  }
+}
+
+export type CommandVerdict =
+  | { readonly ok: true; readonly detail: string }
+  | { readonly ok: false; readonly step: string; readonly reason: string };
+
+/**
+ * A public server's decision on a command line, shared with `magnetar validate-tool`: one of
+ * Galaxy's wrapper shapes for this job (GALAXY-JOBS.md) whose tool command — in `tool_script.sh`
+ * (read through `readScript`), or inline for `shell: none` — the tool's validator accepts; or, the
+ * legacy form, a tool command the validator accepts sent as the whole command line.
+ */
+export async function judgeCommandLine(
+  validator: Validator,
+  commandLine: string,
+  jobDirectory: string,
+  readScript: (location: ScriptLocation) => Promise<ReadResult>,
+): Promise<CommandVerdict> {
+  const refuse = (reason: string, step = 'command line'): CommandVerdict => ({ ok: false, step, reason });
+  const wrapper = matchWrapper(commandLine, jobDirectory);
+  if (wrapper === undefined) {
+    const verdict = validator.validate(commandLine, jobDirectory);
+    if (!verdict.ok) {
+      const feature = unvouchedFeature(commandLine);
+      if (feature !== undefined) return refuse(feature);
+      if (looksLikeWrapper(commandLine) && !isPlainJobDirectory(jobDirectory)) {
+        return refuse("Galaxy's wrapper shapes need a job directory Galaxy can write unquoted: the server's staging_directory has a character outside [A-Za-z0-9._+,@%=:/-]");
+      }
+      if (looksLikeWrapper(commandLine)) {
+        return refuse(`the command line is not one of Galaxy's wrapper shapes for this job (${describeWrapperShapes()}), and command_validator rejected it as a tool command: ${verdict.reason}`);
+      }
+      return refuse(`command_validator rejected the command line: ${verdict.reason}`);
+    }
+    const second = shellSecondOpinion(commandLine);
+    if (second !== undefined) return refuse(`the command line was accepted by its validator but ${second}`);
+    return { ok: true, detail: 'tool command sent directly' };
+  }
+  if (wrapper.kind === 'inline') {
+    const problem = judgeToolCommand(validator, wrapper.toolCommand, jobDirectory, "the tool command before Galaxy's tail (shell: none)");
+    if (problem === undefined) return { ok: true, detail: `Galaxy wrapper: ${wrapper.shape.name}` };
+    // What precedes the tail runs a script: a wrapper with another script path or interpreter, not `shell: none`.
+    if (unvouchedFeature(wrapper.toolCommand) === undefined && runsScript(wrapper.toolCommand)) {
+      return refuse(`the command line is not one of Galaxy's wrapper shapes for this job (${describeWrapperShapes()}): ${problem}`);
+    }
+    return refuse(problem);
+  }
+  const read = await readScript(wrapper.script);
+  if (!read.ok) return refuse(`${wrapper.script}: ${read.reason}`, 'tool script');
+  const script = judgeToolScript(validator, read.text, wrapper.shell, jobDirectory, wrapper.script);
+  if (!script.ok) return refuse(script.reason, 'tool script');
+  return { ok: true, detail: `Galaxy wrapper: ${wrapper.shape.name}, ${wrapper.shell}; ${script.preamble}` };
+}
+
+/** A `tool_script.sh`: Galaxy's preamble for `shell` (any when undefined), then one accepted tool command. */
+export function judgeToolScript(
+  validator: Validator,
+  text: string,
+  shell: string | undefined,
+  jobDirectory: string,
+  where: string,
+): { readonly ok: true; readonly preamble: string } | { readonly ok: false; readonly reason: string } {
+  const script = matchToolScript(text, shell);
+  if (!script.ok) return { ok: false, reason: `${where}: ${unvouchedFeature(text) ?? script.reason}` };
+  const problem = judgeToolCommand(validator, script.toolCommand, jobDirectory, `the tool command in ${where}`);
+  return problem === undefined ? { ok: true, preamble: script.preamble.name } : { ok: false, reason: problem };
+}
+
+/** Whether a command runs a script the way Galaxy's wrapper runs tool_script.sh. */
+function runsScript(command: string): boolean {
+  return command.includes(TOOL_SCRIPT_NAME) || GALAXY_SHELLS.some((shell) => command.startsWith(`${shell} `));
+}
+
+/** Why a tool command found in a Galaxy shape is refused, or undefined when it may run. */
+function judgeToolCommand(validator: Validator, command: string, jobDirectory: string, what: string): string | undefined {
+  const verdict = validator.validate(command, jobDirectory);
+  if (!verdict.ok) return unvouchedFeature(command) ?? `command_validator rejected ${what}: ${verdict.reason}`;
+  const second = shellSecondOpinion(command);
+  if (second !== undefined) return `${what} was accepted by its validator but ${second}`;
+  // bash reads a script as it runs it: a tool that wrote over tool_script.sh would choose what runs next.
+  if (command.includes(TOOL_SCRIPT_NAME)) return `${what} names ${TOOL_SCRIPT_NAME}, the script that runs it`;
+  return undefined;
+}
+
+export type ReadResult = { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string };
+
+/**
+ * Read a tool script of the job: a regular file (lstat, then opened with O_NOFOLLOW and checked to
+ * be that same file), directly in the job directory or in a real `working/` directory, at most
+ * `MAX_TOOL_SCRIPT_BYTES`, valid UTF-8 — the bytes judged are the bytes bash will read.
+ */
+async function readToolScript(jobDirectory: string, file: string): Promise<ReadResult> {
+  const parent = path.dirname(file);
+  if (parent !== jobDirectory) {
+    const dir = await fs.lstat(parent).catch(() => undefined);
+    if (dir === undefined || !dir.isDirectory()) return { ok: false, reason: `${path.relative(jobDirectory, parent)} is not a directory of the job` };
+  }
+  let st: Stats;
+  try {
+    st = await fs.lstat(file);
+  } catch (error) {
+    const code = errorCode(error);
+    return { ok: false, reason: code === 'ENOENT' ? 'no such file: Galaxy uploads it before submit (type=jobdir or workdir, name tool_script.sh)' : `cannot be read (${code})` };
+  }
+  if (st.isSymbolicLink()) return { ok: false, reason: 'is a symbolic link' };
+  if (!st.isFile()) return { ok: false, reason: 'is not a regular file' };
+  if (st.size > MAX_TOOL_SCRIPT_BYTES) return { ok: false, reason: `is larger than ${MAX_TOOL_SCRIPT_BYTES} bytes` };
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (error) {
+    return { ok: false, reason: `cannot be read (${errorCode(error)})` };
+  }
+  try {
+    const opened = await handle.stat();
+    if (!opened.isFile() || opened.ino !== st.ino || opened.dev !== st.dev) return { ok: false, reason: 'changed while it was read' };
+    // One byte more than allowed: a file that grew past the bound is refused, never cut short.
+    const buffer = Buffer.alloc(Math.min(MAX_TOOL_SCRIPT_BYTES, opened.size) + 1);
+    let length = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+      if (length === buffer.length) return { ok: false, reason: length > MAX_TOOL_SCRIPT_BYTES ? `is larger than ${MAX_TOOL_SCRIPT_BYTES} bytes` : 'changed while it was read' };
+    }
+    const bytes = buffer.subarray(0, length);
+    if (bytes.includes(0)) return { ok: false, reason: 'contains a NUL byte' };
+    try {
+      return { ok: true, text: new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes) };
+    } catch {
+      return { ok: false, reason: 'is not valid UTF-8' };
+    }
+  } catch (error) {
+    return { ok: false, reason: `cannot be read (${errorCode(error)})` };
+  } finally {
+    await handle.close();
   }
 }
 
