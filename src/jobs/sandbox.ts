@@ -91,7 +91,7 @@ export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, inner
   return [
     `_magnetar_command=${q(innerScript)}`,
     '(',
-    `    hash ${q(sandbox.bwrap)} 2>/dev/null || { echo "magnetar: bubblewrap (${sandbox.bwrap.replace(/[^A-Za-z0-9/._-]/g, '?')}) is not installed on $HOSTNAME: the job cannot run in its sandbox" >&2; exit 127; }`,
+    `    command -v ${q(sandbox.bwrap)} >/dev/null || { echo "magnetar: bubblewrap (${sandbox.bwrap.replace(/[^A-Za-z0-9/._-]/g, '?')}) is not installed on $HOSTNAME: the job cannot run in its sandbox" >&2; exit 127; }`,
     `    _magnetar_bwrap=(${bwrap})`,
     '    if [ "$EUID" -eq 0 ]; then',
     `        chown -hR -- ${owner} ${HANDED_OVER.map((d) => q(path.join(jobDirectory, d))).join(' ')} && chown -- ${owner} ${q(jobDirectory)} || exit 1`,
