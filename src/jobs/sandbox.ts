@@ -23,13 +23,13 @@ const SYSTEM_DIRECTORIES = ['/usr', '/bin', '/sbin', '/lib', '/lib64', '/lib32',
 
 /**
  * What of /etc programs need: users and groups (no passwords: not `shadow`), name resolution, the
- * dynamic linker's cache, TLS roots (not `ssl/private`), Debian's alternatives (`/usr/bin/awk` links there), the time
- * zone and locales. Anything else an administrator keeps under /etc stays invisible.
+ * dynamic linker's cache, TLS roots (not `ssl/private`; Debian's and Red Hat's places), Debian's
+ * alternatives (`/usr/bin/awk` links there) and the time zone. Anything else an administrator
+ * keeps under /etc stays invisible. Each entry is one mount per job: keep the list short.
  */
 const ETC_ENTRIES = [
-  'passwd', 'group', 'hosts', 'host.conf', 'nsswitch.conf', 'resolv.conf', 'gai.conf', 'services', 'protocols',
-  'ld.so.cache', 'ld.so.conf', 'ld.so.conf.d', 'ssl/certs', 'ssl/openssl.cnf', 'ca-certificates', 'pki', 'alternatives', 'localtime',
-  'timezone', 'mime.types', 'locale.alias', 'locale.conf', 'default/locale', 'inputrc', 'magic', 'bash.bashrc',
+  'passwd', 'group', 'hosts', 'host.conf', 'nsswitch.conf', 'resolv.conf', 'gai.conf', 'services', 'ld.so.cache',
+  'ssl/certs', 'ssl/openssl.cnf', 'ca-certificates', 'pki/tls/certs', 'pki/ca-trust', 'alternatives', 'localtime',
 ] as const;
 
 /** Where the command's text appears inside the sandbox (a read-only copy, nothing on the host). */
@@ -80,9 +80,10 @@ export function limitStatements(sandbox: SandboxConfig): string[] {
 /**
  * The job script's lines that run `innerScript` (the command and the statements that belong to it)
  * in the sandbox; its exit status is the command's. In a subshell, so the limits bind only the
- * command. As root, the job's directories are handed to the sandbox uid first: `command.sh` and
- * `pid` in the job directory itself stay root's (and are mounted read-only inside anyway). Nothing
- * of the job runs meanwhile, and other jobs cannot see this directory, so the `chown` races nobody.
+ * command. As root, the job's directories are handed to the sandbox uid first (unless the server
+ * did: `handOver`): `command.sh` and `pid` in the job directory itself stay root's (and are
+ * mounted read-only inside anyway). Nothing of the job runs meanwhile, and other jobs cannot see
+ * this directory, so the `chown` races nobody.
  */
 export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, innerScript: string): string[] {
   const q = shellQuote;
@@ -94,7 +95,10 @@ export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, inner
     `    command -v ${q(sandbox.bwrap)} >/dev/null || { echo "magnetar: bubblewrap (${sandbox.bwrap.replace(/[^A-Za-z0-9/._-]/g, '?')}) is not installed on $HOSTNAME: the job cannot run in its sandbox" >&2; exit 127; }`,
     `    _magnetar_bwrap=(${bwrap})`,
     '    if [ "$EUID" -eq 0 ]; then',
-    `        chown -hR -- ${owner} ${HANDED_OVER.map((d) => q(path.join(jobDirectory, d))).join(' ')} && chown -- ${owner} ${q(jobDirectory)} || exit 1`,
+    // Still root's: the server did not hand the directories over (a cluster node running as root).
+    `        if [ -O ${q(jobDirectory)} ]; then`,
+    `            chown -hR -- ${owner} ${HANDED_OVER.map((d) => q(path.join(jobDirectory, d))).join(' ')} && chown -- ${owner} ${q(jobDirectory)} || exit 1`,
+    '        fi',
     ...limitStatements(sandbox).map((l) => `        ${l}`),
     `        exec setpriv ${dropRootArguments(sandbox).join(' ')} "\${_magnetar_bwrap[@]}" 3<<<"$_magnetar_command"`,
     '    fi',
@@ -102,6 +106,34 @@ export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, inner
     '    exec "${_magnetar_bwrap[@]}" 3<<<"$_magnetar_command"',
     ')',
   ];
+}
+
+/**
+ * Hand the job's directories (and what they hold) to the sandbox uid, and the job directory
+ * itself (not what else is in it: `command.sh` and `pid` stay the server's), as the job script's
+ * `chown` would, but without starting a process: local jobs of a server running as root, at
+ * submit, once the uploads are closed and before anything of the job runs. Links are changed
+ * themselves, never followed. The script then sees the directory is no longer root's and skips
+ * its own `chown`.
+ */
+export async function handOver(jobDirectory: string, sandbox: SandboxConfig): Promise<void> {
+  const { uid, gid } = sandbox;
+  const walk = async (dir: string): Promise<void> => {
+    await fs.lchown(dir, uid, gid);
+    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+      const at = path.join(dir, entry.name);
+      if (entry.isDirectory()) await walk(at);
+      else await fs.lchown(at, uid, gid);
+    }
+  };
+  for (const name of HANDED_OVER) {
+    const at = path.join(jobDirectory, name);
+    await fs.mkdir(at).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await walk(at);
+  }
+  await fs.lchown(jobDirectory, uid, gid);
 }
 
 /**
