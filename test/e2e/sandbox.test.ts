@@ -12,10 +12,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defaultSandbox } from '../../src/config/index.js';
+import { cliManager, scancelOnTeardown } from '../helpers/cli-e2e.js';
 import { request, qs, statusOf, waitForJob } from '../helpers/client.js';
+import { clusterTest } from '../helpers/cluster.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
+
+// Before any test is declared (ava): is the local Slurm up?
+const slurmTest = await clusterTest('slurm');
 
 const PROBE = fileURLToPath(new URL('../../../test/fixtures/sandbox/probe.sh', import.meta.url));
 const TOOLBOX_DIR = fileURLToPath(new URL('../../../toolbox/', import.meta.url));
@@ -254,4 +259,31 @@ test('a sandbox this machine cannot run stops the server with a one-line reason'
   });
   t.teardown(() => server.stop());
   t.true(server.logLines.some((l) => l.includes('UNSANDBOXED')));
+});
+
+// ------------------------------------------------------------------------------------------------
+// A cluster manager: the job script wraps the command in bwrap on the node (here the local
+// single-node Slurm of scripts/ci/start-slurm.sh; skipped where it is not running, failed in CI).
+
+const RUN = `sbx${Date.now().toString(36)}${process.pid}`;
+
+slurmTest('Slurm (queued_cli): the job runs sandboxed on the node, unprivileged, and produces its output', async (t) => {
+  const server = await startTestServer({
+    managers: (root) => [{ ...cliManager(root, '_default_', { job_plugin: 'Slurm' }), sandbox: defaultSandbox() }],
+  });
+  t.teardown(() => server.stop());
+  await fs.writeFile(path.join(server.root, 'server.ini'), `[app:main]\nprivate_token = ${TOKEN}\n`, { mode: 0o644 });
+  const id = `${RUN}-slurm`;
+  scancelOnTeardown(t, id);
+  const job = await setup(server, id);
+  await upload(server, id, 'in.txt', 'input', 'from the node\n');
+  const out = path.join(job.outputs_directory as string, 'out.txt');
+  await submit(server, id, `cat ../inputs/in.txt > '${out}'; id -u >> '${out}'; cat '${path.join(server.root, 'server.ini')}' >> '${out}' 2>/dev/null; ls / >> '${out}'`);
+  const doc = await waitForJob(server.url, id, '', '', 120_000);
+  t.is(doc.status, 'complete', JSON.stringify(doc));
+  const text = await fs.readFile(out, 'utf8');
+  t.true(text.startsWith('from the node\n'), text);
+  t.false(text.includes(TOKEN), 'the configuration is not visible on the node');
+  if (process.getuid?.() === 0) t.true(text.includes(`\n${defaultSandbox().uid}\n`), text);
+  t.true((await fs.readFile(path.join(job.job_directory as string, 'command.sh'), 'utf8')).includes("'--unshare-all'"));
 });
