@@ -11,16 +11,17 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { defaultSandbox } from '../../src/config/index.js';
+import { defaultSandbox, type ManagerConfig } from '../../src/config/index.js';
 import { cliManager, scancelOnTeardown } from '../helpers/cli-e2e.js';
 import { request, qs, statusOf, waitForJob } from '../helpers/client.js';
-import { clusterTest } from '../helpers/cluster.js';
+import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
-// Before any test is declared (ava): is the local Slurm up?
+// Before any test is declared (ava): are the local Slurm and Grid Engine up?
 const slurmTest = await clusterTest('slurm');
+const sgeTest = await clusterTest('sge');
 
 const PROBE = fileURLToPath(new URL('../../../test/fixtures/sandbox/probe.sh', import.meta.url));
 const TOOLBOX_DIR = fileURLToPath(new URL('../../../toolbox/', import.meta.url));
@@ -262,19 +263,16 @@ test('a sandbox this machine cannot run stops the server with a one-line reason'
 });
 
 // ------------------------------------------------------------------------------------------------
-// A cluster manager: the job script wraps the command in bwrap on the node (here the local
-// single-node Slurm of scripts/ci/start-slurm.sh; skipped where it is not running, failed in CI).
+// Cluster managers: the job script wraps the command in bwrap on the node (here the local
+// single-node Slurm and Grid Engine of scripts/ci/; skipped where they do not run, failed in CI).
+// The job script runs as root there: it hands the job directory to the sandbox uid itself.
 
 const RUN = `sbx${Date.now().toString(36)}${process.pid}`;
 
-slurmTest('Slurm (queued_cli): the job runs sandboxed on the node, unprivileged, and produces its output', async (t) => {
-  const server = await startTestServer({
-    managers: (root) => [{ ...cliManager(root, '_default_', { job_plugin: 'Slurm' }), sandbox: defaultSandbox() }],
-  });
+async function clusterJob(t: ExecutionContext, managers: (root: string) => ManagerConfig[], id: string): Promise<void> {
+  const server = await startTestServer({ managers });
   t.teardown(() => server.stop());
   await fs.writeFile(path.join(server.root, 'server.ini'), `[app:main]\nprivate_token = ${TOKEN}\n`, { mode: 0o644 });
-  const id = `${RUN}-slurm`;
-  scancelOnTeardown(t, id);
   const job = await setup(server, id);
   await upload(server, id, 'in.txt', 'input', 'from the node\n');
   const out = path.join(job.outputs_directory as string, 'out.txt');
@@ -286,4 +284,15 @@ slurmTest('Slurm (queued_cli): the job runs sandboxed on the node, unprivileged,
   t.false(text.includes(TOKEN), 'the configuration is not visible on the node');
   if (process.getuid?.() === 0) t.true(text.includes(`\n${defaultSandbox().uid}\n`), text);
   t.true((await fs.readFile(path.join(job.job_directory as string, 'command.sh'), 'utf8')).includes("'--unshare-all'"));
+}
+
+slurmTest('Slurm (queued_cli): the job runs sandboxed on the node, unprivileged, and produces its output', async (t) => {
+  const id = `${RUN}-slurm`;
+  scancelOnTeardown(t, id);
+  await clusterJob(t, (root) => [{ ...cliManager(root, '_default_', { job_plugin: 'Slurm' }), sandbox: defaultSandbox() }], id);
+});
+
+sgeTest('Grid Engine (queued_drmaa): the job runs sandboxed on the node, unprivileged, and produces its output', async (t) => {
+  for (const [key, value] of Object.entries(SGE_ENV)) process.env[key] ??= value;
+  await clusterJob(t, (root) => [managerConfig(root, { type: 'queued_drmaa', backendOptions: {}, minPollingInterval: 0.2, sandbox: defaultSandbox() })], `${RUN}-sge`);
 });
