@@ -118,12 +118,16 @@ export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, inner
  */
 export async function handOver(jobDirectory: string, sandbox: SandboxConfig): Promise<void> {
   const { uid, gid } = sandbox;
+  // An upload refused at submit may still be removing its temp file: what is gone is no matter.
+  const gone = (e: NodeJS.ErrnoException): void => {
+    if (e.code !== 'ENOENT') throw e;
+  };
   const walk = async (dir: string): Promise<void> => {
     await fs.lchown(dir, uid, gid);
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
+    for (const entry of await fs.readdir(dir, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => (gone(e), []))) {
       const at = path.join(dir, entry.name);
-      if (entry.isDirectory()) await walk(at);
-      else await fs.lchown(at, uid, gid);
+      if (entry.isDirectory()) await walk(at).catch(gone);
+      else await fs.lchown(at, uid, gid).catch(gone);
     }
   };
   for (const name of HANDED_OVER) {

@@ -359,8 +359,15 @@ export function buildJobScript(spec: ScriptSpec): string {
     'return_code=$?',
     // After a sandboxed command nothing of it runs any more (its PID namespace is gone), but it may
     // have left a symlink where the script writes: remove whatever is there first.
-    ...(sandbox === undefined ? [] : [`rm -f -- "$_magnetar_metadata/__instrument_core_epoch_end" ${q(`${dir}/return_code`)}`]),
-    'echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"',
+    // The job may also have swapped `metadata` for a link: then the end time is not recorded.
+    ...(sandbox === undefined
+      ? ['echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"']
+      : [
+          `rm -f -- ${q(`${dir}/return_code`)}`,
+          'if [ -d "$_magnetar_metadata" ] && [ ! -L "$_magnetar_metadata" ]; then',
+          '    rm -f -- "$_magnetar_metadata/__instrument_core_epoch_end" && echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"',
+          'fi',
+        ]),
     `echo "$return_code" > ${q(`${dir}/return_code`)}`,
     'exit "$return_code"',
     '',

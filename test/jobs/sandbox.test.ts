@@ -94,7 +94,7 @@ test('the cluster form: directives stay right after the shebang, the script pars
   t.true(script.includes("command -v '/opt/bwrap/bin/bwrap' >/dev/null || {"), 'a node without bwrap fails the job with a message');
   t.true(script.includes('ulimit -v 1048576'));
   t.true(script.includes('exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "${_magnetar_bwrap[@]}"'));
-  t.true(script.includes(`rm -f -- "$_magnetar_metadata/__instrument_core_epoch_end" '${dir}/return_code'`), 'nothing the job left is followed');
+  t.true(script.includes(`rm -f -- '${dir}/return_code'`), 'nothing the job left is followed');
   t.false(script.includes("'echo '\\''hi'\\''\n'"), 'the command is not run by the outer shell');
 });
 
@@ -124,4 +124,17 @@ test('limits bind the command: CPU seconds and processes', async (t) => {
   t.is(await fs.readFile(path.join(dir, 'outputs', 't'), 'utf8'), '5\n');
   t.is(await fs.readFile(path.join(dir, 'outputs', 'u'), 'utf8'), '77\n');
   t.is(await fs.readFile(path.join(dir, 'outputs', 'v'), 'utf8'), '1048576\n');
+});
+
+test('links the job leaves where the script writes after it are never followed: no file appears outside the job', async (t) => {
+  const dir = await jobDir(t);
+  const outside = path.join(path.dirname(dir), 'outside');
+  await fs.mkdir(outside, { mode: 0o777 });
+  const command = `cd .. && mv metadata metadata.real && ln -s '${outside}' metadata && ln -s '${outside}/rc' return_code; exit 5`;
+  const { code, stderr } = await runScript(dir, buildJobScript(spec(dir, command, defaultSandbox())));
+  t.is(code, 5, stderr);
+  t.true((await fs.lstat(path.join(dir, 'metadata'))).isSymbolicLink(), 'the job did plant its link');
+  t.deepEqual(await fs.readdir(outside), [], 'nothing written through the links');
+  t.is(await fs.readFile(path.join(dir, 'return_code'), 'utf8'), '5\n');
+  t.false((await fs.lstat(path.join(dir, 'return_code'))).isSymbolicLink());
 });
