@@ -823,6 +823,7 @@ test('sandbox: on with its defaults in public mode, undecided otherwise; manager
   const pub = await load(t, { 'tools.xml': TOOLBOX, 'server.ini': INI_WITH_APP('tool_config_files = tools.xml\n') }, 'server.ini');
   t.deepEqual(pub.config.app.managers[0]?.sandbox, SANDBOX_DEFAULTS);
   t.deepEqual(pub.warnings, []);
+  t.regex(describeConfig(pub.config), /managers: _default_ \(queued_python, 1 worker, sandboxed\)$/);
 
   const yaml = await load(
     t,

@@ -29,7 +29,7 @@ const TOOLBOX_DIR = fileURLToPath(new URL('../../../toolbox/', import.meta.url))
 const TOKEN = 'sandbox-test-token-0123456789abcdef';
 
 const HARMLESS = ['read_config', 'list_persistence', 'read_persistence_record', 'read_other_input', 'list_staging', 'write_staging_parent', 'write_host_tmp', 'read_shadow', 'read_server_environ', 'signal_server', 'connect_loopback', 'uid_0'];
-const ALL = [...HARMLESS, 'write_own_script', 'write_own_pid'];
+const ALL = [...HARMLESS, 'write_own_script', 'write_own_pid', 'kill_server'];
 const WRITES_JUDGED_ON_HOST = ['write_staging_parent', 'write_host_tmp'];
 
 async function sandboxedServer(t: ExecutionContext, sandbox: boolean): Promise<TestServer> {
