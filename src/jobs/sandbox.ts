@@ -92,6 +92,11 @@ export function sandboxedRun(sandbox: SandboxConfig, jobDirectory: string, inner
   return [
     `_magnetar_command=${q(innerScript)}`,
     '(',
+    // Descriptors the server or the launcher left open (bwrap passes them all in) end here.
+    '    for _magnetar_fd in /proc/$BASHPID/fd/*; do',
+    '        _magnetar_fd=${_magnetar_fd##*/}',
+    '        case $_magnetar_fd in 0|1|2|255) ;; *) { exec {_magnetar_fd}>&-; } 2>/dev/null ;; esac',
+    '    done',
     `    command -v ${q(sandbox.bwrap)} >/dev/null || { echo "magnetar: bubblewrap (${sandbox.bwrap.replace(/[^A-Za-z0-9/._-]/g, '?')}) is not installed on $HOSTNAME: the job cannot run in its sandbox" >&2; exit 127; }`,
     `    _magnetar_bwrap=(${bwrap})`,
     '    if [ "$EUID" -eq 0 ]; then',

@@ -144,7 +144,7 @@ test('a legit job produces its output in the sandbox, sees its own HOME and TMPD
   const job = await setup(server, 'legit');
   await upload(server, job.job_id, 'in.txt', 'input', 'line one\nline two\n');
   const out = path.join(job.outputs_directory as string, 'out.txt');
-  await submit(server, job.job_id, `cat ../inputs/in.txt > '${out}' && echo "home=$HOME tmp=$TMPDIR uid=$(id -u)" >> '${out}' && echo scratch > "$TMPDIR/x" && echo hi > /tmp/y && ls / > '${out}.root'`);
+  await submit(server, job.job_id, `cat ../inputs/in.txt > '${out}' && echo "home=$HOME tmp=$TMPDIR uid=$(id -u)" >> '${out}' && echo scratch > "$TMPDIR/x" && echo hi > /tmp/y && ls / > '${out}.root' && ls -l /proc/self/fd/ > '${out}.fds'`);
   const doc = await waitForJob(server.url, 'legit');
   t.is(doc.status, 'complete', doc.stderr);
   t.is(doc.returncode, 0, doc.stderr);
@@ -156,6 +156,10 @@ test('a legit job produces its output in the sandbox, sees its own HOME and TMPD
   t.is(await fs.readFile(path.join(jobDir, 'tmp', 'x'), 'utf8'), 'scratch\n');
   const root = (await fs.readFile(`${out}.root`, 'utf8')).trim().split('\n');
   t.false(root.includes('root') || root.includes('home') || root.includes('work') || root.includes('srv'), root.join(' '));
+  // No descriptor the server process inherited or opened reaches the command: only its streams
+  // (and the directory ls lists).
+  const fds = (await fs.readFile(`${out}.fds`, 'utf8')).split('\n').flatMap((l) => (/ (\d+) -> (.*)$/.exec(l) ?? []).slice(1, 3).join(' ') || []);
+  t.deepEqual(fds.filter((f) => !/^3 \/proc\/\d+\/fd$/.test(f)), ['0 /dev/null', `1 ${out}.fds`, `2 ${path.join(jobDir, 'metadata', 'job_stderr')}`], fds.join(', '));
 });
 
 test('a failing command keeps its exit code through the sandbox, and the limits bind', async (t) => {
