@@ -138,3 +138,27 @@ test('links the job leaves where the script writes after it are never followed: 
   t.is(await fs.readFile(path.join(dir, 'return_code'), 'utf8'), '5\n');
   t.false((await fs.lstat(path.join(dir, 'return_code'))).isSymbolicLink());
 });
+
+// A server that is not root: the job script runs bwrap itself, as the server's user.
+const asRoot = process.getuid?.() === 0 ? test : test.skip;
+asRoot('a job script run by an unprivileged user sandboxes its command without setpriv, under that uid', async (t) => {
+  const dir = await jobDir(t);
+  const uid = 65534;
+  await fs.chown(dir, uid, uid);
+  for (const d of SETUP_DIRECTORIES) await fs.chown(path.join(dir, d), uid, uid);
+  const command = `id -u > ../outputs/uid; (echo planted >> '${dir}/command.sh') 2>/dev/null || echo refused > ../outputs/script; ls / > ../outputs/root`;
+  await fs.writeFile(path.join(dir, 'command.sh'), buildJobScript(spec(dir, command, defaultSandbox())), { mode: 0o755 });
+  await fs.chown(path.join(dir, 'command.sh'), uid, uid);
+  const script = await fs.readFile(path.join(dir, 'command.sh'), 'utf8');
+  try {
+    await run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', '/bin/bash', path.join(dir, 'command.sh')], { cwd: '/', env: { PATH: '/usr/bin:/bin' } });
+  } catch (error) {
+    t.fail(`the job failed: ${(error as { stderr: string }).stderr}`);
+    return;
+  }
+  t.is(await fs.readFile(path.join(dir, 'outputs', 'uid'), 'utf8'), `${uid}\n`);
+  t.is(await fs.readFile(path.join(dir, 'outputs', 'script'), 'utf8'), 'refused\n', 'its own job script is read-only to it even under the same uid');
+  t.is(await fs.readFile(path.join(dir, 'command.sh'), 'utf8'), script);
+  t.false((await fs.readFile(path.join(dir, 'outputs', 'root'), 'utf8')).split('\n').includes('root'));
+  t.is(await fs.readFile(path.join(dir, 'return_code'), 'utf8'), '0\n');
+});
