@@ -363,9 +363,12 @@ export function buildJobScript(spec: ScriptSpec): string {
     ...(sandbox === undefined
       ? ['echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"']
       : [
-          `rm -f -- ${q(`${dir}/return_code`)}`,
+          // `rm` only when something is there (the usual case has nothing: no process started).
+          `if [ -e ${q(`${dir}/return_code`)} ] || [ -L ${q(`${dir}/return_code`)} ]; then rm -f -- ${q(`${dir}/return_code`)}; fi`,
           'if [ -d "$_magnetar_metadata" ] && [ ! -L "$_magnetar_metadata" ]; then',
-          '    rm -f -- "$_magnetar_metadata/__instrument_core_epoch_end" && echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"',
+          '    _magnetar_end="$_magnetar_metadata/__instrument_core_epoch_end"',
+          '    if [ -e "$_magnetar_end" ] || [ -L "$_magnetar_end" ]; then rm -f -- "$_magnetar_end"; fi',
+          '    echo "$EPOCHSECONDS" > "$_magnetar_end"',
           'fi',
         ]),
     `echo "$return_code" > ${q(`${dir}/return_code`)}`,

@@ -94,7 +94,7 @@ test('the cluster form: directives stay right after the shebang, the script pars
   t.true(script.includes("command -v '/opt/bwrap/bin/bwrap' >/dev/null || {"), 'a node without bwrap fails the job with a message');
   t.true(script.includes('ulimit -v 1048576'));
   t.true(script.includes('exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "${_magnetar_bwrap[@]}"'));
-  t.true(script.includes(`rm -f -- '${dir}/return_code'`), 'nothing the job left is followed');
+  t.true(script.includes(`then rm -f -- '${dir}/return_code'; fi`), 'nothing the job left is followed');
   t.false(script.includes("'echo '\\''hi'\\''\n'"), 'the command is not run by the outer shell');
 });
 
