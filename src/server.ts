@@ -101,7 +101,12 @@ async function checkSandboxes(config: Config, jobEnv: Readonly<Record<string, st
   const publicMode = config.app.toolConfigFiles.length > 0;
   const managers: ManagerConfig[] = [];
   for (const manager of config.app.managers) {
-    const sandbox = manager.sandbox ?? (publicMode ? defaultSandbox() : false);
+    const configured = manager.sandbox ?? (publicMode ? defaultSandbox() : false);
+    // What the administrator points jobs at is theirs to see, read-only: tool dependencies, Galaxy's lib and venv.
+    const sandbox =
+      configured === false
+        ? false
+        : { ...configured, roBinds: [...new Set([...configured.roBinds, ...[config.app.toolDependencyDir, manager.galaxyHome, manager.galaxyVirtualEnv].filter(isAbsolutePath)])] };
     if (sandbox === false || CLUSTER_MANAGER_TYPES.includes(manager.type)) {
       if (sandbox !== false) log.info({ manager: manager.name }, 'job sandbox: the job scripts run bubblewrap on the nodes, which must have it');
       managers.push({ ...manager, sandbox });
@@ -120,6 +125,10 @@ async function checkSandboxes(config: Config, jobEnv: Readonly<Record<string, st
     }
   }
   return { ...config, app: { ...config.app, managers } };
+}
+
+function isAbsolutePath(p: string | undefined): p is string {
+  return p !== undefined && p.startsWith('/') && !/[\0\n\r]/.test(p);
 }
 
 function createHttpServer(

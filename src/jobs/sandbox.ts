@@ -164,7 +164,7 @@ export async function probeSandbox(sandbox: SandboxConfig, stagingDirectory: str
     if (code === 127) return `${sandbox.bwrap} was not found: install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)`;
     const reach =
       process.getuid?.() === 0 && /Permission denied/.test(said)
-        ? ` (uid ${sandbox.uid} must be able to search every directory above ${stagingDirectory})`
+        ? ` (uid ${sandbox.uid} must be able to search every directory above ${stagingDirectory}, and to read the read-only binds)`
         : '';
     return `bubblewrap cannot create the job sandbox on this machine: exit ${String(code)}${said === '' ? '' : `, ${said}`}${reach}`;
   } finally {

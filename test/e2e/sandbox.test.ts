@@ -162,6 +162,25 @@ test('a legit job produces its output in the sandbox, sees its own HOME and TMPD
   t.deepEqual(fds.filter((f) => !/^3 \/proc\/\d+\/fd$/.test(f)), ['0 /dev/null', `1 ${out}.fds`, `2 ${path.join(jobDir, 'metadata', 'job_stderr')}`], fds.join(', '));
 });
 
+test('what the administrator points jobs at (tool_dependency_dir, galaxy_home) is visible read-only in the sandbox', async (t) => {
+  const root = await makeRoot();
+  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
+  const deps = path.join(root, 'deps');
+  await fs.mkdir(path.join(deps, 'tool', '1.0'), { recursive: true });
+  await fs.writeFile(path.join(deps, 'tool', '1.0', 'env.sh'), 'TOOL_READY=yes\n');
+  const server = await startTestServer({
+    root,
+    app: { toolDependencyDir: deps },
+    managers: (dir) => [managerConfig(dir, { sandbox: defaultSandbox() })],
+  });
+  t.teardown(() => server.stop());
+  const job = await setup(server, 'deps');
+  const out = path.join(job.outputs_directory as string, 'out.txt');
+  await submit(server, job.job_id, `cat '${deps}/tool/1.0/env.sh' > '${out}'; (echo x >> '${deps}/tool/1.0/env.sh') 2>/dev/null || echo read-only >> '${out}'`);
+  t.is((await waitForJob(server.url, 'deps')).returncode, 0);
+  t.is(await fs.readFile(out, 'utf8'), 'TOOL_READY=yes\nread-only\n');
+});
+
 test('a failing command keeps its exit code through the sandbox, and the limits bind', async (t) => {
   const server = await startTestServer({
     managers: (root) => [managerConfig(root, { sandbox: { ...defaultSandbox(), fileSize: 4096 } })],
