@@ -3,7 +3,8 @@ import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { defaultSandbox } from './config/build.js';
-import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig } from './config/types.js';
+import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig, type SandboxConfig } from './config/types.js';
+import { isInside } from './jobs/paths.js';
 import { probeSandbox } from './jobs/sandbox.js';
 import { jobEnvironment } from './jobs/launch.js';
 import { JobService } from './jobs/service.js';
@@ -107,6 +108,8 @@ async function checkSandboxes(config: Config, jobEnv: Readonly<Record<string, st
       configured === false
         ? false
         : { ...configured, roBinds: [...new Set([...configured.roBinds, ...[config.app.toolDependencyDir, manager.galaxyHome, manager.galaxyVirtualEnv].filter(isAbsolutePath)])] };
+    const exposed = sandbox === false ? undefined : exposedByBinds(sandbox, manager, config);
+    if (exposed !== undefined) throw new Error(`manager ${manager.name}: ${exposed}`);
     if (sandbox === false || CLUSTER_MANAGER_TYPES.includes(manager.type)) {
       if (sandbox !== false) log.info({ manager: manager.name }, 'job sandbox: the job scripts run bubblewrap on the nodes, which must have it');
       managers.push({ ...manager, sandbox });
@@ -125,6 +128,24 @@ async function checkSandboxes(config: Config, jobEnv: Readonly<Record<string, st
     }
   }
   return { ...config, app: { ...config.app, managers } };
+}
+
+/** A read-only bind that would show the server's own files (or other jobs) to the sandbox, said in one line. */
+function exposedByBinds(sandbox: SandboxConfig, manager: ManagerConfig, config: Config): string | undefined {
+  const own: [string, string | undefined][] = [
+    ['the staging directory', manager.stagingDirectory],
+    ['the persistence directory', config.app.persistenceDirectory],
+    ['the configuration file', config.configFile],
+    ['the TLS certificate and key', config.server.sslPem],
+  ];
+  for (const bind of sandbox.roBinds) {
+    for (const [what, where] of own) {
+      if (where !== undefined && (isInside(bind, where) || isInside(where, bind))) {
+        return `the sandbox's read-only bind ${bind} (sandbox_ro_binds, tool_dependency_dir, galaxy_home or galaxy_virtual_env) would show ${what} (${where}) to jobs`;
+      }
+    }
+  }
+  return undefined;
 }
 
 function isAbsolutePath(p: string | undefined): p is string {

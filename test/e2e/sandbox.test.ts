@@ -276,6 +276,13 @@ test('a sandbox this machine cannot run stops the server with a one-line reason'
   }));
   t.regex(error?.message ?? '', /^manager _default_: \/nonexistent\/bwrap was not found: install bubblewrap/);
   t.false((error?.message ?? '').includes('\n'));
+  // A read-only bind that would show the server's own files is refused, whatever else is allowed.
+  const exposing = await t.throwsAsync(startTestServer({
+    root,
+    app: { allowUnsandboxedPublic: true },
+    managers: (dir) => [managerConfig(dir, { sandbox: { ...defaultSandbox(), roBinds: [dir] } })],
+  }));
+  t.regex(exposing?.message ?? '', /^manager _default_: the sandbox's read-only bind .* would show the staging directory/);
   // Public mode with allow_unsandboxed_public starts, unsandboxed, and says so.
   const server = await startTestServer({
     app: { toolConfigFiles: [path.join(TOOLBOX_DIR, 'tools.xml')], allowUnsafeEnv: false, allowUnsandboxedPublic: true },
