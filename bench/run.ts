@@ -19,7 +19,7 @@ import { MIB, log, round } from './stats.js';
 import { runSoak, type SoakResult } from './soak.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'transfer', 'status', 'validator', 'scale', 'soak'] as const;
+const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'status', 'validator', 'scale', 'soak'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -90,7 +90,12 @@ interface Context {
  * Run one measurement against a fresh server process (its own staging directory), so a failure or
  * leftover state in one measurement cannot distort the next. Errors become `{ error }`.
  */
-async function withServer<T>(ctx: Context, label: string, fn: (server: ServerProcess, phase: Phase) => Promise<T>): Promise<T | Failed> {
+async function withServer<T>(
+  ctx: Context,
+  label: string,
+  fn: (server: ServerProcess, phase: Phase) => Promise<T>,
+  managerLines: readonly string[] = [],
+): Promise<T | Failed> {
   const dir = path.join(ctx.root, label);
   await fs.mkdir(dir);
   const windows: Window[] = [];
@@ -105,7 +110,7 @@ async function withServer<T>(ctx: Context, label: string, fn: (server: ServerPro
   };
   let server: ServerProcess;
   try {
-    server = await ServerProcess.start({ root: dir, numConcurrentJobs: NUM_CONCURRENT_JOBS, cpuProfDir: ctx.cpuProfDir, logLevel: ctx.serverLogLevel, entry: ctx.serverEntry });
+    server = await ServerProcess.start({ root: dir, numConcurrentJobs: NUM_CONCURRENT_JOBS, cpuProfDir: ctx.cpuProfDir, logLevel: ctx.serverLogLevel, entry: ctx.serverEntry, managerLines });
   } catch (error) {
     log(`${label}: server did not start: ${message(error)}`);
     return { error: `server did not start: ${message(error)}` };
@@ -139,6 +144,28 @@ async function withServer<T>(ctx: Context, label: string, fn: (server: ServerPro
 }
 
 const NUM_CONCURRENT_JOBS = 8;
+
+interface SandboxSection {
+  readonly off: LifecycleResult | LifecycleFailure | Failed | undefined;
+  readonly on: LifecycleResult | LifecycleFailure | Failed | undefined;
+  /** p50 job time (setup to clean) with the sandbox minus without, ms. */
+  readonly per_job_cost_ms: number | null;
+  /** The same for the `run` step alone (submit answered to complete). */
+  readonly run_step_cost_ms: number | null;
+}
+
+/** The sandbox section: the same 1-client lifecycle with `sandbox = false` and `sandbox = true`. */
+function sandboxSection(off: SandboxSection['off'], on: SandboxSection['on']): SandboxSection {
+  const measured = (r: SandboxSection['off']): LifecycleResult | undefined => (r === undefined || isFailed(r) || !('p50_ms' in r) ? undefined : r);
+  const a = measured(off);
+  const b = measured(on);
+  return {
+    off,
+    on,
+    per_job_cost_ms: a === undefined || b === undefined ? null : round(b.p50_ms - a.p50_ms, 2),
+    run_step_cost_ms: a === undefined || b === undefined ? null : round(b.step_p50_ms.run - a.step_p50_ms.run, 2),
+  };
+}
 
 /**
  * SIGINT: stop the live server (SIGKILL if it takes over 2 s), then kill the scale section's job
@@ -235,6 +262,8 @@ async function main(): Promise<number> {
 
   const jiffies0 = await cpuJiffies();
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-bench-'));
+  // A job sandbox's uid (when the server runs as root) must reach the staging directories below.
+  await fs.chmod(root, 0o711);
   log(`temp dir ${root}; sections: ${[...only].join(', ')}`);
   const ctx: Context = {
     root,
@@ -261,6 +290,7 @@ async function main(): Promise<number> {
     },
   };
   let lifecycle: Record<string, LifecycleResult | LifecycleFailure | Failed> | undefined;
+  let sandbox: SandboxSection | undefined;
   let transfer: TransferResult | Failed | undefined;
   let status: StatusSection | Failed | undefined;
   let scale: Record<string, ScaleResult> | undefined;
@@ -291,6 +321,31 @@ async function main(): Promise<number> {
         if (isFailed(lifecycle[key])) failures++;
       }
       out['lifecycle'] = lifecycle;
+    }
+
+    if (only.has('sandbox')) {
+      const jobs = envInt('BENCH_SANDBOX_JOBS', 100);
+      const variants: Record<string, LifecycleResult | LifecycleFailure | Failed> = {};
+      for (const [key, on] of [['off', false], ['on', true]] as const) {
+        log(`== sandbox ${key}: lifecycle at 1 client, warm-up 5 jobs, then up to ${jobs} jobs or ${lifecycleMs} ms`);
+        variants[key] = await withServer(
+          ctx,
+          `sandbox-${key}`,
+          async (server, phase) => {
+            const warm = new Client(server.host, server.port, 1);
+            try {
+              for (let w = 0; w < 5; w++) await runOneJob(warm, `bench_sandbox_warm_${w}`);
+            } finally {
+              warm.close();
+            }
+            return phase(`sandbox ${key}`, () => runLifecycle(server, { clients: 1, maxJobs: jobs, maxMs: lifecycleMs, idPrefix: `bench_sandbox_${key}_` }));
+          },
+          [`sandbox = ${String(on)}`],
+        );
+        if (isFailed(variants[key])) failures++;
+      }
+      sandbox = sandboxSection(variants['off'], variants['on']);
+      out['sandbox'] = sandbox;
     }
 
     if (only.has('transfer')) {
@@ -376,6 +431,9 @@ async function main(): Promise<number> {
   if (lifecycle !== undefined) {
     targets['lifecycle_c8_jobs_per_s'] = check('>= 75 jobs/s at 8 clients', num(lifecycle['c8'], 'jobs_per_s'), (v) => v >= 75);
     targets['lifecycle_c1_p50_ms'] = check('<= 50 ms p50 at 1 client', num(lifecycle['c1'], 'p50_ms'), (v) => v <= 50);
+  }
+  if (sandbox !== undefined) {
+    targets['sandbox_per_job_cost_ms'] = check('<= 10 ms: p50 per job with the sandbox on minus off, 1 client', sandbox.per_job_cost_ms, (v) => v <= 10);
   }
   if (transfer !== undefined) {
     const note = sizeMiB < 1024 ? `measured with ${sizeMiB} MiB, not 1 GiB (BENCH_SIZE_MIB)` : undefined;

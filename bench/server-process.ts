@@ -31,6 +31,8 @@ export interface ServerProcessOptions {
   readonly startTimeoutMs?: number | undefined;
   /** Interval between /healthz polls (default 50 ms); shorter when the start-up time itself is measured. */
   readonly healthPollMs?: number | undefined;
+  /** More lines for the `_default_` manager's section of job_managers.ini (e.g. `sandbox = true`). */
+  readonly managerLines?: readonly string[] | undefined;
 }
 
 export interface CpuTimes {
@@ -76,7 +78,7 @@ export class ServerProcess {
     const serverIni = path.join(root, 'server.ini');
     await fsp.writeFile(
       managersIni,
-      ['[manager:_default_]', 'type = queued_python', `num_concurrent_jobs = ${options.numConcurrentJobs}`, ''].join('\n'),
+      ['[manager:_default_]', 'type = queued_python', `num_concurrent_jobs = ${options.numConcurrentJobs}`, ...(options.managerLines ?? []), ''].join('\n'),
     );
     await fsp.writeFile(
       serverIni,

@@ -2,7 +2,10 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
-import type { Config } from './config/types.js';
+import { defaultSandbox } from './config/build.js';
+import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig, type SandboxConfig } from './config/types.js';
+import { isInside } from './jobs/paths.js';
+import { probeSandbox } from './jobs/sandbox.js';
 import { jobEnvironment } from './jobs/launch.js';
 import { JobService } from './jobs/service.js';
 import type { Logger } from './log.js';
@@ -40,11 +43,13 @@ export interface StartOptions {
  * service built so far is shut down (its backend's processes — the launcher, DRMAA helpers — end)
  * before the error is thrown.
  */
-export async function startServer(config: Config, options: StartOptions): Promise<RunningServer> {
+export async function startServer(configured: Config, options: StartOptions): Promise<RunningServer> {
+  let config = configured;
   const { log } = options;
   // Read (or generate) the certificate first: a TLS problem must stop startup before jobs start.
   const tls = config.server.sslPem === undefined ? undefined : await tlsCredentials(config, log);
   const jobEnv = jobEnvironment(options.env);
+  config = await checkSandboxes(config, jobEnv, log);
   const authorizer = await createAuthorizer(config, log);
   const services = new Map<string, JobService>();
   let limits: RateLimits | undefined;
@@ -85,6 +90,66 @@ export async function startServer(config: Config, options: StartOptions): Promis
     await shutdown(services, log).catch(() => undefined); // each failure is logged; the startup error is the one to report
     throw error;
   }
+}
+
+/**
+ * Decide every manager's sandbox (public mode: on unless the configuration turned it off) and make
+ * sure this machine can run each local one. One that cannot stops the server with the reason,
+ * unless public mode runs with `allow_unsandboxed_public`, whose jobs then run unsandboxed with a
+ * warning at every start. Cluster managers' sandboxes run on the nodes: not checked here.
+ */
+async function checkSandboxes(config: Config, jobEnv: Readonly<Record<string, string>>, log: Logger): Promise<Config> {
+  const publicMode = config.app.toolConfigFiles.length > 0;
+  const managers: ManagerConfig[] = [];
+  for (const manager of config.app.managers) {
+    const configured = manager.sandbox ?? (publicMode ? defaultSandbox() : false);
+    // What the administrator points jobs at is theirs to see, read-only: tool dependencies, Galaxy's lib and venv.
+    const sandbox =
+      configured === false
+        ? false
+        : { ...configured, roBinds: [...new Set([...configured.roBinds, ...[config.app.toolDependencyDir, manager.galaxyHome, manager.galaxyVirtualEnv].filter(isAbsolutePath)])] };
+    const exposed = sandbox === false ? undefined : exposedByBinds(sandbox, manager, config);
+    if (exposed !== undefined) throw new Error(`manager ${manager.name}: ${exposed}`);
+    if (sandbox === false || CLUSTER_MANAGER_TYPES.includes(manager.type)) {
+      if (sandbox !== false) log.info({ manager: manager.name }, 'job sandbox: the job scripts run bubblewrap on the nodes, which must have it');
+      managers.push({ ...manager, sandbox });
+      continue;
+    }
+    const reason = await probeSandbox(sandbox, manager.stagingDirectory, jobEnv);
+    if (reason === undefined) {
+      managers.push({ ...manager, sandbox });
+    } else if (publicMode && config.app.allowUnsandboxedPublic) {
+      log.warn(`WARNING: manager ${manager.name} runs public tool jobs UNSANDBOXED (allow_unsandboxed_public): ${reason}`);
+      managers.push({ ...manager, sandbox: false });
+    } else {
+      throw new Error(
+        `manager ${manager.name}: ${reason}${publicMode ? '; public mode needs the job sandbox (or set allow_unsandboxed_public = true to run without it)' : ' (or set sandbox = false)'}`,
+      );
+    }
+  }
+  return { ...config, app: { ...config.app, managers } };
+}
+
+/** A read-only bind that would show the server's own files (or other jobs) to the sandbox, said in one line. */
+function exposedByBinds(sandbox: SandboxConfig, manager: ManagerConfig, config: Config): string | undefined {
+  const own: [string, string | undefined][] = [
+    ['the staging directory', manager.stagingDirectory],
+    ['the persistence directory', config.app.persistenceDirectory],
+    ['the configuration file', config.configFile],
+    ['the TLS certificate and key', config.server.sslPem],
+  ];
+  for (const bind of sandbox.roBinds) {
+    for (const [what, where] of own) {
+      if (where !== undefined && (isInside(bind, where) || isInside(where, bind))) {
+        return `the sandbox's read-only bind ${bind} (sandbox_ro_binds, tool_dependency_dir, galaxy_home or galaxy_virtual_env) would show ${what} (${where}) to jobs`;
+      }
+    }
+  }
+  return undefined;
+}
+
+function isAbsolutePath(p: string | undefined): p is string {
+  return p !== undefined && p.startsWith('/') && !/[\0\n\r]/.test(p);
 }
 
 function createHttpServer(

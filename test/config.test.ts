@@ -57,6 +57,7 @@ function expectedDefaults(dir: string): Config {
       logRequests: true,
       toolConfigFiles: [],
       allowInsecurePublic: false,
+      allowUnsandboxedPublic: false,
       allowedSubmitParams: [],
       rateLimitFailedAuth: 20,
       rateLimitSetup: 1000,
@@ -90,6 +91,7 @@ function expectedDefaults(dir: string): Config {
           minPollingInterval: 0.5,
           jobNameTemplate: 'pulsar_$job_id',
           backendOptions: {},
+          sandbox: undefined,
         },
       ],
       maxSubmitParamSize: 1024 ** 2,
@@ -806,4 +808,60 @@ test('tool_dependency_dir: a non-string or a NUL is refused naming the key', asy
   const nul = await loadError(t, { 'app.yml': 'tool_dependency_dir: "a\\0b"\n' }, 'app.yml');
   t.regex(nul.message, /NUL/);
   t.false(schema.NOT_YET_SUPPORTED_APP_OPTIONS.has('tool_dependency_dir'));
+});
+
+// ------------------------------------------------------------------------------------------------
+// Job sandbox
+
+const SANDBOX_DEFAULTS = { bwrap: 'bwrap', network: false, uid: 65534, gid: 65534, cpuTime: 0, memory: 0, processes: 4096, fileSize: 0, roBinds: [] };
+
+test('sandbox: on with its defaults in public mode, undecided otherwise; managers override the app values', async (t) => {
+  const open = await load(t, { 'server.ini': INI_WITH_APP('private_token = x\n') }, 'server.ini');
+  t.is(open.config.app.managers[0]?.sandbox, undefined, 'private mode without sandbox options: left to the server (off unless public)');
+  t.false(open.config.app.allowUnsandboxedPublic);
+
+  const pub = await load(t, { 'tools.xml': TOOLBOX, 'server.ini': INI_WITH_APP('tool_config_files = tools.xml\n') }, 'server.ini');
+  t.deepEqual(pub.config.app.managers[0]?.sandbox, SANDBOX_DEFAULTS);
+  t.deepEqual(pub.warnings, []);
+  t.regex(describeConfig(pub.config), /managers: _default_ \(queued_python, 1 worker, sandboxed\)$/);
+
+  const yaml = await load(
+    t,
+    {
+      'app.yml':
+        'sandbox: true\nsandbox_memory: 2G\nsandbox_ro_binds: [/opt/tools, /srv/ref]\nsandbox_uid: 1000\nmanagers:\n' +
+        '  a: {}\n  b: {sandbox_network: true, sandbox_cpu_time: 60, sandbox_processes: 0, sandbox_gid: 1001, sandbox_file_size: 1M, sandbox_bwrap: /usr/local/bin/bwrap}\n  c: {sandbox: false}\n',
+    },
+    'app.yml',
+  );
+  const [a, b, c] = yaml.config.app.managers;
+  t.deepEqual(a?.sandbox, { ...SANDBOX_DEFAULTS, uid: 1000, memory: 2 * 1024 ** 3, roBinds: ['/opt/tools', '/srv/ref'] });
+  t.deepEqual(b?.sandbox, {
+    ...SANDBOX_DEFAULTS, bwrap: '/usr/local/bin/bwrap', network: true, uid: 1000, gid: 1001, cpuTime: 60, memory: 2 * 1024 ** 3,
+    processes: 0, fileSize: 1024 ** 2, roBinds: ['/opt/tools', '/srv/ref'],
+  });
+  t.false(c?.sandbox);
+  t.deepEqual(yaml.warnings, [], 'sandbox = false outside public mode is nothing to warn about');
+});
+
+test('sandbox = false in public mode is the administrator\'s explicit choice, said loudly at every start', async (t) => {
+  const { config, warnings } = await load(
+    t,
+    { 'tools.xml': TOOLBOX, 'job_managers.ini': '[manager:m]\nsandbox = false\n[manager:n]\n', 'server.ini': INI_WITH_APP('tool_config_files = tools.xml\njob_managers_config = job_managers.ini\nallow_unsandboxed_public = true\n') },
+    'server.ini',
+  );
+  t.false(config.app.managers[0]?.sandbox);
+  t.deepEqual(config.app.managers[1]?.sandbox, SANDBOX_DEFAULTS);
+  t.true(config.app.allowUnsandboxedPublic);
+  t.is(warnings.length, 1);
+  t.regex(warnings[0] ?? '', /^WARNING: job_managers\.ini: \[manager:m\] sandbox = false: manager m runs public tool jobs UNSANDBOXED/);
+});
+
+test('sandbox options are checked: never uid 0, absolute bind paths', async (t) => {
+  const uid = await loadError(t, { 'server.ini': INI_WITH_APP('sandbox_uid = 0\n') }, 'server.ini');
+  t.regex(uid.message, /sandbox_uid.*not root/);
+  const gid = await loadError(t, { 'app.yml': 'managers:\n  m: {sandbox_gid: 0}\n' }, 'app.yml');
+  t.regex(gid.message, /sandbox_gid/);
+  const binds = await loadError(t, { 'server.ini': INI_WITH_APP('sandbox_ro_binds = opt/tools\n') }, 'server.ini');
+  t.regex(binds.message, /sandbox_ro_binds.*absolute paths/);
 });

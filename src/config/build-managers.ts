@@ -17,10 +17,11 @@ import {
   asEnvValue,
   managerOptionsSchema,
   type AppOptions,
+  type ManagerOptions,
 } from './schema.js';
 import { ENVIRONMENT, fileModeWarning, isSet, parseOrThrow, type LoadContext, type Setting } from './setting.js';
 import { readJobManagersIni, type ManagerSource } from './sources.js';
-import { CLUSTER_MANAGER_TYPES, type ManagerConfig } from './types.js';
+import { CLUSTER_MANAGER_TYPES, type ManagerConfig, type SandboxConfig } from './types.js';
 
 /** What a manager takes from the app options when its own section does not say. */
 export type ManagerDefaults = Pick<
@@ -38,7 +39,17 @@ export type ManagerDefaults = Pick<
 > & {
   /** Public tool service mode: overrides what PUBLIC_MODE lists. */
   readonly publicMode: boolean;
+  /** The app-level `sandbox*` options, with where `sandbox` was set (if it was). */
+  readonly sandbox: SandboxDefaults;
 };
+
+/** The app-level sandbox options: every manager's defaults. */
+export interface SandboxDefaults {
+  /** `sandbox` as the app options say it; undefined = on in public mode only. */
+  readonly enabled: boolean | undefined;
+  readonly setting: Setting | undefined;
+  readonly config: SandboxConfig;
+}
 
 /** A manager's options sorted by what becomes of them. */
 interface SortedOptions {
@@ -164,6 +175,45 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Loa
     minPollingInterval: options.min_polling_interval,
     jobNameTemplate: options.job_name_template,
     backendOptions,
+    sandbox: managerSandbox(source, options, where, defaults, ctx),
+  };
+}
+
+/**
+ * A manager's sandbox: its own `sandbox*` options over the app's. On by default in public mode;
+ * turning it off there is the administrator's explicit choice, and said loudly at every start.
+ */
+function managerSandbox(
+  source: ManagerSource,
+  options: ManagerOptions,
+  where: ReadonlyMap<string, Setting>,
+  defaults: ManagerDefaults,
+  ctx: LoadContext,
+): SandboxConfig | false | undefined {
+  const app = defaults.sandbox;
+  const enabled = options.sandbox ?? app.enabled;
+  // Not said anywhere: on in public mode; otherwise left to the server (on if a toolbox is added in code).
+  if (enabled === undefined && !defaults.publicMode) return undefined;
+  if (enabled === false) {
+    if (defaults.publicMode) {
+      const setting = where.get('sandbox') ?? app.setting;
+      ctx.warnings.push(
+        `WARNING: ${setting?.file ?? source.file}: ${setting?.key ?? 'sandbox'} = false: manager ${source.name} runs public tool jobs UNSANDBOXED, ` +
+          'as the server\'s user, seeing and reaching all that it can (see SECURITY.md, "Job sandbox")',
+      );
+    }
+    return false;
+  }
+  return {
+    bwrap: options.sandbox_bwrap ?? app.config.bwrap,
+    network: options.sandbox_network ?? app.config.network,
+    uid: options.sandbox_uid ?? app.config.uid,
+    gid: options.sandbox_gid ?? app.config.gid,
+    cpuTime: options.sandbox_cpu_time ?? app.config.cpuTime,
+    memory: options.sandbox_memory ?? app.config.memory,
+    processes: options.sandbox_processes ?? app.config.processes,
+    fileSize: options.sandbox_file_size ?? app.config.fileSize,
+    roBinds: options.sandbox_ro_binds ?? app.config.roBinds,
   };
 }
 

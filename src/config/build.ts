@@ -19,7 +19,7 @@ import {
 } from './schema.js';
 import { ENVIRONMENT, fileModeWarning, parseOrThrow, type LoadContext, type Setting } from './setting.js';
 import { describeIoError } from './sources.js';
-import type { AppSection } from './types.js';
+import type { AppSection, SandboxConfig } from './types.js';
 
 export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: LoadContext): Promise<AppSection> {
   const options = appOptions(settings, ctx);
@@ -30,7 +30,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     warnIfOverridden('assign_ids', options.assign_ids, settings.get('assign_ids'), ctx);
     warnIfOverridden('allow_unsafe_env', options.allow_unsafe_env, settings.get('allow_unsafe_env'), ctx);
   }
-  const managers = await buildManagers(options, settings, configDir, managerDefaults(options, publicMode, ctx), ctx);
+  const managers = await buildManagers(options, settings, configDir, managerDefaults(options, settings, publicMode, ctx), ctx);
   const persistence = options.persistence_directory;
 
   return {
@@ -41,6 +41,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     allowUnsafeEnv: publicMode ? PUBLIC_MODE.allow_unsafe_env.forced : options.allow_unsafe_env,
     logRequests: options.log_requests,
     toolConfigFiles,
+    allowUnsandboxedPublic: options.allow_unsandboxed_public,
     allowInsecurePublic: options.allow_insecure_public,
     allowedSubmitParams: options.allowed_submit_params,
     rateLimitFailedAuth: options.rate_limit_failed_auth,
@@ -98,7 +99,7 @@ function isNotYetSupported(key: string): boolean {
   return NOT_YET_SUPPORTED_APP_OPTIONS.has(key) || NOT_YET_SUPPORTED_APP_PREFIXES.some((p) => key.startsWith(p));
 }
 
-function managerDefaults(options: AppOptions, publicMode: boolean, ctx: LoadContext): ManagerDefaults {
+function managerDefaults(options: AppOptions, settings: ReadonlyMap<string, Setting>, publicMode: boolean, ctx: LoadContext): ManagerDefaults {
   const fromEnv = (name: string): string | undefined => {
     const value = ctx.env[name];
     return value === undefined || value === '' ? undefined : value;
@@ -115,7 +116,27 @@ function managerDefaults(options: AppOptions, publicMode: boolean, ctx: LoadCont
     galaxyDatasetFilesPath: fromCwd(options.galaxy_dataset_files_path, ctx),
     galaxyDatatypesConfigFile: fromCwd(options.galaxy_datatypes_config_file, ctx),
     publicMode,
+    sandbox: { enabled: options.sandbox, setting: settings.get('sandbox'), config: sandboxConfig(options) },
   };
+}
+
+function sandboxConfig(options: AppOptions): SandboxConfig {
+  return {
+    bwrap: options.sandbox_bwrap,
+    network: options.sandbox_network,
+    uid: options.sandbox_uid,
+    gid: options.sandbox_gid,
+    cpuTime: options.sandbox_cpu_time,
+    memory: options.sandbox_memory,
+    processes: options.sandbox_processes,
+    fileSize: options.sandbox_file_size,
+    roBinds: options.sandbox_ro_binds,
+  };
+}
+
+/** The sandbox with every option at its default (for a manager that left it to public mode). */
+export function defaultSandbox(): SandboxConfig {
+  return sandboxConfig(appOptionsSchema.parse({}));
 }
 
 function fromCwd(p: string | undefined, ctx: LoadContext): string | undefined {

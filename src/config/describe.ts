@@ -9,11 +9,12 @@ export function describeConfig(config: Config): string {
   const toolboxes = config.app.toolConfigFiles.length;
   const mode = toolboxes === 0 ? '' : `; public tool service, ${toolboxes} toolbox file${toolboxes === 1 ? '' : 's'}`;
   const managers = config.app.managers
-    .map((m) =>
-      m.type === 'queued_python'
-        ? `${m.name} (${m.type}, ${m.numConcurrentJobs} worker${m.numConcurrentJobs === 1 ? '' : 's'})`
-        : `${m.name} (${m.type})`,
-    )
+    .map((m) => {
+      const sandboxed = typeof m.sandbox === 'object' ? ', sandboxed' : '';
+      return m.type === 'queued_python'
+        ? `${m.name} (${m.type}, ${m.numConcurrentJobs} worker${m.numConcurrentJobs === 1 ? '' : 's'}${sandboxed})`
+        : `${m.name} (${m.type}${sandboxed})`;
+    })
     .join(', ');
   return `${url} (${source}; ${auth}${mode}); managers: ${managers}`;
 }

@@ -253,6 +253,10 @@ export function asList(expectedItem: string, item: RegExp): Coerce<readonly stri
 }
 
 export const asPathList = asList('paths', /^[^\0]+$/);
+/** Absolute paths without newlines (they go into the job script, quoted). */
+export const asAbsolutePathList = asList('absolute paths', /^\/[^\0\n\r]*$/);
+/** The sandbox's uid or gid: never 0 (root), which would give the command back what the sandbox takes. */
+export const asSandboxId = asInteger(1, 2 ** 32 - 2, 'a uid or gid from 1 to 4294967294 (not root)');
 /** Submit parameter names as Galaxy's destination params spell them (`native_specification`). */
 export const asParamNameList = asList('parameter names like native_specification', /^[A-Za-z_][A-Za-z0-9_]*$/);
 export const asEnvNameList = asList('environment variable names like OMP_NUM_THREADS', /^[A-Za-z_][A-Za-z0-9_]*$/);
@@ -358,6 +362,18 @@ export const appOptionsSchema = z
     tool_config_files: option(asPathList),
     tool_config_file: option(asPathList),
     allow_insecure_public: optionOr(asBoolean, false),
+    // The job sandbox (jobs/sandbox.ts): defaults of every manager. sandbox unset = on in public mode only.
+    sandbox: option(asBoolean),
+    sandbox_bwrap: optionOr(asPath, 'bwrap'),
+    sandbox_network: optionOr(asBoolean, false),
+    sandbox_uid: optionOr(asSandboxId, 65534),
+    sandbox_gid: optionOr(asSandboxId, 65534),
+    sandbox_cpu_time: optionOr(asCount, 0),
+    sandbox_memory: optionOr(asByteSize, 0),
+    sandbox_processes: optionOr(asCount, 4096),
+    sandbox_file_size: optionOr(asByteSize, 0),
+    sandbox_ro_binds: optionOr(asAbsolutePathList, []),
+    allow_unsandboxed_public: optionOr(asBoolean, false),
     allowed_submit_params: optionOr(asParamNameList, []),
     rate_limit_failed_auth: optionOr(asCount, 20),
     // A busy Galaxy sets jobs up from one address, and its client does not retry a 429.
@@ -426,6 +442,17 @@ export const managerOptionsSchema = z
     min_polling_interval: optionOr(asPositiveNumber, 0.5),
     /** For scheduler job names; `$job_id` is replaced. */
     job_name_template: optionOr(asOptionalText, 'pulsar_$job_id'),
+    // Unset: the app's value (sandbox unset there too: on in public mode only).
+    sandbox: option(asBoolean),
+    sandbox_bwrap: option(asPath),
+    sandbox_network: option(asBoolean),
+    sandbox_uid: option(asSandboxId),
+    sandbox_gid: option(asSandboxId),
+    sandbox_cpu_time: option(asCount),
+    sandbox_memory: option(asByteSize),
+    sandbox_processes: option(asCount),
+    sandbox_file_size: option(asByteSize),
+    sandbox_ro_binds: option(asAbsolutePathList),
   })
   .strict();
 

@@ -37,6 +37,35 @@ export interface ManagerConfig {
    * its own at startup.
    */
   readonly backendOptions: Readonly<Record<string, string>>;
+  /**
+   * The job sandbox (`sandbox` and `sandbox_*` options); false = jobs run unsandboxed (said so).
+   * undefined = not configured: the server uses the default sandbox in public mode, none otherwise.
+   */
+  readonly sandbox?: SandboxConfig | false | undefined;
+}
+
+/**
+ * How a job's command runs under bubblewrap (`jobs/sandbox.ts`). Limits are rlimits of the
+ * sandboxed command; 0 = no limit.
+ */
+export interface SandboxConfig {
+  /** The bwrap binary (a name found on the job's PATH, or an absolute path on the nodes). */
+  readonly bwrap: string;
+  /** `sandbox_network`: share the host's network (default: a private namespace with loopback only). */
+  readonly network: boolean;
+  /** Uid and gid the command runs as when the job script runs as root (never 0). */
+  readonly uid: number;
+  readonly gid: number;
+  /** Seconds of CPU time (RLIMIT_CPU). */
+  readonly cpuTime: number;
+  /** Bytes of address space (RLIMIT_AS). */
+  readonly memory: number;
+  /** Processes of the sandbox uid (RLIMIT_NPROC). */
+  readonly processes: number;
+  /** Bytes of the largest file the command may write (RLIMIT_FSIZE). */
+  readonly fileSize: number;
+  /** Absolute host paths mounted read-only at the same place (interpreters outside /usr, reference data). */
+  readonly roBinds: readonly string[];
 }
 
 export interface ServerSection {
@@ -72,6 +101,11 @@ export interface AppSection {
    * service mode: only what the tools' validators allow may run.
    */
   readonly toolConfigFiles: readonly string[];
+  /**
+   * `allow_unsandboxed_public`: public mode starts even where bubblewrap cannot run, its jobs
+   * unsandboxed (a warning at every start).
+   */
+  readonly allowUnsandboxedPublic: boolean;
   /** Public mode over plain HTTP on a non-loopback host (e.g. behind a TLS-terminating proxy). */
   readonly allowInsecurePublic: boolean;
   /** Submit parameter names a client may send in public mode (e.g. `native_specification`). */

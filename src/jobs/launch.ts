@@ -69,6 +69,7 @@ export function prepareLaunch(input: {
     galaxyLib: manager.galaxyHome === undefined ? undefined : path.join(manager.galaxyHome, 'lib'),
     galaxyVirtualEnv: manager.galaxyVirtualEnv,
     preserveGalaxyPythonEnvironment: launch.request.setupParams?.preserveGalaxyPythonEnvironment ?? false,
+    sandbox: manager.sandbox === false ? undefined : manager.sandbox,
   });
   return { spec, script };
 }

@@ -1,4 +1,6 @@
+import type { SandboxConfig } from '../config/types.js';
 import { BadRequest, JobRefused } from '../errors.js';
+import { sandboxedRun } from './sandbox.js';
 
 /** One entry of the submit `env` list (PROTOCOL §6.5). */
 export interface EnvEntry {
@@ -100,6 +102,10 @@ export const SERVER_SET_ENV: ReadonlySet<string> = new Set([
  */
 export const PINNED_AFTER_CLIENT_ENV: readonly string[] = JOB_HOME_AND_TMP;
 
+/** GALAXY_PYTHON found again inside a sandbox, which sees other paths than the job script. */
+const PYTHON_STATEMENT =
+  'if hash python 2>/dev/null; then GALAXY_PYTHON="${BASH_CMDS[python]}"; elif hash python3 2>/dev/null; then GALAXY_PYTHON="${BASH_CMDS[python3]}"; fi; export GALAXY_PYTHON';
+
 export interface ScriptSpec {
   /** Scheduler directive lines (`#SBATCH …`), placed right after the shebang. */
   readonly header?: readonly string[];
@@ -119,6 +125,11 @@ export interface ScriptSpec {
    * upstream prefixes them to it (PROTOCOL §6.3).
    */
   readonly dependencyStatements?: readonly string[];
+  /**
+   * Run the dependency statements and the command line in the job sandbox (`jobs/sandbox.ts`):
+   * they see only exported variables, and `tmpDir` is always `<jobdir>/tmp`.
+   */
+  readonly sandbox?: SandboxConfig | undefined;
 }
 
 /**
@@ -287,7 +298,9 @@ _magnetar_memory() {
 export function buildJobScript(spec: ScriptSpec): string {
   const dir = spec.jobDirectory;
   const q = (p: string): string => shellQuote(p);
-  const tmpStatement = spec.tmpDir === undefined ? q(`${dir}/tmp`) : spec.tmpDir;
+  const sandbox = spec.sandbox;
+  // A tmp_dir elsewhere is not visible in the sandbox.
+  const tmpStatement = spec.tmpDir === undefined || sandbox !== undefined ? q(`${dir}/tmp`) : spec.tmpDir;
   const lines = [
     '#!/bin/bash',
     ...(spec.header ?? []),
@@ -340,12 +353,24 @@ export function buildJobScript(spec: ScriptSpec): string {
     'echo "$GALAXY_SLOTS" > "$_magnetar_metadata/__instrument_core_galaxy_slots"',
     'echo "$GALAXY_MEMORY_MB" > "$_magnetar_metadata/__instrument_core_galaxy_memory_mb"',
     'echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_start"',
-    '(',
-    ...(spec.dependencyStatements ?? []),
-    spec.commandLine,
-    ')',
+    ...(sandbox === undefined
+      ? ['(', ...(spec.dependencyStatements ?? []), spec.commandLine, ')']
+      : sandboxedRun(sandbox, dir, [PYTHON_STATEMENT, ...(spec.dependencyStatements ?? []), spec.commandLine].join('\n'))),
     'return_code=$?',
-    'echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"',
+    // After a sandboxed command nothing of it runs any more (its PID namespace is gone), but it may
+    // have left a symlink where the script writes: remove whatever is there first.
+    // The job may also have swapped `metadata` for a link: then the end time is not recorded.
+    ...(sandbox === undefined
+      ? ['echo "$EPOCHSECONDS" > "$_magnetar_metadata/__instrument_core_epoch_end"']
+      : [
+          // `rm` only when something is there (the usual case has nothing: no process started).
+          `if [ -e ${q(`${dir}/return_code`)} ] || [ -L ${q(`${dir}/return_code`)} ]; then rm -f -- ${q(`${dir}/return_code`)}; fi`,
+          'if [ -d "$_magnetar_metadata" ] && [ ! -L "$_magnetar_metadata" ]; then',
+          '    _magnetar_end="$_magnetar_metadata/__instrument_core_epoch_end"',
+          '    if [ -e "$_magnetar_end" ] || [ -L "$_magnetar_end" ]; then rm -f -- "$_magnetar_end"; fi',
+          '    echo "$EPOCHSECONDS" > "$_magnetar_end"',
+          'fi',
+        ]),
     `echo "$return_code" > ${q(`${dir}/return_code`)}`,
     'exit "$return_code"',
     '',

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AppSection, ManagerConfig } from '../config/types.js';
+import { CLUSTER_MANAGER_TYPES, type AppSection, type ManagerConfig, type SandboxConfig } from '../config/types.js';
 import {
   BadRequest, JobNotFound, LimitExceeded, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
   StoreUnavailable, TooManyJobs, UploadClosed, UploadTooLarge, messageOf,
@@ -19,6 +19,7 @@ import { allowedSubmitParams, effectiveCommandLine, launchSpec, prepareLaunch, t
 import { CONTROL_FILES, readReturnCode } from './layout.js';
 import { KeyedMutex } from './lock.js';
 import { RunQueue } from './run-queue.js';
+import { handOver } from './sandbox.js';
 import { canTransition, isTerminal, wireStatus, type JobState } from './state.js';
 import { fullStatus, shortStatus, type SystemProperties } from './status.js';
 import { JobStore, finishedLaunch, type JobRecord } from './store.js';
@@ -66,6 +67,8 @@ export class JobService {
   readonly #locks = new KeyedMutex();
   readonly #queue: RunQueue;
   readonly #launchContext: LaunchContext;
+  /** A local manager's sandbox when the server runs as root: job directories are handed to its uid at submit. */
+  readonly #handsOverToSandbox: SandboxConfig | undefined;
   readonly #systemProperties: SystemProperties;
   /** Status documents of finished jobs (they no longer change), oldest first, within `status_cache_size`. */
   readonly #finished = new Map<string, string>();
@@ -102,6 +105,10 @@ export class JobService {
     this.#log = log.child({ manager: manager.name });
     this.#store = new JobStore(options.app.persistenceDirectory, manager.name, this.#log);
     this.#launchContext = { manager, jobEnv: options.jobEnv };
+    this.#handsOverToSandbox =
+      manager.sandbox !== undefined && manager.sandbox !== false && process.getuid?.() === 0 && !CLUSTER_MANAGER_TYPES.includes(manager.type)
+        ? manager.sandbox
+        : undefined;
     this.#queue = new RunQueue({
       limit: backend.maxConcurrent,
       task: async (id) => this.#execute(id),
@@ -585,6 +592,7 @@ export class JobService {
       throw new JobRefused('server-side staging (remote_staging.setup, remote_* file actions) is not supported by this server yet; use the transfer action');
     }
     for (const name of request.touchOutputs) await dir.touchOutput(name);
+    if (this.#handsOverToSandbox !== undefined) await handOver(dir.root, this.#handsOverToSandbox);
     let dependencies: string[] = [];
     if (this.#authorizer.resolvesDependencies) {
       const resolution = await resolveDependencies(request.dependenciesDescription, this.#app.toolDependencyDir);

@@ -59,7 +59,10 @@ export function testConfig(root: string, app: Partial<AppSection> = {}, managers
 }
 
 export async function makeRoot(): Promise<string> {
-  return fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-test-'));
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-test-'));
+  // A job sandbox's uid (the server is root here) must be able to reach the job directories below.
+  await fs.chmod(root, 0o711);
+  return root;
 }
 
 /** A real server on 127.0.0.1:0 in this process, with its own temp directory. */
