@@ -23,7 +23,9 @@ import { waitUntil } from '../helpers/wait.js';
 const slurmTest = await clusterTest('slurm');
 const sgeTest = await clusterTest('sge');
 
-const PROBE = fileURLToPath(new URL('../../../test/fixtures/sandbox/probe.sh', import.meta.url));
+const PROBE = fileURLToPath(new URL('../../../test/fixtures/sandbox/tools/mag_probe/probe.sh', import.meta.url));
+/** A public toolbox whose one tool (mag_probe) runs that wrapper, approved by its validator. */
+const PROBE_TOOLBOX = fileURLToPath(new URL('../../../test/fixtures/sandbox/toolbox.xml', import.meta.url));
 const TOOLBOX_DIR = fileURLToPath(new URL('../../../toolbox/', import.meta.url));
 /** The token in the configuration file an administrator keeps next to the server. */
 const TOKEN = 'sandbox-test-token-0123456789abcdef';
@@ -44,8 +46,8 @@ async function sandboxedServer(t: ExecutionContext, sandbox: boolean): Promise<T
 
 const auth = qs;
 
-async function setup(server: TestServer, id: string): Promise<any> {
-  const r = await request(server.url, 'POST', `/jobs?${auth({ job_id: id })}`);
+async function setup(server: TestServer, id: string, toolId?: string): Promise<any> {
+  const r = await request(server.url, 'POST', `/jobs?${auth({ job_id: id, ...(toolId === undefined ? {} : { tool_id: toolId }) })}`);
   if (r.status !== 200) throw new Error(`setup ${id}: ${r.status} ${r.text}`);
   return r.json();
 }
@@ -83,12 +85,12 @@ async function tree(dir: string): Promise<string[]> {
 }
 
 /** Runs the probe as a job (next to another client's job) and returns its report. */
-async function runProbe(t: ExecutionContext, server: TestServer, mode: 'all' | 'harmless'): Promise<{ report: Record<string, string>; listener: Awaited<ReturnType<typeof listen>>; hostTmp: string }> {
+async function runProbe(t: ExecutionContext, server: TestServer, mode: 'all' | 'harmless', toolId?: string): Promise<{ report: Record<string, string>; listener: Awaited<ReturnType<typeof listen>>; hostTmp: string }> {
   const listener = await listen();
   t.teardown(() => listener.server.close());
-  const other = await setup(server, `other-${mode}`);
+  const other = await setup(server, `other-${mode}`, toolId);
   const otherInput = await upload(server, other.job_id, 'secret.txt', 'input', 'the other client\'s data\n');
-  const job = await setup(server, `probe-${mode}`);
+  const job = await setup(server, `probe-${mode}`, toolId);
   const script = await upload(server, job.job_id, 'probe.sh', 'tool', await fs.readFile(PROBE));
   const hostTmp = path.join(os.tmpdir(), `magnetar-sandbox-canary-${randomBytes(8).toString('hex')}`);
   t.teardown(() => fs.rm(hostTmp, { force: true }));
@@ -126,6 +128,23 @@ test('every probe of a wrapper that goes looking fails inside the sandbox, and l
   t.true((await fs.readFile(path.join(jobDir, 'command.sh'), 'utf8')).startsWith('#!/bin/bash\n'));
   t.regex(await fs.readFile(path.join(jobDir, 'pid'), 'utf8'), /^\d+\n$/);
   // The server still runs and answers.
+  t.is(await statusOf(server.url, 'probe-all'), 'complete');
+});
+
+test('public mode: a toolbox tool whose validator approves a wrapper that goes looking is stopped by the default sandbox', async (t) => {
+  const server = await startTestServer({ app: { toolConfigFiles: [PROBE_TOOLBOX], allowUnsafeEnv: false } });
+  t.teardown(() => server.stop());
+  await fs.writeFile(path.join(server.root, 'server.ini'), `[app:main]\nprivate_token = ${TOKEN}\n`, { mode: 0o644 });
+  const before = await tree(server.root);
+  const { report, listener, hostTmp } = await runProbe(t, server, 'all', 'mag_probe');
+  t.deepEqual(Object.keys(report).sort(), [...ALL].sort());
+  for (const name of ALL.filter((n) => !WRITES_JUDGED_ON_HOST.includes(n))) t.is(report[name], 'refused', name);
+  const after = await tree(server.root);
+  const outsideJobs = (names: string[]): string[] => names.filter((n) => !n.startsWith(`staging${path.sep}probe-all`) && !n.startsWith(`staging${path.sep}other-all`) && !n.startsWith('persisted'));
+  t.deepEqual(outsideJobs(after), outsideJobs(before));
+  t.false(await exists(path.join(server.root, 'planted-by-job')));
+  t.false(await exists(hostTmp));
+  t.is(listener.connections(), 0);
   t.is(await statusOf(server.url, 'probe-all'), 'complete');
 });
 
