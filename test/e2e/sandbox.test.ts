@@ -108,16 +108,18 @@ async function runProbe(t: ExecutionContext, server: TestServer, mode: 'all' | '
   return { report: Object.fromEntries(lines.map((l) => l.split('=') as [string, string])), listener, hostTmp };
 }
 
-test('every probe of a wrapper that goes looking fails inside the sandbox, and leaves no trace', async (t) => {
-  const server = await sandboxedServer(t, true);
+/**
+ * Run the probe with every attempt (`all`) and check each one failed and left no trace: nothing
+ * outside the two jobs' directories is new, the host's /tmp has no canary, the listener saw no
+ * connection, the job script and pid file are what the server wrote, and the server still answers.
+ */
+async function probeEverythingRefused(t: ExecutionContext, server: TestServer, toolId?: string): Promise<void> {
   const before = await tree(server.root);
-  const { report, listener, hostTmp } = await runProbe(t, server, 'all');
+  const { report, listener, hostTmp } = await runProbe(t, server, 'all', toolId);
   t.deepEqual(Object.keys(report).sort(), [...ALL].sort());
   // A write may land in the sandbox's own view (its private /tmp, the path down to its job
   // directory): what counts is that nothing reaches the host, checked below.
   for (const name of ALL.filter((n) => !WRITES_JUDGED_ON_HOST.includes(n))) t.is(report[name], 'refused', name);
-  // No trace: nothing outside the two jobs' directories is new, the host's /tmp has no canary,
-  // the listener saw no connection, the job script and pid file are what the server wrote.
   const after = await tree(server.root);
   const outsideJobs = (names: string[]): string[] => names.filter((n) => !n.startsWith(`staging${path.sep}probe-all`) && !n.startsWith(`staging${path.sep}other-all`) && !n.startsWith('persisted'));
   t.deepEqual(outsideJobs(after), outsideJobs(before));
@@ -127,25 +129,18 @@ test('every probe of a wrapper that goes looking fails inside the sandbox, and l
   const jobDir = path.join(server.staging, 'probe-all');
   t.true((await fs.readFile(path.join(jobDir, 'command.sh'), 'utf8')).startsWith('#!/bin/bash\n'));
   t.regex(await fs.readFile(path.join(jobDir, 'pid'), 'utf8'), /^\d+\n$/);
-  // The server still runs and answers.
   t.is(await statusOf(server.url, 'probe-all'), 'complete');
+}
+
+test('every probe of a wrapper that goes looking fails inside the sandbox, and leaves no trace', async (t) => {
+  await probeEverythingRefused(t, await sandboxedServer(t, true));
 });
 
 test('public mode: a toolbox tool whose validator approves a wrapper that goes looking is stopped by the default sandbox', async (t) => {
   const server = await startTestServer({ app: { toolConfigFiles: [PROBE_TOOLBOX], allowUnsafeEnv: false } });
   t.teardown(() => server.stop());
   await fs.writeFile(path.join(server.root, 'server.ini'), `[app:main]\nprivate_token = ${TOKEN}\n`, { mode: 0o644 });
-  const before = await tree(server.root);
-  const { report, listener, hostTmp } = await runProbe(t, server, 'all', 'mag_probe');
-  t.deepEqual(Object.keys(report).sort(), [...ALL].sort());
-  for (const name of ALL.filter((n) => !WRITES_JUDGED_ON_HOST.includes(n))) t.is(report[name], 'refused', name);
-  const after = await tree(server.root);
-  const outsideJobs = (names: string[]): string[] => names.filter((n) => !n.startsWith(`staging${path.sep}probe-all`) && !n.startsWith(`staging${path.sep}other-all`) && !n.startsWith('persisted'));
-  t.deepEqual(outsideJobs(after), outsideJobs(before));
-  t.false(await exists(path.join(server.root, 'planted-by-job')));
-  t.false(await exists(hostTmp));
-  t.is(listener.connections(), 0);
-  t.is(await statusOf(server.url, 'probe-all'), 'complete');
+  await probeEverythingRefused(t, server, 'mag_probe');
 });
 
 test('control: the same probe run unsandboxed finds what the sandbox hides (the probes are real)', async (t) => {
