@@ -35,6 +35,9 @@ const ETC_ENTRIES = [
 /** Where the command's text appears inside the sandbox (a read-only copy, nothing on the host). */
 export const SANDBOXED_COMMAND = '/magnetar/command.sh';
 
+/** Entries of one directory whose owner is changed at once. */
+const HAND_OVER_BATCH = 64;
+
 /** Directories setup creates, plus `tmp` and `home`: handed to the sandbox uid with what they hold. */
 const HANDED_OVER = [...SETUP_DIRECTORIES, CONTROL_FILES.tmp, CONTROL_FILES.home] as const;
 
@@ -127,22 +130,35 @@ export async function handOver(jobDirectory: string, sandbox: SandboxConfig): Pr
   const gone = (e: NodeJS.ErrnoException): void => {
     if (e.code !== 'ENOENT') throw e;
   };
+  // Entries of one directory are changed a batch at a time (a job may hold max_job_files of them).
   const walk = async (dir: string): Promise<void> => {
     await fs.lchown(dir, uid, gid);
-    for (const entry of await fs.readdir(dir, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => (gone(e), []))) {
-      const at = path.join(dir, entry.name);
-      if (entry.isDirectory()) await walk(at).catch(gone);
-      else await fs.lchown(at, uid, gid).catch(gone);
+    const entries = await fs.readdir(dir, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => (gone(e), []));
+    for (let i = 0; i < entries.length; i += HAND_OVER_BATCH) {
+      await settleAll(
+        entries.slice(i, i + HAND_OVER_BATCH).map(async (entry) => {
+          const at = path.join(dir, entry.name);
+          await (entry.isDirectory() ? walk(at) : fs.lchown(at, uid, gid)).catch(gone);
+        }),
+      );
     }
   };
-  for (const name of HANDED_OVER) {
-    const at = path.join(jobDirectory, name);
-    await fs.mkdir(at).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'EEXIST') throw e;
-    });
-    await walk(at);
-  }
+  await settleAll(
+    HANDED_OVER.map(async (name) => {
+      const at = path.join(jobDirectory, name);
+      await fs.mkdir(at).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+      await walk(at);
+    }),
+  );
   await fs.lchown(jobDirectory, uid, gid);
+}
+
+/** Wait for every one of `work` (none is left running), then throw the first failure, if any. */
+async function settleAll(work: readonly Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
 }
 
 /**
