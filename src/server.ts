@@ -2,6 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
+import { FileCache } from './cache/file-cache.js';
 import { defaultSandbox } from './config/build.js';
 import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig, type SandboxConfig } from './config/types.js';
 import { isInside } from './jobs/paths.js';
@@ -61,9 +62,13 @@ export async function startServer(configured: Config, options: StartOptions): Pr
     if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
     for (const service of services.values()) await service.start();
 
+    const cache =
+      config.app.fileCacheDir === undefined
+        ? undefined
+        : await FileCache.open({ dir: config.app.fileCacheDir, maxBytes: config.app.fileCacheSize, maxEntryBytes: config.app.maxUploadSize, log });
     const started = rateLimits(config.app, queryOf, log);
     limits = started;
-    const server = createHttpServer(config, services, log, started, tls);
+    const server = createHttpServer(config, services, log, started, tls, cache);
     await listen(server, options.port ?? config.server.port, config.server.host);
     const address = server.address() as AddressInfo;
     const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -135,6 +140,7 @@ function exposedByBinds(sandbox: SandboxConfig, manager: ManagerConfig, config: 
   const own: [string, string | undefined][] = [
     ['the staging directory', manager.stagingDirectory],
     ['the persistence directory', config.app.persistenceDirectory],
+    ['the file cache', config.app.fileCacheDir],
     ['the configuration file', config.configFile],
     ['the TLS certificate and key', config.server.sslPem],
   ];
@@ -158,8 +164,9 @@ function createHttpServer(
   log: Logger,
   limits: RateLimits,
   tls: TlsCredentials | undefined,
+  cache: FileCache | undefined,
 ): http.Server {
-  const web = createApp(config.app, services, log, limits);
+  const web = createApp(config.app, services, log, limits, cache);
   const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
   const bodyIdleMs = config.app.requestBodyIdleTimeout * 1000;
   const requested = new WeakSet<Socket>();

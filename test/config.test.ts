@@ -62,6 +62,8 @@ function expectedDefaults(dir: string): Config {
       rateLimitFailedAuth: 20,
       rateLimitSetup: 1000,
       toolDependencyDir: undefined,
+      fileCacheDir: undefined,
+      fileCacheSize: 10 * 1024 ** 3,
       allowedEnv: [],
       trustedProxies: [],
       requestBodyIdleTimeout: 60,
@@ -187,10 +189,7 @@ test('upstream server.ini, app.yml and job_managers.ini load as Pulsar would rea
   t.deepEqual(config.app.managers[1]?.env, { OMP_NUM_THREADS: '4' });
   t.is(config.app.managers[1]?.minPollingInterval, 0.25);
   t.true(config.app.managers[1]?.debug, 'debug is copied from the app');
-  t.deepEqual(warnings, [
-    'app.yml: file_cache_dir is not yet supported and is ignored',
-    'app.yml: dependency_resolution is not yet supported and is ignored',
-  ]);
+  t.deepEqual(warnings, ['app.yml: dependency_resolution is not yet supported and is ignored']);
 });
 
 test('%(here)s is the directory of the ini file; ssl_pem is relative to it', async (t) => {
@@ -571,7 +570,8 @@ test('the sample files load with every example line uncommented', async (t) => {
     ],
   );
   t.is(config.app.managers.find((m) => m.name === 'torque_over_ssh')?.backendOptions['shell_hostname'], 'headnode.example.org');
-  t.true(warnings.some((w) => w.includes('file_cache_dir is not yet supported')));
+  t.is(config.app.fileCacheDir, path.join(dir, 'cache'));
+  t.is(config.app.fileCacheSize, 10 * 1024 ** 3);
   t.true(warnings.some((w) => w.includes('managers is ignored because')));
 });
 

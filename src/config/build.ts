@@ -48,6 +48,8 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     rateLimitSetup: options.rate_limit_setup,
     // Relative to the working directory, as staging_directory (and upstream's default "dependencies").
     toolDependencyDir: fromCwd(options.tool_dependency_dir, ctx),
+    fileCacheDir: fromCwd(options.file_cache_dir, ctx),
+    fileCacheSize: options.file_cache_size,
     managers,
     allowedEnv: options.allowed_env,
     maxSubmitParamSize: options.max_submit_param_size,

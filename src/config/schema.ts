@@ -38,7 +38,6 @@ export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = ['queued_drmaa_xsede
 
 /** Upstream app options accepted so existing files load; they have no effect yet (one warning each). */
 export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
-  'file_cache_dir',
   'message_queue_url',
   'message_queue_consume',
   'message_queue_publish',
@@ -379,6 +378,9 @@ export const appOptionsSchema = z
     // A busy Galaxy sets jobs up from one address, and its client does not retry a 429.
     rate_limit_setup: optionOr(asCount, 1000),
     tool_dependency_dir: option(asOptionalPath),
+    // The file cache (/cache routes, cache_token uploads): off unless a directory is given.
+    file_cache_dir: option(asOptionalPath),
+    file_cache_size: optionOr(asByteSize, 10 * GiB),
     galaxy_home: option(asOptionalText),
     galaxy_virtual_env: option(asOptionalText),
     galaxy_config_file: option(asOptionalText),

@@ -121,6 +121,10 @@ export interface AppSection {
    * requirements are ignored and nothing is sourced.
    */
   readonly toolDependencyDir: string | undefined;
+  /** Absolute directory of the file cache (`file_cache_dir`); undefined = no cache (the /cache routes answer 404). */
+  readonly fileCacheDir: string | undefined;
+  /** Most bytes the file cache holds; least recently used entries go first (0 = no bound). */
+  readonly fileCacheSize: number;
   readonly managers: readonly ManagerConfig[];
   /**
    * `allowed_env`: names of env entries a client may send in public mode (plain name/value

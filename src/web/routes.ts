@@ -1,5 +1,6 @@
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import { pipeline } from 'node:stream/promises';
+import { checkCacheToken, type FileCache } from '../cache/file-cache.js';
 import { ManagerNotFound, NotConfigured } from '../errors.js';
 import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import type { JobService } from '../jobs/service.js';
@@ -18,8 +19,11 @@ function sendOk(res: Response): void {
   res.status(200).type('text/plain').send('OK');
 }
 
-/** The route table of PROTOCOL §2 (routes 1–9); mounted at `/` and at `/managers/:manager`. */
-export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (req: Request) => string): Router {
+/**
+ * The route table of PROTOCOL §2 (routes 1–9, and the file cache's 10–12 when `cache` is given);
+ * mounted at `/` and at `/managers/:manager`. The cache is the server's, shared by every manager.
+ */
+export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (req: Request) => string, cache?: FileCache): Router {
   const router = Router({ mergeParams: true });
 
   const service = (req: Request): JobService => {
@@ -38,8 +42,23 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
 
   router.post('/jobs/:job_id/files', auth, async (req, res) => {
     const svc = service(req);
-    const result = await svc.upload(jobId(req), required(req, 'name'), required(req, 'type'), req, optional(req, 'cache_token'));
-    sendJson(res, JSON.stringify(result));
+    const token = optional(req, 'cache_token');
+    if (token === undefined) {
+      sendJson(res, JSON.stringify(await svc.upload(jobId(req), required(req, 'name'), required(req, 'type'), req, undefined)));
+      return;
+    }
+    // A cached file: the body is ignored and the entry's bytes go through the same upload path
+    // (limits, tool-file hash check, staging under the job's lock) as a file sent in the body.
+    if (cache === undefined) throw new NotConfigured('the file cache is not configured on this server (cache_token given; set file_cache_dir)');
+    const checked = checkCacheToken(token);
+    const name = required(req, 'name');
+    const type = required(req, 'type');
+    const cached = await cache.open(clientOf(req), checked);
+    try {
+      sendJson(res, JSON.stringify(await svc.upload(jobId(req), name, type, cached.stream, undefined)));
+    } finally {
+      cached.stream.destroy();
+    }
   });
 
   router.get('/jobs/:job_id/files/path', auth, async (req, res) => {
@@ -88,10 +107,28 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     sendJson(res, JSON.stringify({ version: PULSAR_COMPAT_VERSION }));
   });
 
-  const notConfigured: RequestHandler = (_req, _res, next) => {
-    next(new NotConfigured('this feature (file cache / object store) is not configured on this server'));
+  if (cache !== undefined) {
+    // PROTOCOL §9.1, keyed by the authenticated client's address (never a raw X-Forwarded-For).
+    router.put('/cache', auth, (req, res) => {
+      service(req);
+      sendJson(res, JSON.stringify(cache.required(clientOf(req), required(req, 'path'))));
+    });
+    router.post('/cache', auth, async (req, res) => {
+      service(req);
+      await cache.insert(clientOf(req), required(req, 'path'), req);
+      sendJson(res, 'null');
+    });
+    router.get('/cache/status', auth, (req, res) => {
+      service(req);
+      sendJson(res, JSON.stringify(cache.status(clientOf(req), required(req, 'path'))));
+    });
+  }
+
+  const notConfigured = (what: string): RequestHandler => (_req, _res, next) => {
+    next(new NotConfigured(`the ${what} is not configured on this server`));
   };
-  router.all(['/cache', '/cache/status', '/objects/:object_id', '/objects/:object_id/:action', '/object_store_usage_percent'], auth, notConfigured);
+  if (cache === undefined) router.all(['/cache', '/cache/status'], auth, notConfigured('file cache (file_cache_dir)'));
+  router.all(['/objects/:object_id', '/objects/:object_id/:action', '/object_store_usage_percent'], auth, notConfigured('object store'));
 
   return router;
 }
