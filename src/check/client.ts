@@ -185,13 +185,43 @@ export class PulsarClient {
     return c as JobConfig;
   }
 
-  /** `POST /jobs/{id}/files` (upload); the body is streamed. */
-  async upload(jobId: string, name: string, type: string, body: UploadBody): Promise<{ path: string }> {
-    const answer = await this.#call('POST', `jobs/${encodeURIComponent(jobId)}/files`, [['job_id', jobId], ['name', name], ['type', type]], body);
+  /**
+   * `POST /jobs/{id}/files` (upload); the body is streamed. With `cacheToken` (PROTOCOL §9.1) no
+   * body is sent: the server copies its file cache entry.
+   */
+  async upload(jobId: string, name: string, type: string, body: UploadBody | undefined, cacheToken?: string): Promise<{ path: string }> {
+    const query: [string, string][] = [['job_id', jobId], ['name', name], ['type', type]];
+    if (cacheToken !== undefined) query.push(['cache_token', cacheToken]);
+    const answer = await this.#call('POST', `jobs/${encodeURIComponent(jobId)}/files`, query, body);
     const parsed = parseJson(answer.body, 'POST files');
     const p = (parsed as { path?: unknown } | null)?.path;
     if (typeof p !== 'string') throw new ProtocolError('the upload answer has no string "path"');
     return { path: p };
+  }
+
+  /** `PUT /cache?path=P`: whether the server wants the file (PROTOCOL §9.1). */
+  async cacheRequired(clientPath: string): Promise<boolean> {
+    const answer = await this.#call('PUT', 'cache', [['path', clientPath]]);
+    const parsed = parseJson(answer.body, 'PUT /cache');
+    if (typeof parsed !== 'boolean') throw new ProtocolError(`PUT /cache answered ${JSON.stringify(parsed)}, not true or false`);
+    return parsed;
+  }
+
+  /** `POST /cache?path=P` with the file as the (streamed) body; the answer is `null`. */
+  async cacheInsert(clientPath: string, body: UploadBody): Promise<void> {
+    const answer = await this.#call('POST', 'cache', [['path', clientPath]], body);
+    const parsed = parseJson(answer.body, 'POST /cache');
+    if (parsed !== null) throw new ProtocolError(`POST /cache answered ${JSON.stringify(parsed)}, not null`);
+  }
+
+  /** `GET /cache/status?path=P`: the entry's token and whether it is ready. */
+  async cacheStatus(clientPath: string): Promise<{ token: string; ready: boolean }> {
+    const answer = await this.#call('GET', 'cache/status', [['path', clientPath]]);
+    const parsed = parseJson(answer.body, 'GET /cache/status') as { token?: unknown; ready?: unknown } | null;
+    if (typeof parsed?.token !== 'string' || typeof parsed.ready !== 'boolean') {
+      throw new ProtocolError('GET /cache/status did not answer {"token": string, "ready": boolean}');
+    }
+    return { token: parsed.token, ready: parsed.ready };
   }
 
   /** `POST /jobs/{id}/submit`: every argument is query-string data; the answer is `OK`. */

@@ -24,6 +24,12 @@ export interface CheckRunOptions {
   readonly timeoutSeconds: number;
   readonly disableCleanup: boolean;
   readonly pollIntervalMs: number;
+  /**
+   * `--cache`: send every file through the server's file cache as Galaxy's caching client does
+   * (`pulsar-check --cache`): PUT /cache, POST /cache, GET /cache/status until ready, then an
+   * upload with cache_token and no body. Files the client holds only in memory go as before.
+   */
+  readonly cache?: boolean;
   /** Certificate checks for an https:// server (`--ca`, `--insecure`). */
   readonly tls?: ClientTls | undefined;
   /** One line of the report (without newline). */
@@ -86,6 +92,27 @@ interface LocalFile {
   readonly name: string;
   readonly body: UploadBody;
   readonly size: number;
+}
+
+/** Send `upload` through the file cache (PROTOCOL §9.1); resolves with the upload answer. */
+async function uploadViaCache(
+  client: PulsarClient, jobId: string, upload: LocalFile & { body: { kind: 'file'; path: string } }, pollMs: number, deadlineAt: number,
+): Promise<{ path: string }> {
+  const clientPath = upload.body.path;
+  const wanted = await client.cacheRequired(clientPath);
+  if (wanted) await client.cacheInsert(clientPath, upload.body);
+  for (;;) {
+    const status = await client.cacheStatus(clientPath);
+    expect(/^[0-9a-f]{64}$/.test(status.token), `GET /cache/status answered the token ${show(status.token)}, not 64 hexadecimal characters`);
+    if (status.ready) {
+      expect(!(await client.cacheRequired(clientPath)), 'PUT /cache still answers true for an entry that is ready');
+      return client.upload(jobId, upload.name, upload.type, undefined, status.token);
+    }
+    expect(!wanted, 'the entry is not ready right after POST /cache answered');
+    const left = deadlineAt - Date.now();
+    if (left <= 0) throw new Mismatch('the file cache entry never became ready (another client announced it and did not send it?)');
+    await sleep(Math.min(pollMs, left));
+  }
 }
 
 interface LocalJob {
@@ -368,10 +395,13 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     for (const upload of localJob.uploads) {
       const kind = upload.size === 0 ? 'empty' : upload.size > 1024 * 1024 ? `${mib(upload.size)}, streamed from a file` : `${upload.size} bytes`;
       await step(`upload ${upload.type} ${upload.name}`, async () => {
-        const answer = await client.upload(jobId, upload.name, upload.type, upload.body);
+        const body = upload.body;
+        const answer = options.cache === true && body.kind === 'file'
+          ? await uploadViaCache(client, jobId, { ...upload, body }, options.pollIntervalMs, deadlineAt)
+          : await client.upload(jobId, upload.name, upload.type, body);
         const want = expectedUploadPath(config, upload.type, upload.name);
         expect(answer.path === want, `the server stored it at ${show(answer.path)}, expected ${show(want)}`);
-      }, () => kind);
+      }, () => (options.cache === true && upload.body.kind === 'file' ? `${kind}, through the file cache` : kind));
     }
 
     // 3. submit

@@ -12,6 +12,8 @@ export interface CheckOptions {
   /** Seconds (a decimal number) the whole check may take. */
   readonly timeout: string;
   readonly disableCleanup?: boolean;
+  /** Send the files through the server's file cache (`--cache`, as `pulsar-check --cache`). */
+  readonly cache?: boolean;
   /** PEM file of a certificate (or CA) to trust besides the usual authorities (`--ca`). */
   readonly ca?: string;
   /** Do not verify the server's TLS certificate (`--insecure`). */
@@ -99,6 +101,7 @@ export async function check(options: CheckOptions): Promise<number> {
     jobId,
     timeoutSeconds: timeout,
     disableCleanup: options.disableCleanup === true,
+    cache: options.cache === true,
     pollIntervalMs: pollInterval,
     tls,
     out,

@@ -37,9 +37,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     .option('--job-id <id>', 'job id to use', '')
     .option('--timeout <seconds>', 'give up after this long', '120')
     .option('--disable-cleanup', 'keep the job directory on the server')
+    .option('--cache', 'send the files through the server\'s file cache (/cache, cache_token), as pulsar-check --cache')
     .option('--ca <file>', 'also trust the certificate(s) in this PEM file (e.g. the server\'s magnetar-selfsigned.crt)')
     .option('--insecure', 'do not verify the server\'s TLS certificate (prints a warning)')
-    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean; ca?: string; insecure?: boolean }) => {
+    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean; cache?: boolean; ca?: string; insecure?: boolean }) => {
       exitCode = await check(opts);
     });
 

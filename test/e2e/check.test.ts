@@ -10,7 +10,7 @@ import { check, type CheckOptions } from '../../src/cli/check.js';
 import { loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer } from '../../src/server.js';
-import { managerConfig, startTestServer } from '../helpers/server.js';
+import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
 
 interface Run {
   readonly code: number;
@@ -57,6 +57,34 @@ test('check passes against a fresh server and cleans up after itself', async (t)
   t.true(run.lines.some((l) => /^ok {2}upload unstructured [0-9a-f]{32}\/bwa\/human\.fa \(1\.\d+ MiB, streamed/.test(l)), report(run));
   t.true(run.lines.some((l) => /^ok {2}upload unstructured [0-9a-f]{32}\/bwa\/human\.fa\.fai \(empty\)/.test(l)), report(run));
   t.deepEqual(await fs.readdir(server.staging), []);
+});
+
+test('check --cache sends every file through the file cache (as pulsar-check --cache) and passes', async (t) => {
+  const root = await makeRoot();
+  const server = await startTestServer({ root, app: { fileCacheDir: path.join(root, 'cache') } });
+  t.teardown(() => server.stop());
+  const run = await runCheck({ url: server.url, cache: true });
+  t.is(run.code, 0, report(run));
+  t.is(run.lines[run.lines.length - 1], 'check passed');
+  t.true(run.lines.some((l) => /^ok {2}upload unstructured [0-9a-f]{32}\/bwa\/human\.fa \(1\.\d+ MiB, streamed from a file, through the file cache/.test(l)), report(run));
+  t.true(run.lines.some((l) => /^ok {2}upload config config\.txt \(\d+ bytes\)$/.test(l)), 'the in-memory config goes as a plain upload');
+  // 11 files from disk: 11 entries (data + metadata each), no temp file.
+  const files = await fs.readdir(path.join(root, 'cache'));
+  t.is(files.filter((f) => /^[0-9a-f]{64}$/.test(f)).length, 11, files.join(' '));
+  t.is(files.length, 22);
+  t.deepEqual(await fs.readdir(server.staging), []);
+  // Through a manager prefix, too (the cache is the server's).
+  const again = await runCheck({ url: server.url, cache: true, manager: '_default_' });
+  t.is(again.code, 0, report(again));
+});
+
+test('check --cache against a server without file_cache_dir fails (exit 1) saying so', async (t) => {
+  const server = await startTestServer();
+  t.teardown(() => server.stop());
+  const run = await runCheck({ url: server.url, cache: true });
+  t.not(run.code, 0, report(run));
+  t.regex(report(run), /file cache \(file_cache_dir\) is not configured/);
+  t.deepEqual(await fs.readdir(server.staging), [], 'the job was removed');
 });
 
 test('check uses the given job id and keeps the job with disableCleanup', async (t) => {
