@@ -6,8 +6,12 @@
  *
  * Deliberate differences (PROTOCOL §1.4, §2.10, transcripts README):
  * - a download of a missing file answers 404 with a JSON error, not upstream's 500 HTML page;
- * - `/cache` routes answer 404 "not configured" (no `file_cache_dir` support yet), so the cache
- *   transcript's `cache_token` uploads are checked to be refused and then re-sent as plain uploads;
+ * - cache tokens are keyed by the client's address and path differently from upstream (README,
+ *   File cache): the cache transcript's `cache_token` uploads carry the token magnetar answered for
+ *   the same path. It is also replayed against a server without `file_cache_dir`, whose `/cache`
+ *   routes answer 404 "not configured" and whose files are then re-sent as plain uploads;
+ * - `GET /cache/status` may see `ready: false` where upstream's background `POST /cache` had
+ *   already finished (the replay is sequential): only its shape and token are checked;
  * - intermediate status polls may see another non-terminal status: we poll until complete.
  *
  * The tool script the client uploaded (`script.py`) was recorded as size + sha256 only, so the
@@ -20,7 +24,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { startTestServer } from '../helpers/server.js';
+import { makeRoot, startTestServer } from '../helpers/server.js';
 
 // Compiled to dist/test/e2e/, fixtures stay in the source tree.
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/transcripts/', import.meta.url));
@@ -139,11 +143,15 @@ class Replayer {
   /** `POST /cache` bodies by client path, and cache tokens by client path (cache transcript). */
   readonly #cacheBodies = new Map<string, Buffer>();
   readonly #tokenPaths = new Map<string, string>();
+  /** With a file cache: the token magnetar answered for each client path. */
+  readonly #ourTokens = new Map<string, string>();
+  readonly #cache: boolean;
   /** Requests sent with `Expect: 100-continue` whose body went out after the server's 100. */
   continuedUploads = 0;
 
-  constructor(t: ExecutionContext, base: string, staging: string, token: string | undefined) {
+  constructor(t: ExecutionContext, base: string, staging: string, token: string | undefined, cache = false) {
     this.#t = t;
+    this.#cache = cache;
     this.#base = base;
     this.#staging = staging;
     this.#token = token;
@@ -320,6 +328,22 @@ class Replayer {
     const params = new Map(ex.query);
     const cacheToken = params.get('cache_token');
     let body: Buffer | undefined;
+    if (cacheToken !== undefined && this.#cache) {
+      const where = `seq ${ex.seq} upload ${params.get('type') ?? '?'} ${params.get('name') ?? '?'} with cache_token`;
+      const clientPath = this.#tokenPaths.get(cacheToken);
+      const ours = clientPath === undefined ? undefined : this.#ourTokens.get(clientPath);
+      if (ours === undefined) {
+        this.#t.fail(`${where}: no /cache/status answered a token for the recorded token's path`);
+        return;
+      }
+      const reply = await this.send(ex, this.query(ex, { cache_token: ours }));
+      this.#t.is(reply.status, ex.status, `${where}: status (body ${reply.body.toString('utf8').slice(0, 300)})`);
+      const actual = this.json(reply, where);
+      const expected = this.normDeep(ex.response_body?.json);
+      this.sameShape(actual, expected, where);
+      this.#t.deepEqual(actual, expected, `${where}: response`);
+      return;
+    }
     if (cacheToken !== undefined) {
       const where = `seq ${ex.seq} upload with cache_token`;
       // Upstream copies the cached file; magnetar has no file cache yet and must say so.
@@ -487,7 +511,20 @@ class Replayer {
       this.#tokenPaths.set(recordedJson['token'], clientPath);
     }
     const reply = await this.send(ex, this.query(ex));
-    this.expectJsonError(reply, 404, where, /not configured/);
+    if (!this.#cache) {
+      this.expectJsonError(reply, 404, where, /not configured/);
+      return;
+    }
+    this.#t.is(reply.status, ex.status, `${where}: status (body ${reply.body.toString('utf8').slice(0, 300)})`);
+    const actual = this.json(reply, where);
+    this.sameShape(actual, recordedJson, where);
+    if (ex.method === 'GET' && clientPath !== undefined && isRecord(actual) && typeof actual['token'] === 'string') {
+      this.#t.regex(actual['token'], /^[0-9a-f]{64}$/, `${where}: token`);
+      this.#ourTokens.set(clientPath, actual['token']);
+    } else {
+      // PUT: true (each path is announced once); POST: null.
+      this.#t.deepEqual(actual, recordedJson, `${where}: response`);
+    }
   }
 
   async generic(ex: Exchange): Promise<void> {
@@ -573,21 +610,28 @@ interface TranscriptCase {
   readonly file: string;
   readonly title: string;
   readonly token?: string;
+  /** Run the server with a file cache. */
+  readonly cache?: boolean;
 }
 
 const CASES: readonly TranscriptCase[] = [
   { file: 'pulsar-check.jsonl', title: 'default pulsar-check (urllib, no token, transfer actions)' },
   { file: 'pulsar-check-token-curl-errors.jsonl', title: 'pulsar-check with private_token, curl transport (Expect: 100-continue) and --test_errors', token: 'secret' },
-  { file: 'pulsar-check-cache.jsonl', title: 'pulsar-check --cache (cache routes answer 404 "not configured", files re-sent as plain uploads)' },
+  { file: 'pulsar-check-cache.jsonl', title: 'pulsar-check --cache against a server with file_cache_dir', cache: true },
+  { file: 'pulsar-check-cache.jsonl', title: 'pulsar-check --cache without file_cache_dir (cache routes answer 404 "not configured", files re-sent as plain uploads)' },
 ];
 
 for (const c of CASES) {
   test(`replay: ${c.title}`, async (t) => {
     const exchanges = loadTranscript(c.file);
     t.true(exchanges.length > 30, 'transcript loaded');
-    const server = await startTestServer(c.token === undefined ? {} : { app: { privateToken: c.token } });
+    const root = await makeRoot();
+    const server = await startTestServer({
+      root,
+      app: { ...(c.token === undefined ? {} : { privateToken: c.token }), ...(c.cache === true ? { fileCacheDir: path.join(root, 'cache') } : {}) },
+    });
     t.teardown(() => server.stop());
-    const replayer = new Replayer(t, server.url, server.staging, c.token);
+    const replayer = new Replayer(t, server.url, server.staging, c.token, c.cache === true);
     await replayer.replay(exchanges);
     const expecting = exchanges.filter((ex) => ex.request_headers.some(([k, v]) => k.toLowerCase() === 'expect' && v === '100-continue'));
     t.is(replayer.continuedUploads, expecting.length, 'every Expect: 100-continue upload got its 100 Continue');
