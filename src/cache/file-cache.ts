@@ -193,7 +193,12 @@ export class FileCache {
         this.#pending.delete(token);
       });
     } finally {
-      if (!committed) await fs.rm(tmp, { force: true });
+      if (!committed) {
+        // A failed fill (the client went away, the file was too large): the next PUT asks again
+        // instead of leaving everyone waiting for an entry that is not coming.
+        if (!this.#entries.has(token)) this.#pending.delete(token);
+        await fs.rm(tmp, { force: true });
+      }
     }
   }
 
