@@ -2,7 +2,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
-import { FileCache } from './cache/file-cache.js';
+import { FileCache } from './staging/cache.js';
 import { defaultSandbox } from './config/build.js';
 import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig, type SandboxConfig } from './config/types.js';
 import { isInside } from './jobs/paths.js';

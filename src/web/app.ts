@@ -1,6 +1,6 @@
 import express, { type Express } from 'express';
 import helmet from 'helmet';
-import type { FileCache } from '../cache/file-cache.js';
+import type { FileCache } from '../staging/cache.js';
 import type { AppSection } from '../config/types.js';
 import { loggableUrl, type Logger } from '../log.js';
 import { requireToken, tokenMatcher } from './auth.js';

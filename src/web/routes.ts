@@ -1,6 +1,6 @@
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import { pipeline } from 'node:stream/promises';
-import { checkCacheToken, type FileCache } from '../cache/file-cache.js';
+import { checkCacheToken, type FileCache } from '../staging/cache.js';
 import { ManagerNotFound, NotConfigured } from '../errors.js';
 import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import type { JobService } from '../jobs/service.js';

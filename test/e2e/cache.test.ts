@@ -12,7 +12,7 @@ import * as v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
-import { cacheToken } from '../../src/cache/file-cache.js';
+import { cacheToken } from '../../src/staging/cache.js';
 import { collectReply, qs, request, waitForJob, type Reply } from '../helpers/client.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
