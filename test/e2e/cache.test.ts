@@ -364,3 +364,30 @@ test('a fill cut off mid-body leaves no trace, and the next PUT asks for the fil
   t.false((await request(server.url, 'GET', `/cache/status?${qs({ path: p })}`)).json().ready);
   t.is((await request(server.url, 'PUT', `/cache?${qs({ path: p })}`)).text, 'true', 'asked again after the failed fill');
 });
+
+test('a lower file_cache_size at restart evicts the least recently used entries first', async (t) => {
+  const root = await makeRoot();
+  const first = await startTestServer({ root, app: { fileCacheDir: path.join(root, 'cache'), fileCacheSize: 0 } });
+  const old = await fill(first.url, '/old', Buffer.alloc(1000, 'o'));
+  const used = await fill(first.url, '/used', Buffer.alloc(1000, 'u'));
+  const recent = await fill(first.url, '/recent', Buffer.alloc(1000, 'r'));
+  // Recency is the data file's mtime: make the order explicit (used last, old first).
+  await fs.utimes(path.join(root, 'cache', old), new Date(1_000_000), new Date(1_000_000));
+  await fs.utimes(path.join(root, 'cache', recent), new Date(2_000_000), new Date(2_000_000));
+  await fs.utimes(path.join(root, 'cache', used), new Date(3_000_000), new Date(3_000_000));
+  await first.close();
+  const second = await cacheServer(t, { fileCacheSize: 2000 }, root);
+  t.deepEqual(await cacheFiles(second), [recent, `${recent}.json`, used, `${used}.json`].sort());
+  t.false((await request(second.url, 'GET', `/cache/status?${qs({ path: '/old' })}`)).json().ready);
+});
+
+test('the cache routes need the private token like every other route', async (t) => {
+  const server = await cacheServer(t, { privateToken: 'tok' });
+  for (const [method, target] of [['PUT', '/cache?path=/x'], ['POST', '/cache?path=/x'], ['GET', '/cache/status?path=/x']] as const) {
+    const r = await request(server.url, method, target, method === 'POST' ? { body: 'data' } : {});
+    t.is(r.status, 401, `${method} ${target}`);
+    t.is(r.json().error, 'MAG_ERR_UNAUTHORIZED');
+  }
+  t.deepEqual(await cacheFiles(server), [], 'nothing stored without the token');
+  t.is((await request(server.url, 'PUT', '/cache?path=/x&private_token=tok')).text, 'true');
+});
