@@ -24,6 +24,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsc, type Stats } from 'node:fs';
+import { once } from 'node:events';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -43,10 +44,10 @@ const MAX_SIDECAR_BYTES = 16 * 1024;
 const FILL_PREFIX = '.fill-';
 const TOKEN = /^[0-9a-f]{64}$/;
 
+/** A ready entry in memory (its path stays in the sidecar: up to MAX_ENTRIES of them are held). */
 interface Entry {
   readonly token: string;
   readonly client: string;
-  readonly path: string;
   readonly size: number;
 }
 
@@ -168,7 +169,9 @@ export class FileCache {
         },
       });
       // The write stream owns (and closes) the handle.
-      await pipeline(body, counter, handle.createWriteStream({ highWaterMark: 1 << 20 }));
+      const sink = handle.createWriteStream({ highWaterMark: 1 << 20 });
+      await pipeline(body, counter, sink);
+      if (!sink.closed) await once(sink, 'close');
       await this.#serial(async () => {
         const current = this.#entries.get(token);
         if (current !== undefined && current !== before) {
@@ -177,7 +180,7 @@ export class FileCache {
           return;
         }
         await this.#makeRoom(size, token);
-        const entry: Entry = { token, client, path: clientPath, size };
+        const entry: Entry = { token, client, size };
         const data = path.join(this.#dir, token);
         // Old bytes go first, then the new sidecar, then the new bytes: a crash at any point
         // leaves either a complete matching pair or a pair that the next start removes.
@@ -330,6 +333,6 @@ export class FileCache {
     }
     if (!dst.isFile()) return 'data is not a regular file';
     if (dst.size !== m.size) return `data has ${dst.size} bytes, metadata says ${String(m.size)}`;
-    return { entry: { token, client: m.client, path: m.path, size: m.size as number }, mtime: dst.mtimeMs };
+    return { entry: { token, client: m.client, size: m.size as number }, mtime: dst.mtimeMs };
   }
 }
