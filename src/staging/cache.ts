@@ -201,6 +201,7 @@ export class FileCache {
         // instead of leaving everyone waiting for an entry that is not coming.
         if (!this.#entries.has(token)) this.#pending.delete(token);
         await fs.rm(tmp, { force: true });
+        await fs.rm(`${tmp}.json`, { force: true });
       }
     }
   }
