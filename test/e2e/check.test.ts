@@ -251,6 +251,22 @@ test('the real CLI: magnetar check --url passes with exit code 0', async (t) => 
   t.is(stderr, '');
 });
 
+test('the real CLI: magnetar check --cache passes against a server with file_cache_dir', async (t) => {
+  const root = await makeRoot();
+  const server = await startTestServer({ root, app: { fileCacheDir: path.join(root, 'cache') } });
+  t.teardown(() => server.stop());
+  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, 'check', '--url', server.url, '--cache'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  t.is(code, 0, `${stdout}\n${stderr}`);
+  t.regex(stdout, /through the file cache/);
+  t.regex(stdout, /^check passed$/m);
+});
+
 // ------------------------------------------------------------------------------------------------
 // HTTPS with a generated certificate: --ca and --insecure
 
