@@ -23,7 +23,7 @@ interface Endpoint {
   readonly address: string | undefined;
 }
 
-/** Loopback, private, link-local, CGNAT, unspecified and multicast ranges (IPv4 and IPv6). */
+/** Loopback, private, link-local, CGNAT, unspecified, multicast and NAT64 ranges (IPv4 and IPv6). */
 const PRIVATE = new BlockList();
 for (const [net, bits] of [
   ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
@@ -31,7 +31,11 @@ for (const [net, bits] of [
 ] as const) {
   PRIVATE.addSubnet(net, bits, 'ipv4');
 }
-for (const [net, bits] of [['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['ff00::', 8]] as const) PRIVATE.addSubnet(net, bits, 'ipv6');
+// IPv4-mapped addresses (::ffff:a.b.c.d) are matched against the IPv4 ranges by BlockList itself;
+// NAT64 (64:ff9b::/96) may lead anywhere in IPv4, private ranges included.
+for (const [net, bits] of [['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['ff00::', 8], ['64:ff9b::', 96]] as const) {
+  PRIVATE.addSubnet(net, bits, 'ipv6');
+}
 
 /** Unbracketed, lower-case, IPv4-mapped IPv6 turned into IPv4. */
 function plainAddress(address: string): string {
