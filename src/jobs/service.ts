@@ -595,6 +595,10 @@ export class JobService {
         commandLine: launch.commandLine,
         submitParams: request.submitParams,
         remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
+        staging: {
+          configured: this.#stagingPolicy.configured,
+          nonInputs: (request.remoteStaging.setup ?? []).filter((e) => typeof e !== 'object' || e === null || (e as { type?: unknown }).type !== 'input').length,
+        },
         hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
       },
       dir.configs,

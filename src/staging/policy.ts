@@ -91,6 +91,11 @@ export class StagingPolicy {
     });
   }
 
+  /** The administrator listed endpoints or copy roots (what public mode needs to stage anything). */
+  get configured(): boolean {
+    return this.#endpoints.length > 0 || this.#copyRoots.length > 0;
+  }
+
   /** Transfers are possible at all (public mode with no allow-list: none). */
   get transfersAllowed(): boolean {
     return !this.#publicMode || this.#endpoints.length > 0;

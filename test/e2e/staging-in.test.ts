@@ -2,6 +2,7 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { AppSection } from '../../src/config/index.js';
 import { qs, request, statusOf, waitForJob } from '../helpers/client.js';
 import { startFilesEndpoint, JOB_KEY, type FilesEndpoint } from '../helpers/files-endpoint.js';
@@ -269,4 +270,64 @@ test('kill -9 during stage-in: after the restart the transfer resumes with Range
   t.is(gets.length, 2);
   t.regex(gets[1]?.range ?? '', /^bytes=[1-9]\d*-$/);
   t.deepEqual(await filesBelow(inputs), ['big.dat']);
+});
+
+const PUBLIC_TOOLBOX = fileURLToPath(new URL('../../../test/fixtures/public/toolbox.xml', import.meta.url));
+
+test('public mode: stage-in only with an allow-list, only of inputs, only from listed endpoints; then the validated job runs', async (t) => {
+  const e = await endpoint(t);
+  const other = await endpoint(t);
+  e.files.set('/g/a.dat', Buffer.from('public input\n'));
+  other.files.set('/g/a.dat', Buffer.from('other\n'));
+  const start = async (allowedEndpoints: string[]) => {
+    const server = await startTestServer({
+      app: {
+        toolConfigFiles: [PUBLIC_TOOLBOX],
+        allowUnsafeEnv: false,
+        staging: { allowedEndpoints, copyRoots: [], privateAddresses: false, concurrency: 4 },
+      },
+      managers: (root) => [managerConfig(root, { assignIds: 'uuid', preprocessRetry: FAST_RETRY })],
+    });
+    t.teardown(async () => server.stop());
+    return server;
+  };
+  const submitCat = async (server: TestServer, entry: (id: string) => Entry) => {
+    const s = await request(server.url, 'POST', `/jobs?${qs({ job_id: '1', tool_id: 'mag_cat' })}`);
+    const config = s.json();
+    const id = config.job_id as string;
+    const command = `cat ${path.join(config.inputs_directory, 'a.dat')} > ${path.join(config.outputs_directory, 'o')}`;
+    const remoteStaging = JSON.stringify({ setup: [entry(id)] });
+    const reply = await request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging })}`);
+    return { id, config, reply };
+  };
+
+  // No allow-list: refused as before.
+  const closed = await start([]);
+  const refused = await submitCat(closed, (id) => transfer(e, id, 'a.dat', '/g/a.dat'));
+  t.is(refused.reply.status, 403);
+  t.regex(refused.reply.text, /server-side staging actions/);
+  t.deepEqual(e.requests, []);
+
+  const open = await start([`http://127.0.0.1:${e.port}/api/jobs/`]);
+  const ok = await submitCat(open, (id) => transfer(e, id, 'a.dat', '/g/a.dat'));
+  t.is(ok.reply.text, 'OK');
+  const doc = await waitForJob(open.url, ok.id);
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is((await output(open.url, ok.id, 'o')).toString(), 'public input\n');
+
+  const cases: Array<[(id: string) => Entry, RegExp]> = [
+    [(id) => ({ ...transfer(e, id, 'a.dat', '/g/a.dat'), type: 'config' }), /may only write inputs/],
+    [(id) => transfer(other, id, 'a.dat', '/g/a.dat'), /not in staging_allowed_endpoints/],
+    [() => ({ name: 'a.dat', type: 'input', action: { action_type: 'remote_copy', source: { path: '/etc/passwd' } } }), /no staging_copy_roots/],
+    [() => ({ name: 'a.dat', type: 'input', action: { action_type: 'remote_transfer', url: `http://localhost:${e.port}/api/jobs/x/files?path=%2Fg%2Fa.dat` } }), /not in staging_allowed_endpoints/],
+  ];
+  for (const [entry, message] of cases) {
+    const r = await submitCat(open, entry);
+    t.is(r.reply.status, 403, r.reply.text);
+    t.regex(r.reply.text, message);
+    t.is((await waitForJob(open.url, r.id)).status, 'failed');
+    t.deepEqual(await filesBelow(r.config.job_directory), []);
+  }
+  t.deepEqual(other.requests, []);
+  t.is(e.requests.length, 1);
 });
