@@ -15,8 +15,6 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import * as path from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { RetryConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -26,6 +24,9 @@ import { HttpStatusError, PermanentError, withRetries } from './retry.js';
 /** A connection that sends nothing for this long is dropped (and retried like any connection error). */
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const PARTIAL_SUFFIX = '.stage-in.part';
+/** Bytes (and at most chunks: IOV_MAX is 1024) gathered per write. */
+const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+const WRITE_BATCH_CHUNKS = 512;
 
 export interface GetOptions {
   readonly policy: StagingPolicy;
@@ -127,6 +128,57 @@ function contentRange(header: string | undefined): { start: number | undefined; 
   };
 }
 
+/**
+ * Stream `res` into `handle` (closed at the end). One write is in flight at a time; chunks that
+ * arrive meanwhile are gathered and go in the next `writev` (a write per socket chunk, through a
+ * Transform and a WriteStream, ran at a third of curl's speed). A batch that reaches
+ * WRITE_BATCH_BYTES waits for the write in flight, so memory stays bounded; what arrived before a
+ * connection error is written before the error is thrown (a resume starts after it).
+ */
+async function writeBody(res: http.IncomingMessage, handle: fs.FileHandle, start: number, maxBytes: number): Promise<number> {
+  let received = 0;
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  let writing = false;
+  let inflight: Promise<void> = Promise.resolve();
+  const flush = (): void => {
+    const chunks = batch;
+    const bytes = batchBytes;
+    batch = [];
+    batchBytes = 0;
+    writing = true;
+    inflight = handle.writev(chunks).then(({ bytesWritten }) => {
+      writing = false;
+      if (bytesWritten !== bytes) throw new PermanentError(`short write to the job directory (${bytesWritten} of ${bytes} bytes)`);
+    });
+  };
+  const drain = async (): Promise<void> => {
+    await inflight;
+    if (batch.length > 0) {
+      flush();
+      await inflight;
+    }
+  };
+  try {
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      received += chunk.length;
+      if (maxBytes > 0 && start + received > maxBytes) throw new PermanentError(`the file is larger than the ${maxBytes} bytes allowed (max_upload_size)`);
+      batch.push(chunk);
+      batchBytes += chunk.length;
+      if (writing && (batchBytes >= WRITE_BATCH_BYTES || batch.length >= WRITE_BATCH_CHUNKS)) await inflight;
+      if (!writing) flush();
+    }
+    await drain();
+  } catch (error) {
+    if (!(error instanceof PermanentError)) await drain().catch(() => undefined);
+    throw error;
+  } finally {
+    await inflight.catch(() => undefined);
+    await handle.close();
+  }
+  return received;
+}
+
 /** One attempt: follow redirects (within the policy), then stream the body into the partial file. */
 async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promise<number> {
   let url = first;
@@ -174,21 +226,8 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
       res.resume();
       throw new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`);
     }
-    let received = 0;
-    const counter = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        received += chunk.length;
-        if (opts.maxBytes > 0 && start + received > opts.maxBytes) {
-          cb(new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`));
-          return;
-        }
-        cb(null, chunk);
-      },
-    });
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | (start > 0 ? fsc.O_APPEND : fsc.O_TRUNC);
-    const handle = await fs.open(partial, flags, 0o644);
-    // The stream owns the handle from here and closes it.
-    await pipeline(res, counter, handle.createWriteStream({ highWaterMark: 1 << 20 }), { signal: opts.signal });
+    const received = await writeBody(res, await fs.open(partial, flags, 0o644), start, opts.maxBytes);
     if (expected !== undefined && received !== expected) {
       throw new Error(`the files endpoint closed the transfer after ${received} of ${expected} bytes`);
     }
