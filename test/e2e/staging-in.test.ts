@@ -331,3 +331,31 @@ test('public mode: stage-in only with an allow-list, only of inputs, only from l
   t.deepEqual(other.requests, []);
   t.is(e.requests.length, 1);
 });
+
+test('staging_concurrency bounds the transfers of one job running at once', async (t) => {
+  const e = await endpoint(t);
+  const releases: Array<() => void> = [];
+  const reached: Array<Promise<void>> = [];
+  for (const name of ['a', 'b', 'c']) {
+    e.files.set(`/g/${name}`, Buffer.from(`${name}\n`.repeat(1000)));
+    let reach!: () => void;
+    reached.push(new Promise<void>((r) => { reach = r; }));
+    let release!: () => void;
+    const released = new Promise<void>((r) => { release = r; });
+    releases.push(release);
+    e.faults.set(`/g/${name}`, [{ kind: 'slow', reached: reach, released }]);
+  }
+  t.teardown(() => releases.forEach((r) => r()));
+  const server = await serverWith(t, { staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 2 } });
+  const setup = ['a', 'b', 'c'].map((n) => transfer(e, 'conc', n, `/g/${n}`));
+  t.is((await setupAndSubmit(server.url, 'conc', 'cat ../inputs/a ../inputs/b ../inputs/c > ../outputs/out', setup)).text, 'OK');
+  await Promise.all(reached.slice(0, 2));
+  // Two transfers hang on the endpoint: the third cannot have started.
+  t.deepEqual(e.requests.map((r) => r.path).sort(), ['/g/a', '/g/b']);
+  releases[0]?.();
+  await reached[2];
+  releases[1]?.();
+  releases[2]?.();
+  t.is((await waitForJob(server.url, 'conc')).status, 'complete');
+  t.is((await output(server.url, 'conc', 'out')).toString(), ['a', 'b', 'c'].map((n) => `${n}\n`.repeat(1000)).join(''));
+});
