@@ -359,3 +359,20 @@ test('staging_concurrency bounds the transfers of one job running at once', asyn
   t.is((await waitForJob(server.url, 'conc')).status, 'complete');
   t.is((await output(server.url, 'conc', 'out')).toString(), ['a', 'b', 'c'].map((n) => `${n}\n`.repeat(1000)).join(''));
 });
+
+test('local setup (setup_params in the submit) with remote_transfer inputs: the way message-queue clients stage', async (t) => {
+  const e = await endpoint(t);
+  e.files.set('/g/in.txt', Buffer.from('through setup_params\n'));
+  const server = await serverWith(t);
+  const id = 'local';
+  const remoteStaging = JSON.stringify({ setup: [transfer(e, id, 'in.txt', '/g/in.txt')] });
+  const reply = await request(server.url, 'POST', `/jobs/${id}/submit?${qs({
+    job_id: id,
+    command_line: 'cat ../inputs/in.txt > ../outputs/out',
+    setup_params: JSON.stringify({ job_id: id, tool_id: 't', tool_version: '1' }),
+    remote_staging: remoteStaging,
+  })}`);
+  t.is(reply.text, 'OK');
+  t.is((await waitForJob(server.url, id)).status, 'complete');
+  t.is((await output(server.url, id, 'out')).toString(), 'through setup_params\n');
+});
