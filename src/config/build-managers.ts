@@ -176,6 +176,12 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Loa
     jobNameTemplate: options.job_name_template,
     backendOptions,
     sandbox: managerSandbox(source, options, where, defaults, ctx),
+    preprocessRetry: {
+      maxRetries: options.preprocess_action_max_retries,
+      intervalStart: options.preprocess_action_interval_start,
+      intervalStep: options.preprocess_action_interval_step,
+      intervalMax: options.preprocess_action_interval_max,
+    },
   };
 }
 
@@ -233,7 +239,7 @@ function sortOptions(source: ManagerSource, ctx: LoadContext): SortedOptions {
       continue;
     }
     if (IGNORED_MANAGER_OPTIONS.has(key)) {
-      ctx.warnings.push(`${setting.file}: ${setting.key} has no effect for the supported manager types and is ignored`);
+      ctx.warnings.push(`${setting.file}: ${setting.key} has no effect yet (server-side stage-out is not supported yet) and is ignored`);
       continue;
     }
     if (key === 'name' && source.allowsName) continue;

@@ -74,6 +74,12 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     fairShare: options.fair_share,
     allowedHosts: options.allowed_hosts,
     allowedOrigins: options.allowed_origins,
+    staging: {
+      allowedEndpoints: options.staging_allowed_endpoints,
+      copyRoots: options.staging_copy_roots.map((root) => path.resolve(root)),
+      privateAddresses: options.staging_private_addresses ?? !publicMode,
+      concurrency: options.staging_concurrency,
+    },
   };
 }
 

@@ -90,9 +90,8 @@ export const IGNORED_SERVER_OPTIONS: ReadonlySet<string> = new Set([
 
 const RETRY_SUFFIXES = ['max_retries', 'interval_start', 'interval_step', 'interval_max'];
 
-/** Manager options accepted for compatibility that do nothing for the supported manager types. */
+/** Manager options accepted for compatibility that do nothing yet (stage-out is not built yet). */
 export const IGNORED_MANAGER_OPTIONS: ReadonlySet<string> = new Set([
-  ...RETRY_SUFFIXES.map((suffix) => `preprocess_action_${suffix}`),
   ...RETRY_SUFFIXES.map((suffix) => `postprocess_action_${suffix}`),
 ]);
 
@@ -324,6 +323,20 @@ export const asAddressList: Coerce<readonly string[]> = (value) => {
   return list;
 };
 
+/** A retry count as upstream reads it: -1 = never retry, 0 = retry forever, N = N retries. */
+export const asRetryCount: Coerce<number> = (value) => {
+  const expected = 'a whole number >= -1 (-1 = no retry, 0 = retry forever)';
+  if (value === -1 || (typeof value === 'string' && value.trim() === '-1')) return -1;
+  const parsed = integerFrom(value);
+  return parsed !== undefined ? parsed : invalid(expected, value);
+};
+
+/**
+ * Files endpoints server-side staging may fetch from: `http(s)://host[:port][/path/prefix]`
+ * (no query, no user name, no fragment).
+ */
+export const asEndpointList = asList('URLs like https://galaxy.example.org/api/jobs/', /^https?:\/\/[^\s/?#@]+(?:\/[^\s?#]*)?$/i);
+
 export const asEnvValue: Coerce<string> = (value) => {
   if (typeof value === 'string') return value;
   if (typeof value === 'number' && Number.isFinite(value)) return String(value);
@@ -420,6 +433,13 @@ export const appOptionsSchema = z
     // Host names (beyond localhost, IP addresses and the bind host) and browser origins answered.
     allowed_hosts: optionOr(asList('host names like pulsar.example.org, *.example.org or *', /^(?:\*|(?:\*\.)?[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)$/), []),
     allowed_origins: optionOr(asList('origins like https://galaxy.example.org, or *', /^(?:\*|null|https?:\/\/[^\s/]+)$/), []),
+    // Server-side staging (staging/): where a job's remote_transfer URLs and remote_copy sources may point.
+    // Empty lists: anywhere outside public mode (upstream's behaviour), nowhere in public mode.
+    staging_allowed_endpoints: optionOr(asEndpointList, []),
+    staging_copy_roots: optionOr(asAbsolutePathList, []),
+    // Unset: allowed outside public mode, refused in public mode (unless the endpoint is listed by address).
+    staging_private_addresses: option(asBoolean),
+    staging_concurrency: optionOr(asInteger(1, 1024, 'a whole number from 1 to 1024'), 4),
   })
   .strict();
 
@@ -444,6 +464,11 @@ export const managerOptionsSchema = z
     min_polling_interval: optionOr(asPositiveNumber, 0.5),
     /** For scheduler job names; `$job_id` is replaced. */
     job_name_template: optionOr(asOptionalText, 'pulsar_$job_id'),
+    // Server-side stage-in retries (upstream's names and defaults, PROTOCOL §6.1). Intervals in seconds.
+    preprocess_action_max_retries: optionOr(asRetryCount, -1),
+    preprocess_action_interval_start: optionOr(asSeconds, 2),
+    preprocess_action_interval_step: optionOr(asSeconds, 2),
+    preprocess_action_interval_max: optionOr(asSeconds, 30),
     // Unset: the app's value (sandbox unset there too: on in public mode only).
     sandbox: option(asBoolean),
     sandbox_bwrap: option(asPath),

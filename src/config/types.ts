@@ -42,6 +42,28 @@ export interface ManagerConfig {
    * undefined = not configured: the server uses the default sandbox in public mode, none otherwise.
    */
   readonly sandbox?: SandboxConfig | false | undefined;
+  /** `preprocess_action_*`: retries of server-side stage-in transfers (undefined: upstream's defaults). */
+  readonly preprocessRetry?: RetryConfig | undefined;
+}
+
+/** Upstream's retry policy (PROTOCOL §6.1): maxRetries -1 = no retry, 0 = forever; intervals in seconds. */
+export interface RetryConfig {
+  readonly maxRetries: number;
+  readonly intervalStart: number;
+  readonly intervalStep: number;
+  readonly intervalMax: number;
+}
+
+/** Server-side staging (`staging_*` options, `staging/`). */
+export interface StagingConfig {
+  /** Files endpoints (URL prefixes) remote transfers may reach; [] = any outside public mode, none in it. */
+  readonly allowedEndpoints: readonly string[];
+  /** Absolute directories remote_copy sources must be inside; [] = anywhere outside public mode, nowhere in it. */
+  readonly copyRoots: readonly string[];
+  /** Loopback, private and link-local addresses may be connected to. */
+  readonly privateAddresses: boolean;
+  /** Transfers one job runs at once. */
+  readonly concurrency: number;
 }
 
 /**
@@ -184,6 +206,8 @@ export interface AppSection {
   readonly allowedHosts: readonly string[];
   /** `allowed_origins`: browser `Origin` values accepted (`*`: any); other requests with an Origin are refused. */
   readonly allowedOrigins: readonly string[];
+  /** Server-side staging policy and limits. */
+  readonly staging: StagingConfig;
 }
 
 export interface Config {

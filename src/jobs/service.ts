@@ -11,6 +11,9 @@ import {
 import type { Logger } from '../log.js';
 import type { Backend, ExitReport } from '../managers/backend.js';
 import type { Authorizer } from '../tools/authorizer.js';
+import { StagingPolicy } from '../staging/policy.js';
+import { DEFAULT_RETRY } from '../staging/retry.js';
+import { parseSetup, runStageIn, type StageInEntry } from '../staging/stage-in.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { describeDependencies, resolveDependencies } from './dependencies.js';
 import { JobDirectory, isFileType, type FileType, type OpenedDownload, type StagedUpload } from './directory.js';
@@ -91,6 +94,10 @@ export class JobService {
   /** The periodic expiry sweep (unref'd; stopped at shutdown) and the sweep under way, if any. */
   #sweepTimer: NodeJS.Timeout | undefined;
   #sweeping: Promise<void> | undefined;
+  /** What server-side staging may reach. */
+  readonly #stagingPolicy: StagingPolicy;
+  /** Stage-ins under way (outside the job's lock): aborted by cancel, clean and shutdown. */
+  readonly #stageIns = new Map<string, AbortController>();
   /** Setups of new jobs whose record is being written (they count against `max_live_jobs`). */
   #settingUp = 0;
   /** The same, per client (`max_live_jobs_per_address`). */
@@ -122,6 +129,7 @@ export class JobService {
     if (manager.galaxyDatasetFilesPath !== undefined) props['galaxy_dataset_files_path'] = manager.galaxyDatasetFilesPath;
     if (manager.galaxyDatatypesConfigFile !== undefined) props['galaxy_datatypes_config_file'] = manager.galaxyDatatypesConfigFile;
     this.#systemProperties = Object.freeze(props);
+    this.#stagingPolicy = new StagingPolicy(options.app.staging, options.app.toolConfigFiles.length > 0);
   }
 
   /** The bounds a submit request to this service is held to (checked by the transport as it parses). */
@@ -568,7 +576,10 @@ export class JobService {
     }
   }
 
-  /** Authorization, (later: server-side staging,) the job script; then the job is queued. */
+  /**
+   * Authorization, server-side stage-in (checked here, run in the background: the submit answers
+   * once every entry has passed the staging policy), the job script; then the job is queued.
+   */
   async #preprocess(record: JobRecord): Promise<void> {
     const launch = record.launch;
     if (launch === undefined) throw new Error('the job has no launch record');
@@ -584,13 +595,82 @@ export class JobService {
         commandLine: launch.commandLine,
         submitParams: request.submitParams,
         remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
+        staging: {
+          configured: this.#stagingPolicy.configured,
+          nonInputs: (request.remoteStaging.setup ?? []).filter((e) => typeof e !== 'object' || e === null || (e as { type?: unknown }).type !== 'input').length,
+        },
         hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
       },
       dir.configs,
     );
-    if ((request.remoteStaging.setup?.length ?? 0) > 0) {
-      throw new JobRefused('server-side staging (remote_staging.setup, remote_* file actions) is not supported by this server yet; use the transfer action');
+    const setup = request.remoteStaging.setup ?? [];
+    if (setup.length > 0) {
+      // A refused URL, path or action refuses the job before anything is fetched.
+      const entries = await parseSetup(setup, dir, this.#stagingPolicy, this.#app.maxJobFiles);
+      this.#stageInThenLaunch(record, entries, clientEnv);
+      return;
     }
+    await this.#prepareAndQueue(record, clientEnv);
+  }
+
+  /**
+   * Run a job's stage-in outside its lock (status, cancel and clean answer meanwhile), then, under
+   * the lock and only if the job is still preprocessing, prepare and queue it. A failed transfer
+   * fails the job with the reason; a cancel stops the transfers; a shutdown stops them without
+   * failing the job, whose stage-in starts again (resuming partial files) at the next start.
+   */
+  #stageInThenLaunch(record: JobRecord, entries: readonly StageInEntry[], clientEnv: readonly string[]): void {
+    const { id, incarnation } = record;
+    this.#stageIns.get(id)?.abort();
+    const controller = new AbortController();
+    this.#stageIns.set(id, controller);
+    const signal = AbortSignal.any([controller.signal, this.#stopping.signal]);
+    const log = this.#log.child({ jobId: id });
+    const task = async (): Promise<void> => {
+      log.info({ entries: entries.length }, 'stage-in started');
+      try {
+        await runStageIn(
+          entries,
+          {
+            dir: this.#dir(id),
+            policy: this.#stagingPolicy,
+            retry: this.manager.preprocessRetry ?? DEFAULT_RETRY,
+            signal,
+            log,
+            maxBytes: this.#app.maxUploadSize,
+            maxEntries: this.#app.maxJobFiles,
+          },
+          this.#stagingPolicy.concurrency,
+        );
+      } catch (error) {
+        if (signal.aborted) {
+          log.info(this.#stopping.signal.aborted ? 'stage-in stopped by shutdown (resumed at the next start)' : 'stage-in stopped');
+          return;
+        }
+        log.warn({ reason: messageOf(error) }, 'stage-in failed');
+        await this.#locks.run(id, async () => this.#failCurrent(id, incarnation, messageOf(error)));
+        return;
+      } finally {
+        if (this.#stageIns.get(id) === controller) this.#stageIns.delete(id);
+      }
+      await this.#whenCurrent(id, incarnation, async (current) => {
+        if (current.state !== 'preprocessing' || this.#closing) return;
+        try {
+          await this.#prepareAndQueue(current, clientEnv);
+        } catch (error) {
+          await this.#failCurrent(id, incarnation, `job could not be launched: ${messageOf(error)}`);
+        }
+      });
+    };
+    this.#inBackground(id, task());
+  }
+
+  /** The last steps of preprocessing: touched outputs, sandbox hand-over, dependencies, the script; then queued. */
+  async #prepareAndQueue(record: JobRecord, clientEnv: readonly string[]): Promise<void> {
+    const launch = record.launch;
+    if (launch === undefined) throw new Error('the job has no launch record');
+    const { request } = launch;
+    const dir = this.#dir(record.id);
     for (const name of request.touchOutputs) await dir.touchOutput(name);
     if (this.#handsOverToSandbox !== undefined) await handOver(dir.root, this.#handsOverToSandbox);
     let dependencies: string[] = [];
@@ -871,6 +951,7 @@ export class JobService {
     const record = this.#store.get(id);
     if (record === undefined || isTerminal(record.state) || record.state === 'postprocessing') return undefined;
     await this.#transition(record, 'cancelled');
+    this.#stageIns.get(id)?.abort();
     this.#log.info({ jobId: id }, 'job cancelled');
     await this.#stopBackendJob(record);
     return record.externalId;

@@ -18,6 +18,12 @@ export interface SubmitFacts {
   readonly commandLine: string;
   readonly submitParams: Readonly<Record<string, unknown>>;
   readonly remoteStagingSetup: number;
+  /**
+   * Public mode: the administrator lists where server-side staging may reach (an endpoint
+   * allow-list or copy roots), and how many setup entries write anything but an `input` (config
+   * and tool files are checked before stage-in runs, so only inputs may be staged).
+   */
+  readonly staging?: { readonly configured: boolean; readonly nonInputs: number };
   readonly hasDependencies: boolean;
 }
 
@@ -181,7 +187,11 @@ export class ToolboxAuthorizer implements Authorizer {
     const { jobId } = facts;
     const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'submit');
     const deny: (step: string, reason: string) => never = (step, reason) => this.#deny(jobId, tool.id, step, `tool "${tool.id}": ${reason}`);
-    if (facts.remoteStagingSetup > 0) deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
+    if (facts.remoteStagingSetup > 0) {
+      if (facts.staging?.configured !== true) deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
+      if (facts.staging.nonInputs > 0) deny('remote_staging', 'server-side staging (remote_staging.setup) may only write inputs on this server');
+      this.#allow(jobId, tool.id, 'remote_staging', String(facts.remoteStagingSetup));
+    }
     for (const key of Object.keys(facts.submitParams)) {
       if (!this.#allowedSubmitParams.has(key)) deny('submit params', `submit parameter "${key}" is not allowed on this server (allowed_submit_params)`);
     }

@@ -176,11 +176,11 @@ test('a refused job keeps no launch payload, in memory or on disk', async (t) =>
   const server = await startTestServer();
   t.teardown(() => server.stop());
   await setupJob(server.url, '5');
-  // Server-side staging is refused (JobRefused) after the launch was recorded.
+  // An unsupported server-side staging action is refused (JobRefused) after the launch was recorded.
   const reply = await submit(server, '5', {
     command_line: 'true',
     env: JSON.stringify([{ name: 'SECRETISH', value: 'v'.repeat(1000) }]),
-    remote_staging: JSON.stringify({ setup: [{ action: 'remote_transfer' }] }),
+    remote_staging: JSON.stringify({ setup: [{ name: 'a', type: 'input', action: { action_type: 'remote_scp_transfer', path: '/x' } }] }),
   });
   t.is(reply.status, 403, reply.text);
   const doc = await waitForJob(server.url, '5');

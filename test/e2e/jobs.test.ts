@@ -96,12 +96,13 @@ test('duplicate submit is ignored; a refused launch answers 403 and is a failed 
   t.is(await fs.readFile(path.join(config.outputs_directory, 'count'), 'utf8'), 'once\n');
 
   await setup(server.url, 'remote');
-  const staging = JSON.stringify({ setup: [{ name: 'a', type: 'input', action: { action_type: 'remote_copy', source: { path: '/etc/passwd' } } }] });
+  // An action magnetar does not perform (staging-in.test.ts covers the ones it does).
+  const staging = JSON.stringify({ setup: [{ name: 'a', type: 'input', action: { action_type: 'remote_rsync_transfer', path: '/etc/passwd', ssh_host: 'h' } }] });
   t.regex(await submit(server.url, 'remote', 'cat ../inputs/a', { remote_staging: staging }), /"error":"MAG_ERR_TOOL_DENIED"/);
   const doc = await waitForJob(server.url, 'remote');
   t.is(doc.status, 'failed');
   t.is(doc.returncode, 1);
-  t.regex(doc.stderr, /server-side staging/);
+  t.regex(doc.stderr, /remote_rsync_transfer" is not supported by this server for server-side staging/);
   t.deepEqual(doc.working_directory_contents, []);
 });
 

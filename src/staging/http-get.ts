@@ -1,0 +1,263 @@
+/**
+ * The stage-in transport: GET a file from Galaxy's job-files API into the job directory.
+ *
+ * The body streams into `<dir>/.<name>.stage-in.part` (memory stays flat whatever the size) and is
+ * renamed into place once complete, so the job never sees a partial file under its real name. An
+ * interrupted transfer resumes from the partial file's size with `Range` when the endpoint answers
+ * 206 (after a retry, or after a restart of the server), and starts over when it answers 200.
+ * Every URL, the first and each redirect target, passes the staging policy, and the address a
+ * host name resolves to is checked and is the one connected to (a custom `lookup`).
+ */
+import * as dns from 'node:dns';
+import { constants as fsc } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { LookupFunction } from 'node:net';
+import * as path from 'node:path';
+import type { RetryConfig } from '../config/types.js';
+import { JobRefused } from '../errors.js';
+import type { Logger } from '../log.js';
+import { MAX_REDIRECTS, loggableUrl, type StagingPolicy } from './policy.js';
+import { HttpStatusError, PermanentError, withRetries } from './retry.js';
+
+/** A connection that sends nothing for this long is dropped (and retried like any connection error). */
+const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
+const PARTIAL_SUFFIX = '.stage-in.part';
+/** Bytes (and at most chunks: IOV_MAX is 1024) gathered per write. */
+const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+const WRITE_BATCH_CHUNKS = 512;
+
+export interface GetOptions {
+  readonly policy: StagingPolicy;
+  readonly retry: RetryConfig;
+  readonly signal: AbortSignal;
+  readonly log: Logger;
+  /** Largest file accepted, in bytes; 0 = no limit. */
+  readonly maxBytes: number;
+  readonly idleTimeoutMs?: number;
+}
+
+export interface TransferResult {
+  readonly bytes: number;
+  readonly ms: number;
+  /** Bytes that were already there (resumed with Range) when the last attempt began. */
+  readonly resumedFrom: number;
+  readonly attempts: number;
+}
+
+/** Where a transfer to `dest` keeps its bytes until they are complete. */
+export function partialPathFor(dest: string): string {
+  return path.join(path.dirname(dest), `.${path.basename(dest)}${PARTIAL_SUFFIX}`);
+}
+
+/** Is this file name one of the partial files of a stage-in? */
+export function isPartialName(name: string): boolean {
+  return name.startsWith('.') && name.endsWith(PARTIAL_SUFFIX);
+}
+
+async function sizeOf(p: string): Promise<number> {
+  try {
+    const st = await fs.lstat(p);
+    if (!st.isFile()) throw new PermanentError('a partial transfer file exists and is not a regular file');
+    return st.size;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw error;
+  }
+}
+
+/** A `lookup` that resolves, drops the addresses the policy refuses, and connects to one it allows. */
+function checkedLookup(url: URL, policy: StagingPolicy): LookupFunction {
+  return (hostname, options, callback) => {
+    const family = typeof options === 'object' && typeof options.family === 'number' ? options.family : 0;
+    dns.lookup(hostname, { all: true, family }, (error, addresses) => {
+      if (error !== null) {
+        (callback as (e: Error) => void)(error);
+        return;
+      }
+      let refusal: unknown;
+      const allowed = addresses.filter((a) => {
+        try {
+          policy.checkAddress(url, a.address);
+          return true;
+        } catch (e) {
+          refusal = e;
+          return false;
+        }
+      });
+      const first = allowed[0];
+      if (first === undefined) {
+        (callback as (e: Error) => void)(refusal instanceof Error ? refusal : new JobRefused(`${hostname} has no address this server may connect to`));
+        return;
+      }
+      if (typeof options === 'object' && options.all === true) {
+        (callback as (e: null, a: dns.LookupAddress[]) => void)(null, allowed);
+      } else {
+        callback(null, first.address, first.family);
+      }
+    });
+  };
+}
+
+function get(url: URL, offset: number, opts: GetOptions): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { 'user-agent': 'magnetar-staging', 'accept-encoding': 'identity' };
+    if (offset > 0) headers['range'] = `bytes=${offset}-`;
+    const requestOptions: http.RequestOptions = {
+      method: 'GET',
+      headers,
+      agent: false,
+      lookup: checkedLookup(url, opts.policy),
+      signal: opts.signal,
+    };
+    const req = (url.protocol === 'https:' ? https : http).request(url, requestOptions, resolve);
+    req.setTimeout(opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS, () => req.destroy(new Error('the files endpoint sent nothing for too long')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** `Content-Range: bytes a-b/total` → a and total (total undefined for `*`). */
+function contentRange(header: string | undefined): { start: number | undefined; total: number | undefined } {
+  const match = /^bytes (?:(\d{1,18})-\d{1,18}|\*)\/(\d{1,18}|\*)$/.exec(header?.trim() ?? '');
+  if (match === null) return { start: undefined, total: undefined };
+  return {
+    start: match[1] === undefined ? undefined : Number(match[1]),
+    total: match[2] === undefined || match[2] === '*' ? undefined : Number(match[2]),
+  };
+}
+
+/**
+ * Stream `res` into `handle` (closed at the end). One write is in flight at a time; chunks that
+ * arrive meanwhile are gathered and go in the next `writev` (a write per socket chunk, through a
+ * Transform and a WriteStream, ran at a third of curl's speed). A batch that reaches
+ * WRITE_BATCH_BYTES waits for the write in flight, so memory stays bounded; what arrived before a
+ * connection error is written before the error is thrown (a resume starts after it).
+ */
+async function writeBody(res: http.IncomingMessage, handle: fs.FileHandle, start: number, maxBytes: number): Promise<number> {
+  let received = 0;
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  let writing = false;
+  let inflight: Promise<void> = Promise.resolve();
+  const flush = (): void => {
+    const chunks = batch;
+    const bytes = batchBytes;
+    batch = [];
+    batchBytes = 0;
+    writing = true;
+    inflight = handle.writev(chunks).then(({ bytesWritten }) => {
+      writing = false;
+      if (bytesWritten !== bytes) throw new PermanentError(`short write to the job directory (${bytesWritten} of ${bytes} bytes)`);
+    });
+  };
+  const drain = async (): Promise<void> => {
+    await inflight;
+    if (batch.length > 0) {
+      flush();
+      await inflight;
+    }
+  };
+  try {
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      received += chunk.length;
+      if (maxBytes > 0 && start + received > maxBytes) throw new PermanentError(`the file is larger than the ${maxBytes} bytes allowed (max_upload_size)`);
+      batch.push(chunk);
+      batchBytes += chunk.length;
+      if (writing && (batchBytes >= WRITE_BATCH_BYTES || batch.length >= WRITE_BATCH_CHUNKS)) await inflight;
+      if (!writing) flush();
+    }
+    await drain();
+  } catch (error) {
+    if (!(error instanceof PermanentError)) await drain().catch(() => undefined);
+    throw error;
+  } finally {
+    await inflight.catch(() => undefined);
+    await handle.close();
+  }
+  return received;
+}
+
+/** One attempt: follow redirects (within the policy), then stream the body into the partial file. */
+async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promise<number> {
+  let url = first;
+  for (let redirects = 0; ; ) {
+    const offset = await sizeOf(partial);
+    const res = await get(url, offset, opts);
+    const status = res.statusCode ?? 0;
+    if ([301, 302, 303, 307, 308].includes(status)) {
+      res.resume();
+      const location = res.headers.location;
+      if (location === undefined) throw new PermanentError(`HTTP ${status} without a Location from ${loggableUrl(url)}`);
+      if (++redirects > MAX_REDIRECTS) throw new PermanentError(`more than ${MAX_REDIRECTS} redirects from ${loggableUrl(first)}`);
+      let next: URL;
+      try {
+        next = new URL(location, url);
+      } catch {
+        throw new PermanentError(`unparsable redirect from ${loggableUrl(url)}`);
+      }
+      url = opts.policy.checkUrl(next.href);
+      continue;
+    }
+    if (status === 416 && offset > 0) {
+      res.resume();
+      // The partial file may already be whole (a restart right before the rename).
+      if (contentRange(res.headers['content-range']).total === offset) return offset;
+      await fs.truncate(partial, 0);
+      continue;
+    }
+    if (status !== 200 && status !== 206) {
+      res.resume();
+      throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+    }
+    let start = 0;
+    if (status === 206) {
+      const range = contentRange(res.headers['content-range']);
+      if (range.start !== offset) {
+        res.resume();
+        throw new PermanentError(`the files endpoint answered a range that does not start at byte ${offset}`);
+      }
+      start = offset;
+    }
+    const lengthHeader = res.headers['content-length'];
+    const expected = lengthHeader !== undefined && /^\d{1,18}$/.test(lengthHeader) ? Number(lengthHeader) : undefined;
+    if (opts.maxBytes > 0 && expected !== undefined && start + expected > opts.maxBytes) {
+      res.resume();
+      throw new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`);
+    }
+    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | (start > 0 ? fsc.O_APPEND : fsc.O_TRUNC);
+    const received = await writeBody(res, await fs.open(partial, flags, 0o644), start, opts.maxBytes);
+    if (expected !== undefined && received !== expected) {
+      throw new Error(`the files endpoint closed the transfer after ${received} of ${expected} bytes`);
+    }
+    if (!res.complete) throw new Error('the files endpoint closed the transfer before its end');
+    return start + received;
+  }
+}
+
+/**
+ * Fetch `urlText` (checked by the policy) into `dest`, which must not exist as anything but a
+ * regular file. Retries transient failures per `opts.retry`, resuming from what arrived.
+ */
+export async function downloadToFile(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
+  const url = opts.policy.checkUrl(urlText);
+  const partial = partialPathFor(dest);
+  const began = Date.now();
+  let resumedFrom = 0;
+  let attempts = 0;
+  const bytes = await withRetries(
+    opts.retry,
+    opts.signal,
+    async () => {
+      attempts++;
+      resumedFrom = await sizeOf(partial);
+      return attemptOnce(url, partial, opts);
+    },
+    (error, wait) => {
+      opts.log.warn({ url: loggableUrl(url), err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-in transfer failed; retrying');
+    },
+  );
+  await fs.rename(partial, dest);
+  return { bytes, ms: Date.now() - began, resumedFrom, attempts };
+}
