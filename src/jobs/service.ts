@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLUSTER_MANAGER_TYPES, type AppSection, type ManagerConfig, type SandboxConfig } from '../config/types.js';
 import {
-  BadRequest, JobNotFound, LimitExceeded, JobRefused, JobStateConflict, MagnetarError, NotConfigured, ServerStopping,
+  BadRequest, JobNotFound, LimitExceeded, JobRefused, JobStateConflict, MagnetarError, ServerStopping,
   StoreUnavailable, TooManyJobs, UploadClosed, UploadTooLarge, messageOf,
 } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -409,10 +409,9 @@ export class JobService {
    * accepts files: an upload that loses the race against submit (or clean) answers 409 and
    * leaves no trace, so the bytes submit's validators read are the bytes the job runs.
    */
-  async upload(jobId: string, name: string, type: string, body: Readable, cacheToken: string | undefined): Promise<{ path: string }> {
+  async upload(jobId: string, name: string, type: string, body: Readable): Promise<{ path: string }> {
     const id = checkJobId(jobId);
     const fileType = checkFileType(type);
-    if (cacheToken !== undefined) throw new NotConfigured('the file cache is not configured on this server (cache_token given)');
     const record = this.#requireStaging(id);
     const decision = await this.#authorizer.authorizeUpload(id, record.toolId, record.toolVersion, name, fileType);
     // Each component of the name may become a file or a directory: that is what a job may be made to hold.

@@ -44,7 +44,7 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     const svc = service(req);
     const token = optional(req, 'cache_token');
     if (token === undefined) {
-      sendJson(res, JSON.stringify(await svc.upload(jobId(req), required(req, 'name'), required(req, 'type'), req, undefined)));
+      sendJson(res, JSON.stringify(await svc.upload(jobId(req), required(req, 'name'), required(req, 'type'), req)));
       return;
     }
     // A cached file: the body is ignored and the entry's bytes go through the same upload path
@@ -55,7 +55,7 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     const type = required(req, 'type');
     const cached = await cache.open(clientOf(req), checked);
     try {
-      sendJson(res, JSON.stringify(await svc.upload(jobId(req), name, type, cached.stream, undefined)));
+      sendJson(res, JSON.stringify(await svc.upload(jobId(req), name, type, cached.stream)));
     } finally {
       cached.stream.destroy();
     }
