@@ -9,6 +9,7 @@ import {
   ConnectionError, DeadlineError, HttpError, PulsarClient,
   type ClientTls, type JobConfig, type StatusDocument, type UploadBody,
 } from './client.js';
+import { startLocalFilesEndpoint, type LocalFilesEndpoint } from './files-endpoint.js';
 import { CONTENTS, TOOL_EXIT_CODE, TOOL_FAILED_CODE, toolScript } from './script.js';
 
 /**
@@ -30,12 +31,27 @@ export interface CheckRunOptions {
    * upload with cache_token and no body. Files the client holds only in memory go as before.
    */
   readonly cache?: boolean;
+  /**
+   * `--remote-transfer`: run a files endpoint here and send the job's files as
+   * `remote_staging.setup` entries (remote_transfer; the in-memory config as `message`), so the
+   * server pulls them (server-side stage-in, PROTOCOL §8). Outputs are still downloaded.
+   */
+  readonly remoteTransfer?: RemoteTransferOptions | undefined;
   /** Certificate checks for an https:// server (`--ca`, `--insecure`). */
   readonly tls?: ClientTls | undefined;
   /** One line of the report (without newline). */
   readonly out: (line: string) => void;
   /** One line for stderr (without newline): the reason of an exit with code 2. */
   readonly err: (line: string) => void;
+}
+
+export interface RemoteTransferOptions {
+  /** Address the files endpoint listens on. */
+  readonly host: string;
+  /** Port (0: a free one). */
+  readonly port: number;
+  /** Host name or address the server is told to fetch from (default: `host`). */
+  readonly advertise?: string | undefined;
 }
 
 export const EXIT_PASSED = 0;
@@ -344,6 +360,7 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
   }
 
   let tmp: string | undefined;
+  let endpoint: LocalFilesEndpoint | undefined;
   let jobId = options.jobId;
   let setUp = false;
   let cleaned = false;
@@ -369,6 +386,16 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
       options.err(`magnetar check: cannot prepare the local job files in ${tmp}: ${(error as Error).message}`);
       return EXIT_USAGE;
     }
+    if (options.remoteTransfer !== undefined) {
+      const rt = options.remoteTransfer;
+      try {
+        endpoint = await startLocalFilesEndpoint({ host: rt.host, port: rt.port, advertise: rt.advertise, postDir: tmp });
+      } catch (error) {
+        options.err(`magnetar check: cannot start the files endpoint on ${rt.host}:${rt.port} (--files-host, --files-port): ${(error as Error).message}`);
+        return EXIT_USAGE;
+      }
+      out(`..  files endpoint ${endpoint.base} (the server must reach it)`);
+    }
     out(`..  checking ${client.urlFor('', []).origin}${client.urlFor('', []).pathname} with job id ${jobId}`);
 
     // 1. setup
@@ -391,8 +418,25 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
       return c;
     }, (c) => (c.job_id === options.jobId ? `job ${c.job_id}` : `the server assigned job id ${c.job_id}`));
 
-    // 2. uploads, in the real client's order
-    for (const upload of localJob.uploads) {
+    // 2. uploads, in the real client's order; or, with --remote-transfer, the stage-in plan
+    let stageIn: object[] | undefined;
+    if (endpoint !== undefined) {
+      const e = endpoint;
+      stageIn = await step('stage-in plan', async () => localJob.uploads.map((upload) => {
+        if (upload.body.kind === 'bytes') {
+          // Galaxy's client sends a rewritten config file it holds in memory as a message action.
+          return { name: upload.name, type: upload.type, action: { action_type: 'message', contents: upload.body.data.toString('utf8') } };
+        }
+        const galaxyPath = upload.body.path;
+        e.serve(galaxyPath, galaxyPath);
+        return {
+          name: upload.name,
+          type: upload.type,
+          action: { path: galaxyPath, source: { path: galaxyPath, object_store_ref: null }, action_type: 'remote_transfer', url: e.inputUrl(jobId, galaxyPath, upload.type) },
+        };
+      }), (entries) => `${entries.length - 1} remote_transfer from ${e.base}, 1 message`);
+    }
+    for (const upload of endpoint === undefined ? localJob.uploads : []) {
       const kind = upload.size === 0 ? 'empty' : upload.size > 1024 * 1024 ? `${mib(upload.size)}, streamed from a file` : `${upload.size} bytes`;
       await step(`upload ${upload.type} ${upload.name}`, async () => {
         const body = upload.body;
@@ -426,7 +470,7 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     await step('submit', () => client.submit(jobId, {
       commandLine,
       env: [{ name: 'TEST_ENV', value: CONTENTS.envValue, raw: false }],
-      remoteStaging: localJob.remoteStaging,
+      remoteStaging: endpoint === undefined || stageIn === undefined ? localJob.remoteStaging : remoteTransferStaging(localJob.remoteStaging, endpoint.filesEndpoint(jobId), stageIn),
       submitExtras: { touch_outputs: ['touched.dat'] },
       dynamicFileSources: DYNAMIC_FILE_SOURCES,
     }));
@@ -509,6 +553,15 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
         return size;
       }, (size) => `${size > 1024 * 1024 ? mib(size) : `${size} bytes`}${verify === undefined ? ', not compared' : ''}`);
     }
+    if (endpoint !== undefined) {
+      const e = endpoint;
+      await step('files endpoint', async () => {
+        const fetched = (e.gets.get(200) ?? 0) + (e.gets.get(206) ?? 0);
+        const wanted = (stageIn?.length ?? 1) - 1;
+        expect(fetched >= wanted, `the server fetched ${fetched} files from the files endpoint, expected ${wanted}`);
+        return fetched;
+      }, (fetched) => `${fetched} GETs answered, ${mib(e.bytesSent())}; ${e.posts.length} outputs pushed by the server (stage-out)`);
+    }
     await step('all expected outputs downloaded', async () => {
       const missing = [...checks.keys()].filter((k) => !fetched.has(k));
       expect(missing.length === 0, `never offered by the status document: ${missing.join(', ')}`);
@@ -557,6 +610,8 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     } else if (reason instanceof HttpError && reason.status === 404 && error.step === 'setup') {
       code = EXIT_USAGE;
       hint = `${message} (is the URL${options.manager === undefined ? '' : ' or --manager'} wrong?)`;
+    } else if (endpoint !== undefined) {
+      hint = remoteTransferHint(error.step, reason, endpoint.base) ?? '';
     }
     if (setUp && !cleaned && !options.disableCleanup && code === EXIT_FAILED) {
       // Best effort, with its own short deadline (the main one may be what failed).
@@ -573,11 +628,62 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
       out(`..  job ${jobId} was left on the server for inspection`);
     }
     out(`check failed: ${error.message}`);
-    if (code === EXIT_USAGE) options.err(`magnetar check: ${hint}`);
+    if (hint !== '') options.err(`magnetar check: ${hint}`);
     return code;
   } finally {
     clearTimeout(timer);
     client.close();
+    await endpoint?.close();
     if (tmp !== undefined) await fs.rm(tmp, { recursive: true, force: true });
   }
+}
+
+/** The pulsar-check remote_staging with the stage-in entries and a mapper that sends inputs by remote_transfer. */
+function remoteTransferStaging(base: object, filesEndpoint: string, setup: object[]): object {
+  const staging = base as { action_mapper: { paths: object[] } & Record<string, unknown>; client_outputs: object };
+  return {
+    setup,
+    action_mapper: {
+      ...staging.action_mapper,
+      default_action: 'remote_transfer',
+      files_endpoint: filesEndpoint,
+      paths: [
+        ...staging.action_mapper.paths.map((rule) => ({ ...rule, action: 'remote_transfer' })),
+        // Results come back the usual way (the check downloads them).
+        { action: 'transfer', path_types: 'output,output_workdir,output_metadata,output_jobdir', match_type: 'path_type_only' },
+      ],
+    },
+    client_outputs: staging.client_outputs,
+  };
+}
+
+/** One line saying what to change when the server would not or could not stage in from the check's endpoint. */
+function remoteTransferHint(step: string, reason: unknown, base: string): string | undefined {
+  const text = reason instanceof HttpError ? reason.body : reason instanceof Error ? reason.message : String(reason);
+  const listed = `${base}/api/jobs/`;
+  if (step === 'submit' && reason instanceof HttpError) {
+    if (text.includes('staging_private_addresses')) {
+      return `the server refused remote staging from ${base}, a loopback or private address: set staging_private_addresses = true, or list ${listed} in staging_allowed_endpoints`;
+    }
+    if (text.includes('staging_allowed_endpoints')) return `the server refused remote staging from ${base}: list ${listed} in its staging_allowed_endpoints`;
+    if (text.includes('not supported')) return `the server does not support server-side staging (remote_transfer): ${describe(text)}`;
+    return `the server refused the remote_transfer submit (HTTP ${reason.status}): ${describe(text)}`;
+  }
+  if (step === 'verify status' && text.includes('stage-in')) {
+    const unreachable = /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|timed out|connect/i.test(text);
+    return unreachable
+      ? `the server could not fetch the inputs from ${base}: the server must reach this machine (use --files-host/--files-advertise with an address it can connect to)`
+      : `the server's stage-in from ${base} failed: see the job's stderr above`;
+  }
+  return undefined;
+}
+
+function describe(text: string): string {
+  try {
+    const parsed = JSON.parse(text) as { message?: unknown };
+    if (typeof parsed.message === 'string') return parsed.message.slice(0, 300);
+  } catch {
+    // not JSON
+  }
+  return text.replace(/\s+/g, ' ').slice(0, 300);
 }

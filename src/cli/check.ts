@@ -1,7 +1,7 @@
 import { X509Certificate, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ClientTls } from '../check/client.js';
-import { EXIT_USAGE, runCheck } from '../check/run.js';
+import { EXIT_USAGE, runCheck, type RemoteTransferOptions } from '../check/run.js';
 
 export interface CheckOptions {
   readonly url: string;
@@ -14,6 +14,17 @@ export interface CheckOptions {
   readonly disableCleanup?: boolean;
   /** Send the files through the server's file cache (`--cache`, as `pulsar-check --cache`). */
   readonly cache?: boolean;
+  /**
+   * Run a files endpoint here and have the server pull the job's files from it
+   * (`remote_staging.setup` remote_transfer actions), as Galaxy's remote_transfer mode does.
+   */
+  readonly remoteTransfer?: boolean;
+  /** Address the files endpoint listens on (default 127.0.0.1). */
+  readonly filesHost?: string;
+  /** Port of the files endpoint (default 0: a free one). */
+  readonly filesPort?: string;
+  /** Host name or address put in the URLs sent to the server (default: --files-host). */
+  readonly filesAdvertise?: string;
   /** PEM file of a certificate (or CA) to trust besides the usual authorities (`--ca`). */
   readonly ca?: string;
   /** Do not verify the server's TLS certificate (`--insecure`). */
@@ -29,6 +40,8 @@ export interface CheckOptions {
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----\r?\n[\s\S]*?-----END CERTIFICATE-----/g;
 const MAX_CA_FILE_BYTES = 1024 * 1024;
+/** A host name, IPv4 or IPv6 address (no scheme, path or port). */
+const HOST = /^[A-Za-z0-9._:%-]{1,253}$/;
 
 /**
  * The certificates in a PEM file (a private key in the same file, as in a server's ssl_pem, is
@@ -82,6 +95,19 @@ export async function check(options: CheckOptions): Promise<number> {
   if (!Number.isFinite(pollInterval) || pollInterval <= 0 || pollInterval > 500) {
     return usage('the poll interval must be between 0 and 500 ms');
   }
+  let remoteTransfer: RemoteTransferOptions | undefined;
+  const filesOptions = options.filesHost !== undefined || options.filesPort !== undefined || options.filesAdvertise !== undefined;
+  if (options.remoteTransfer === true) {
+    if (options.cache === true) return usage('--cache and --remote-transfer exclude each other (the files either go through the cache or are pulled by the server)');
+    const host = options.filesHost ?? '127.0.0.1';
+    const portNumber = Number(options.filesPort ?? '0');
+    if (!HOST.test(host)) return usage(`--files-host "${host}" is not a host name or address`);
+    if (options.filesAdvertise !== undefined && !HOST.test(options.filesAdvertise)) return usage(`--files-advertise "${options.filesAdvertise}" is not a host name or address`);
+    if (!Number.isInteger(portNumber) || portNumber < 0 || portNumber > 65535) return usage(`--files-port must be a port number (0-65535), not "${options.filesPort}"`);
+    remoteTransfer = { host, port: portNumber, advertise: options.filesAdvertise };
+  } else if (filesOptions) {
+    return usage('--files-host, --files-port and --files-advertise need --remote-transfer');
+  }
   let tls: ClientTls | undefined;
   if (options.ca !== undefined) {
     try {
@@ -102,6 +128,7 @@ export async function check(options: CheckOptions): Promise<number> {
     timeoutSeconds: timeout,
     disableCleanup: options.disableCleanup === true,
     cache: options.cache === true,
+    remoteTransfer,
     pollIntervalMs: pollInterval,
     tls,
     out,
