@@ -17,9 +17,10 @@ import { ServerProcess } from './server-process.js';
 import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSection } from './status.js';
 import { MIB, log, round } from './stats.js';
 import { runSoak, type SoakResult } from './soak.js';
+import { runStaging, type StagingResult } from './staging.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'status', 'validator', 'scale', 'soak'] as const;
+const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -292,6 +293,9 @@ async function main(): Promise<number> {
   let lifecycle: Record<string, LifecycleResult | LifecycleFailure | Failed> | undefined;
   let sandbox: SandboxSection | undefined;
   let transfer: TransferResult | Failed | undefined;
+  let staging: StagingResult | Failed | undefined;
+  const stagingSizeMiB = envInt('BENCH_STAGING_SIZE_MIB', sizeMiB);
+  const stagingRounds = envInt('BENCH_STAGING_ROUNDS', 3);
   let status: StatusSection | Failed | undefined;
   let scale: Record<string, ScaleResult> | undefined;
   let soak: SoakResult | Failed | undefined;
@@ -353,6 +357,13 @@ async function main(): Promise<number> {
       transfer = await withServer(ctx, 'transfer', (server, phase) => runTransfer(server, path.join(root, 'transfer'), sizeMiB, transferRounds, phase));
       if (isFailed(transfer)) failures++;
       out['transfer'] = transfer;
+    }
+
+    if (only.has('staging')) {
+      log(`== staging: stage-in of ${stagingSizeMiB} MiB from a files endpoint on 127.0.0.1 beside curl GET (${stagingRounds} rounds)`);
+      staging = await withServer(ctx, 'staging', (server, phase) => runStaging(server, path.join(root, 'staging-files'), stagingSizeMiB, stagingRounds, phase));
+      if (isFailed(staging)) failures++;
+      out['staging'] = staging;
     }
 
     if (only.has('status')) {
@@ -445,6 +456,18 @@ async function main(): Promise<number> {
       peak === null ? null : round((peak * MIB) / 1e6, 1),
       (v) => v <= 150,
       note,
+    );
+  }
+  if (staging !== undefined) {
+    const note = stagingSizeMiB < 1024 ? `measured with ${stagingSizeMiB} MiB, not 1 GiB (BENCH_STAGING_SIZE_MIB / BENCH_SIZE_MIB)` : undefined;
+    targets['staging_in_ratio'] = check('>= 0.8: stage-in MiB/s over curl GET MiB/s from the same endpoint (medians)', num(staging, 'ratio'), (v) => v >= 0.8, note);
+    targets['staging_rss_growth_mib'] = check('< 64 MiB: server VmHWM after the stage-ins minus VmRSS before them (flat RSS)', num(staging, 'server_rss_growth_mib'), (v) => v < 64, note);
+    const out = isFailed(staging) ? undefined : staging.stage_out;
+    targets['staging_out_ratio'] = check(
+      '>= 0.8: stage-out MiB/s over curl POST MiB/s to the same endpoint',
+      out?.ratio ?? null,
+      (v) => v >= 0.8,
+      out === undefined || out.available ? note : `not available: ${out.reason ?? 'no stage-out'}`,
     );
   }
   if (status !== undefined) {

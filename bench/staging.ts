@@ -1,0 +1,260 @@
+/**
+ * Section `staging`: server-side stage-in (PROTOCOL §8.2) of one big file from a files endpoint on
+ * 127.0.0.1 (the check's Galaxy job-files API: GET with Range, streamed from disk), beside `curl`
+ * GET of the same file from the same endpoint in the same run. Throughput is MiB/s; the ratio is
+ * magnetar ÷ curl. The server's RSS is sampled during the stage-ins.
+ *
+ * Stage-out (postprocessing: the server POSTs outputs to the endpoint) is probed: a job whose
+ * output is mapped `remote_transfer` runs, and the half reports "not available" when the server
+ * pushed nothing. The measurement beside `curl` POST goes in `measureStageOut` (marked below).
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startLocalFilesEndpoint, type LocalFilesEndpoint } from '../src/check/files-endpoint.js';
+import { Client, qs } from './client.js';
+import type { ServerProcess } from './server-process.js';
+import type { Phase } from './status.js';
+import { MIB, log, round } from './stats.js';
+import { generateFile } from './transfer.js';
+
+const CURL = process.env['BENCH_CURL'] ?? '/usr/bin/curl';
+
+export interface StagingRound {
+  readonly curl_get_mib_s: number;
+  readonly stage_in_mib_s: number;
+  readonly ratio: number;
+}
+
+export interface StageOutHalf {
+  readonly available: boolean;
+  readonly reason?: string;
+  readonly curl_post_mib_s?: number;
+  readonly stage_out_mib_s?: number;
+  readonly ratio?: number | null;
+}
+
+export interface StagingResult {
+  readonly size_mib: number;
+  readonly rounds: number;
+  /** Medians over the rounds. */
+  readonly curl_get_mib_s: number;
+  readonly stage_in_mib_s: number;
+  /** median(stage_in) ÷ median(curl GET). */
+  readonly ratio: number;
+  readonly each: StagingRound[];
+  readonly server_rss_before_mib: number;
+  /** Peak VmRSS sampled every 50 ms over all rounds. */
+  readonly server_peak_rss_mib: number;
+  /** VmHWM after the last round. */
+  readonly server_vmhwm_mib: number;
+  /** VmHWM − VmRSS before the first round: what the stage-ins added at most. */
+  readonly server_rss_growth_mib: number;
+  readonly stage_out: StageOutHalf;
+  readonly how: string;
+}
+
+const toMiB = (b: number): number => round(b / MIB, 1);
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+async function sha256(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 * MIB })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Run curl; resolves with the seconds it took (rejects on a non-zero exit, with its stderr). */
+function curl(args: readonly string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(CURL, ['--silent', '--show-error', '--fail', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => {
+      if (stderr.length < 2000) stderr += c.toString('utf8');
+    });
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      const s = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (code === 0) resolve(s);
+      else reject(new Error(`curl exited ${String(code)}: ${stderr.trim()}`));
+    });
+  });
+}
+
+interface Status {
+  complete: string;
+  status: string;
+  returncode?: number | null;
+  stderr?: string;
+}
+
+/** Poll every `pollMs` until the job leaves `preprocessing`; then until complete. */
+async function waitForJob(client: Client, id: string, pollMs: number, leftPreprocessing: () => void): Promise<Status> {
+  const deadline = Date.now() + 600_000;
+  let preprocessing = true;
+  for (;;) {
+    const st = await client.json<Status>('GET', `/jobs/${id}/status?job_id=${id}`);
+    if (preprocessing && st.status !== 'preprocessing') {
+      preprocessing = false;
+      leftPreprocessing();
+    }
+    if (st.complete === 'true') return st;
+    if (Date.now() > deadline) throw new Error(`job ${id} still "${st.status}" after 600 s`);
+    await sleep(preprocessing ? pollMs : 20);
+  }
+}
+
+function remoteStaging(endpoint: LocalFilesEndpoint, id: string, setup: object[], outputsBy: 'transfer' | 'remote_transfer'): string {
+  return JSON.stringify({
+    setup,
+    action_mapper: {
+      default_action: 'remote_transfer',
+      files_endpoint: endpoint.filesEndpoint(id),
+      ssh_key: null, ssh_user: null, ssh_port: null, ssh_host: null,
+      paths: outputsBy === 'transfer' ? [{ action: 'transfer', path_types: 'output,output_workdir,output_metadata,output_jobdir', match_type: 'path_type_only' }] : [],
+    },
+    client_outputs: {
+      working_directory: '/galaxy/job/w',
+      metadata_directory: '/galaxy/job/m',
+      job_directory: null,
+      work_dir_outputs: [],
+      output_files: ['/galaxy/job/out.dat'],
+      version_file: '/galaxy/job/GALAXY_VERSION',
+      dynamic_outputs: [],
+      dynamic_file_sources: [],
+      dataset_collector_descriptions: [],
+    },
+  });
+}
+
+/** One stage-in of the whole file through a fresh job; the job hashes what it got. */
+async function stageInRound(server: ServerProcess, client: Client, endpoint: LocalFilesEndpoint, galaxyPath: string, wantSha: string, size: number, id: string, phase: Phase): Promise<number> {
+  await client.request('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_in' })}`);
+  const setup = [{
+    name: 'big.dat',
+    type: 'input',
+    action: { path: galaxyPath, source: { path: galaxyPath, object_store_ref: null }, action_type: 'remote_transfer', url: endpoint.inputUrl(id, galaxyPath, 'input') },
+  }];
+  const command = 'stat -c %s ../inputs/big.dat > ../outputs/out.dat && sha256sum ../inputs/big.dat | cut -c1-64 >> ../outputs/out.dat';
+  let stagedIn = 0n;
+  const t0 = process.hrtime.bigint();
+  await phase(`staging stage-in ${id}`, async () => {
+    await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(endpoint, id, setup, 'transfer') })}`);
+    const st = await waitForJob(client, id, 5, () => {
+      stagedIn = process.hrtime.bigint();
+    });
+    if (st.status !== 'complete' || st.returncode !== 0) throw new Error(`stage-in job ${id} ended ${st.status} (returncode ${String(st.returncode)}): ${st.stderr ?? ''}`);
+  });
+  const seconds = Number(stagedIn - t0) / 1e9;
+  const out = (await client.request('GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'out.dat', type: 'output' })}`)).body.toString('utf8').trim().split('\n');
+  if (Number(out[0]) !== size) throw new Error(`the job saw ${out[0] ?? '?'} bytes, expected ${size}`);
+  if (out[1] !== wantSha) throw new Error('the staged-in file differs from the source (sha256)');
+  await client.request('DELETE', `/jobs/${id}?job_id=${id}`);
+  return seconds;
+}
+
+/**
+ * Probe stage-out: one job whose output is mapped remote_transfer. No POST reached the endpoint
+ * when the job is complete → the server does not stage out (yet).
+ */
+async function probeStageOut(client: Client, endpoint: LocalFilesEndpoint): Promise<StageOutHalf> {
+  const id = 'bench_stage_out_probe';
+  await client.request('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_out' })}`);
+  const before = endpoint.posts.length;
+  try {
+    await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: 'echo probe > ../outputs/out.dat', remote_staging: remoteStaging(endpoint, id, [], 'remote_transfer') })}`);
+  } catch (error) {
+    return { available: false, reason: `the server refused a submit with remote_transfer outputs: ${(error as Error).message.slice(0, 300)}` };
+  }
+  const st = await waitForJob(client, id, 20, () => undefined);
+  await client.request('DELETE', `/jobs/${id}?job_id=${id}`).catch(() => undefined);
+  if (endpoint.posts.length > before) return { available: true };
+  if (st.status !== 'complete') return { available: false, reason: `the probe job ended ${st.status}: ${(st.stderr ?? '').slice(0, 300)}` };
+  return { available: false, reason: 'the server completed a job whose output is mapped remote_transfer without pushing it (no stage-out in this build)' };
+}
+
+// ---------------------------------------------------------------------------------------------
+// STAGE-OUT MEASUREMENT: not implemented yet (stage-out is being built on another branch).
+// When `probeStageOut` says available, measure here, per round: `curl -F file=@<source>` POST to
+// endpoint.inputUrl(...) (the endpoint stores the raw body under <dir>/posted), then a job that
+// `cp`s a staged/uploaded copy of the source into outputs/out.dat with the output mapped
+// remote_transfer; time from "running ended" to `complete` (or the server log's rate line), and
+// compare the bytes the endpoint received. Report curl_post_mib_s, stage_out_mib_s and ratio.
+// ---------------------------------------------------------------------------------------------
+async function measureStageOut(probe: StageOutHalf): Promise<StageOutHalf> {
+  if (!probe.available) return probe;
+  return { available: true, reason: 'the server stages out, but the stage-out measurement is not written yet (bench/staging.ts, STAGE-OUT MEASUREMENT)', ratio: null };
+}
+
+export async function runStaging(server: ServerProcess, root: string, sizeMiB: number, rounds: number, phase: Phase): Promise<StagingResult> {
+  await fs.mkdir(root, { recursive: true });
+  const source = path.join(root, 'staging-source.dat');
+  const curlOut = path.join(root, 'curl-get.dat');
+  const postDir = path.join(root, 'posted');
+  await fs.mkdir(postDir);
+  log(`staging: generating ${sizeMiB} MiB source file`);
+  await generateFile(source, sizeMiB);
+  const wantSha = await sha256(source);
+  const size = sizeMiB * MIB;
+  const galaxyPath = '/galaxy/datasets/000/dataset_1.dat';
+  const endpoint = await startLocalFilesEndpoint({ postDir });
+  endpoint.serve(galaxyPath, source);
+  const client = new Client(server.host, server.port, 2, 60_000);
+  try {
+    const before = server.memory().rss;
+    const stopAll = server.sampleRss(50);
+    const each: StagingRound[] = [];
+    for (let r = 0; r < rounds; r++) {
+      // curl GET: the same URL the server is given, to a file on the same filesystem as the staging directory.
+      const curlS = await phase(`staging curl GET ${r}`, () => curl(['--output', curlOut, endpoint.inputUrl('bench_curl', galaxyPath, 'input')]));
+      const got = (await fs.stat(curlOut)).size;
+      if (got !== size) throw new Error(`curl wrote ${got} bytes, expected ${size}`);
+      // Removed unsynced, as the server's job directory is (DELETE): neither side's writeback is timed or left to compete.
+      await fs.rm(curlOut);
+      const stageS = await stageInRound(server, client, endpoint, galaxyPath, wantSha, size, `bench_stage_in_${r}`, phase);
+      const round_: StagingRound = {
+        curl_get_mib_s: round(sizeMiB / curlS, 1),
+        stage_in_mib_s: round(sizeMiB / stageS, 1),
+        ratio: round(curlS / stageS, 3),
+      };
+      log(`staging round ${r}: ${JSON.stringify(round_)}`);
+      each.push(round_);
+    }
+    const all = stopAll();
+    const hwm = server.memory().hwm;
+    const curlMedian = median(each.map((e) => e.curl_get_mib_s));
+    const stageMedian = median(each.map((e) => e.stage_in_mib_s));
+    log('staging: probing stage-out');
+    const stageOut = await measureStageOut(await probeStageOut(client, endpoint));
+    const result: StagingResult = {
+      size_mib: sizeMiB,
+      rounds,
+      curl_get_mib_s: round(curlMedian, 1),
+      stage_in_mib_s: round(stageMedian, 1),
+      ratio: round(stageMedian / curlMedian, 3),
+      each,
+      server_rss_before_mib: toMiB(before),
+      server_peak_rss_mib: toMiB(all.peakRss),
+      server_vmhwm_mib: toMiB(hwm),
+      server_rss_growth_mib: toMiB(Math.max(0, hwm - before)),
+      stage_out: stageOut,
+      how: `stage-in = submit sent → first status that is not "preprocessing" (polled every 5 ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); medians of ${rounds} rounds`,
+    };
+    log(`staging: ${JSON.stringify(result)}`);
+    return result;
+  } finally {
+    client.close();
+    await endpoint.close();
+    await fs.rm(source, { force: true });
+    await fs.rm(curlOut, { force: true });
+    await fs.rm(postDir, { recursive: true, force: true });
+  }
+}
