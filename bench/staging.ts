@@ -27,6 +27,8 @@ export interface StagingRound {
   readonly curl_get_mib_s: number;
   readonly stage_in_mib_s: number;
   readonly ratio: number;
+  /** Server CPU seconds per second of stage-in (the job's own processes not counted). */
+  readonly server_cpu_cores_stage_in: number;
 }
 
 export interface StageOutHalf {
@@ -46,12 +48,15 @@ export interface StagingResult {
   /** median(stage_in) ÷ median(curl GET). */
   readonly ratio: number;
   readonly each: StagingRound[];
+  /** VmRSS of the fresh server, before any job. */
+  readonly server_rss_at_start_mib: number;
+  /** VmRSS after a 1 MiB warm-up stage-in (the baseline: the first job loads code and buffers whatever the size). */
   readonly server_rss_before_mib: number;
   /** Peak VmRSS sampled every 50 ms over all rounds. */
   readonly server_peak_rss_mib: number;
   /** VmHWM after the last round. */
   readonly server_vmhwm_mib: number;
-  /** VmHWM − VmRSS before the first round: what the stage-ins added at most. */
+  /** max(peak sampled, VmHWM) − VmRSS after the warm-up: what the big stage-ins added at most. */
   readonly server_rss_growth_mib: number;
   readonly stage_out: StageOutHalf;
   readonly how: string;
@@ -136,7 +141,7 @@ function remoteStaging(endpoint: LocalFilesEndpoint, id: string, setup: object[]
 }
 
 /** One stage-in of the whole file through a fresh job; the job hashes what it got. */
-async function stageInRound(server: ServerProcess, client: Client, endpoint: LocalFilesEndpoint, galaxyPath: string, wantSha: string, size: number, id: string, phase: Phase): Promise<number> {
+async function stageInRound(server: ServerProcess, client: Client, endpoint: LocalFilesEndpoint, galaxyPath: string, wantSha: string, size: number, id: string, phase: Phase): Promise<{ seconds: number; cpu: number }> {
   await client.request('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_in' })}`);
   const setup = [{
     name: 'big.dat',
@@ -145,11 +150,14 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   }];
   const command = 'stat -c %s ../inputs/big.dat > ../outputs/out.dat && sha256sum ../inputs/big.dat | cut -c1-64 >> ../outputs/out.dat';
   let stagedIn = 0n;
+  let cpu1 = 0;
+  const cpu0 = server.cpuSeconds();
   const t0 = process.hrtime.bigint();
   await phase(`staging stage-in ${id}`, async () => {
     await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(endpoint, id, setup, 'transfer') })}`);
     const st = await waitForJob(client, id, 5, () => {
       stagedIn = process.hrtime.bigint();
+      cpu1 = server.cpuSeconds();
     });
     if (st.status !== 'complete' || st.returncode !== 0) throw new Error(`stage-in job ${id} ended ${st.status} (returncode ${String(st.returncode)}): ${st.stderr ?? ''}`);
   });
@@ -158,7 +166,7 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   if (Number(out[0]) !== size) throw new Error(`the job saw ${out[0] ?? '?'} bytes, expected ${size}`);
   if (out[1] !== wantSha) throw new Error('the staged-in file differs from the source (sha256)');
   await client.request('DELETE', `/jobs/${id}?job_id=${id}`);
-  return seconds;
+  return { seconds, cpu: cpu1 - cpu0 };
 }
 
 /**
@@ -203,12 +211,18 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
   log(`staging: generating ${sizeMiB} MiB source file`);
   await generateFile(source, sizeMiB);
   const wantSha = await sha256(source);
+  const warmSource = path.join(root, 'staging-warmup.dat');
+  await generateFile(warmSource, 1);
+  const warmSha = await sha256(warmSource);
   const size = sizeMiB * MIB;
   const galaxyPath = '/galaxy/datasets/000/dataset_1.dat';
   const endpoint = await startLocalFilesEndpoint({ postDir });
   endpoint.serve(galaxyPath, source);
+  endpoint.serve('/galaxy/datasets/000/warmup.dat', warmSource);
   const client = new Client(server.host, server.port, 2, 60_000);
   try {
+    const atStart = server.memory().rss;
+    await stageInRound(server, client, endpoint, '/galaxy/datasets/000/warmup.dat', warmSha, MIB, 'bench_stage_in_warmup', phase);
     const before = server.memory().rss;
     const stopAll = server.sampleRss(50);
     const each: StagingRound[] = [];
@@ -219,11 +233,13 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       if (got !== size) throw new Error(`curl wrote ${got} bytes, expected ${size}`);
       // Removed unsynced, as the server's job directory is (DELETE): neither side's writeback is timed or left to compete.
       await fs.rm(curlOut);
-      const stageS = await stageInRound(server, client, endpoint, galaxyPath, wantSha, size, `bench_stage_in_${r}`, phase);
+      const stage = await stageInRound(server, client, endpoint, galaxyPath, wantSha, size, `bench_stage_in_${r}`, phase);
+      const stageS = stage.seconds;
       const round_: StagingRound = {
         curl_get_mib_s: round(sizeMiB / curlS, 1),
         stage_in_mib_s: round(sizeMiB / stageS, 1),
         ratio: round(curlS / stageS, 3),
+        server_cpu_cores_stage_in: round(stage.cpu / stageS, 2),
       };
       log(`staging round ${r}: ${JSON.stringify(round_)}`);
       each.push(round_);
@@ -241,10 +257,11 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       stage_in_mib_s: round(stageMedian, 1),
       ratio: round(stageMedian / curlMedian, 3),
       each,
+      server_rss_at_start_mib: toMiB(atStart),
       server_rss_before_mib: toMiB(before),
       server_peak_rss_mib: toMiB(all.peakRss),
       server_vmhwm_mib: toMiB(hwm),
-      server_rss_growth_mib: toMiB(Math.max(0, hwm - before)),
+      server_rss_growth_mib: toMiB(Math.max(0, Math.max(hwm, all.peakRss) - before)),
       stage_out: stageOut,
       how: `stage-in = submit sent → first status that is not "preprocessing" (polled every 5 ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); medians of ${rounds} rounds`,
     };
@@ -254,6 +271,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
     client.close();
     await endpoint.close();
     await fs.rm(source, { force: true });
+    await fs.rm(warmSource, { force: true });
     await fs.rm(curlOut, { force: true });
     await fs.rm(postDir, { recursive: true, force: true });
   }
