@@ -8,7 +8,7 @@
  * output is mapped `remote_transfer` runs, and the half reports "not available" when the server
  * pushed nothing. The measurement beside `curl` POST goes in `measureStageOut` (marked below).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -53,10 +53,12 @@ export interface StagingResult {
   readonly stage_in_mib_s: number;
   /** median(stage_in) ÷ median(curl GET). */
   readonly ratio: number;
+  /** The median of the per-round ratios (each round pairs a curl GET and a stage-in run back to back). */
+  readonly ratio_median_of_rounds: number;
   readonly each: StagingRound[];
   /** VmRSS of the fresh server, before any job. */
   readonly server_rss_at_start_mib: number;
-  /** VmRSS after a 1 MiB warm-up stage-in (the baseline: the first job loads code and buffers whatever the size). */
+  /** VmRSS after a warm-up stage-in of min(64, size) MiB (the baseline: the first stage-in loads code and grows buffers whatever the size). */
   readonly server_rss_before_mib: number;
   /** Peak VmRSS sampled every 50 ms over all rounds. */
   readonly server_peak_rss_mib: number;
@@ -98,6 +100,14 @@ function curl(args: readonly string[]): Promise<number> {
       else reject(new Error(`curl exited ${String(code)}: ${stderr.trim()}`));
     });
   });
+}
+
+/**
+ * `sync` (untimed) between phases: 1 GiB files written and removed unsynced otherwise leave dirty
+ * pages whose writeback throttled a later round to a fifth of its speed (curl and magnetar alike).
+ */
+function syncDisks(): void {
+  spawnSync('sync', { stdio: 'ignore' });
 }
 
 interface Status {
@@ -232,7 +242,8 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
   await generateFile(source, sizeMiB);
   const wantSha = await sha256(source);
   const warmSource = path.join(root, 'staging-warmup.dat');
-  await generateFile(warmSource, 1);
+  const warmMiB = Math.min(64, sizeMiB);
+  await generateFile(warmSource, warmMiB);
   const warmSha = await sha256(warmSource);
   const size = sizeMiB * MIB;
   const galaxyPath = '/galaxy/datasets/000/dataset_1.dat';
@@ -242,7 +253,8 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
   const client = new Client(server.host, server.port, 2, 60_000);
   try {
     const atStart = server.memory().rss;
-    await stageInRound(server, client, endpoint, '/galaxy/datasets/000/warmup.dat', warmSha, MIB, 'bench_stage_in_warmup', phase);
+    await stageInRound(server, client, endpoint, '/galaxy/datasets/000/warmup.dat', warmSha, warmMiB * MIB, 'bench_stage_in_warmup', phase);
+    syncDisks();
     const before = server.memory().rss;
     const stopAll = server.sampleRss(50);
     const each: StagingRound[] = [];
@@ -253,8 +265,10 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       if (got !== size) throw new Error(`curl wrote ${got} bytes, expected ${size}`);
       // Removed unsynced, as the server's job directory is (DELETE): neither side's writeback is timed or left to compete.
       await fs.rm(curlOut);
+      syncDisks();
       const stage = await stageInRound(server, client, endpoint, galaxyPath, wantSha, size, `bench_stage_in_${r}`, phase);
       const stageS = stage.seconds;
+      syncDisks();
       const round_: StagingRound = {
         curl_get_mib_s: round(sizeMiB / curlS, 1),
         stage_in_mib_s: round(sizeMiB / stageS, 1),
@@ -276,6 +290,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       curl_get_mib_s: round(curlMedian, 1),
       stage_in_mib_s: round(stageMedian, 1),
       ratio: round(stageMedian / curlMedian, 3),
+      ratio_median_of_rounds: round(median(each.map((e) => e.ratio)), 3),
       each,
       server_rss_at_start_mib: toMiB(atStart),
       server_rss_before_mib: toMiB(before),
@@ -283,7 +298,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       server_vmhwm_mib: toMiB(hwm),
       server_rss_growth_mib: toMiB(Math.max(0, Math.max(hwm, all.peakRss) - before)),
       stage_out: stageOut,
-      how: `stage-in = submit sent → the staged file appearing under its real name in the job's inputs/ (stat every 2 ms; the status is polled every ${POLL_MS} ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); medians of ${rounds} rounds`,
+      how: `stage-in = submit sent → the staged file appearing under its real name in the job's inputs/ (stat every 2 ms; the status is polled every ${POLL_MS} ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); \`sync\` after each phase; a warm-up stage-in of ${warmMiB} MiB first; medians of ${rounds} rounds`,
     };
     log(`staging: ${JSON.stringify(result)}`);
     return result;

@@ -1,5 +1,11 @@
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
+import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startLocalFilesEndpoint } from '../../src/check/files-endpoint.js';
 import { check, type CheckOptions } from '../../src/cli/check.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -83,4 +89,58 @@ test('check --remote-transfer usage errors: with --cache, files options without 
     t.is(run.code, 2);
     t.regex(run.errors[0] ?? '', pattern);
   }
+});
+
+test('the real CLI: magnetar check --remote-transfer --files-host 127.0.0.1 passes with exit code 0', async (t) => {
+  const s = await server(t, true);
+  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, 'check', '--url', s.url, '--remote-transfer', '--files-host', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  t.is(code, 0, `${stdout}\n${stderr}`);
+  t.regex(stdout, /^ok {2}stage-in plan /m);
+  t.regex(stdout, /^check passed$/m);
+  t.is(stderr, '');
+});
+
+function get(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    http.get(url, { headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), headers: res.headers }));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+test('the check\'s files endpoint serves only the files it was given, only with the job key; Range works', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-files-endpoint-'));
+  t.teardown(async () => fs.rm(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'input.dat');
+  await fs.writeFile(file, '0123456789');
+  await fs.writeFile(path.join(dir, 'secret.txt'), 'not served');
+  const e = await startLocalFilesEndpoint();
+  t.teardown(async () => e.close());
+  e.serve(file, file);
+  const good = e.inputUrl('j1', file, 'input');
+  t.is((await get(good)).body.toString(), '0123456789');
+  const ranged = await get(good, { range: 'bytes=4-' });
+  t.is(ranged.status, 206);
+  t.is(ranged.body.toString(), '456789');
+  t.is(ranged.headers['content-range'], 'bytes 4-9/10');
+  t.is((await get(good, { range: 'bytes=10-' })).status, 416);
+  // A wrong or missing job key: 403, whatever the path.
+  t.is((await get(good.replace(/job_key=[0-9a-f]+/, 'job_key=0000'))).status, 403);
+  t.is((await get(good.replace(/job_key=[0-9a-f]+&/, ''))).status, 403);
+  // Files not handed to serve(): 404, even next to a served one, by any spelling of the path.
+  for (const other of [path.join(dir, 'secret.txt'), `${dir}/../${path.basename(dir)}/secret.txt`, '/etc/passwd', `${file}/..`]) {
+    const r = await get(e.inputUrl('j1', other, 'input'));
+    t.is(r.status, 404, other);
+    t.false(r.body.toString().includes('not served'));
+  }
+  t.is((await get(`${e.base}/etc/passwd`)).status, 404);
 });
