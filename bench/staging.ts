@@ -10,7 +10,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -35,6 +35,9 @@ export interface StagingRound {
   readonly ratio: number;
   /** Server CPU seconds per second of stage-in (the job's own processes not counted). */
   readonly server_cpu_cores_stage_in: number;
+  /** Server CPU seconds of the stage-in, user and system (from /proc/<pid>/stat). */
+  readonly server_cpu_user_s: number;
+  readonly server_cpu_sys_s: number;
 }
 
 export interface StageOutHalf {
@@ -106,6 +109,16 @@ function curl(args: readonly string[]): Promise<number> {
  * `sync` (untimed) between phases: 1 GiB files written and removed unsynced otherwise leave dirty
  * pages whose writeback throttled a later round to a fifth of its speed (curl and magnetar alike).
  */
+function userSys(pid: number): [number, number] {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return [Number(rest[11]) / 100, Number(rest[12]) / 100];
+  } catch {
+    return [Number.NaN, Number.NaN];
+  }
+}
+
 function syncDisks(): void {
   spawnSync('sync', { stdio: 'ignore' });
 }
@@ -168,7 +181,7 @@ function remoteStaging(endpoint: LocalFilesEndpoint, id: string, setup: object[]
 }
 
 /** One stage-in of the whole file through a fresh job; the job hashes what it got. */
-async function stageInRound(server: ServerProcess, client: Client, endpoint: LocalFilesEndpoint, galaxyPath: string, wantSha: string, size: number, id: string, phase: Phase): Promise<{ seconds: number; cpu: number }> {
+async function stageInRound(server: ServerProcess, client: Client, endpoint: LocalFilesEndpoint, galaxyPath: string, wantSha: string, size: number, id: string, phase: Phase): Promise<{ seconds: number; cpu: number; user: number; sys: number }> {
   const config = await client.json<{ inputs_directory: string }>('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_in' })}`);
   const setup = [{
     name: 'big.dat',
@@ -178,8 +191,9 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   const command = 'stat -c %s ../inputs/big.dat > ../outputs/out.dat && sha256sum ../inputs/big.dat | cut -c1-64 >> ../outputs/out.dat';
   const watch = { failed: false };
   const cpu0 = server.cpuSeconds();
+  const [user0, sys0] = userSys(server.pid);
   const t0 = process.hrtime.bigint();
-  const landed = stagedIn(path.join(config.inputs_directory, 'big.dat'), watch).then((at) => ({ at, cpu: server.cpuSeconds() }));
+  const landed = stagedIn(path.join(config.inputs_directory, 'big.dat'), watch).then((at) => ({ at, cpu: server.cpuSeconds(), us: userSys(server.pid) }));
   try {
     await phase(`staging stage-in ${id}`, async () => {
       await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(endpoint, id, setup, 'transfer') })}`);
@@ -189,14 +203,14 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   } finally {
     watch.failed = true;
   }
-  const { at, cpu: cpu1 } = await landed;
+  const { at, cpu: cpu1, us } = await landed;
   if (at === undefined) throw new Error(`job ${id} completed but ${config.inputs_directory}/big.dat never appeared`);
   const seconds = Number(at - t0) / 1e9;
   const out = (await client.request('GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'out.dat', type: 'output' })}`)).body.toString('utf8').trim().split('\n');
   if (Number(out[0]) !== size) throw new Error(`the job saw ${out[0] ?? '?'} bytes, expected ${size}`);
   if (out[1] !== wantSha) throw new Error('the staged-in file differs from the source (sha256)');
   await client.request('DELETE', `/jobs/${id}?job_id=${id}`);
-  return { seconds, cpu: cpu1 - cpu0 };
+  return { seconds, cpu: cpu1 - cpu0, user: us[0] - user0, sys: us[1] - sys0 };
 }
 
 /**
@@ -274,6 +288,8 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
         stage_in_mib_s: round(sizeMiB / stageS, 1),
         ratio: round(curlS / stageS, 3),
         server_cpu_cores_stage_in: round(stage.cpu / stageS, 2),
+        server_cpu_user_s: round(stage.user, 2),
+        server_cpu_sys_s: round(stage.sys, 2),
       };
       log(`staging round ${r}: ${JSON.stringify(round_)}`);
       each.push(round_);
