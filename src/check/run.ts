@@ -389,7 +389,8 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     if (options.remoteTransfer !== undefined) {
       const rt = options.remoteTransfer;
       try {
-        endpoint = await startLocalFilesEndpoint({ host: rt.host, port: rt.port, advertise: rt.advertise, postDir: tmp });
+        // A server that stages out anyway pushes the check's outputs (about 1 MiB in all): bounded.
+        endpoint = await startLocalFilesEndpoint({ host: rt.host, port: rt.port, advertise: rt.advertise, postDir: tmp, maxPostBytes: 64 * 1024 * 1024 });
       } catch (error) {
         options.err(`magnetar check: cannot start the files endpoint on ${rt.host}:${rt.port} (--files-host, --files-port): ${(error as Error).message}`);
         return EXIT_USAGE;

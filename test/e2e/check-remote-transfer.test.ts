@@ -144,3 +144,31 @@ test('the check\'s files endpoint serves only the files it was given, only with 
   }
   t.is((await get(`${e.base}/etc/passwd`)).status, 404);
 });
+
+function post(url: string, body: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', headers: { 'content-type': 'multipart/form-data; boundary=b', 'content-length': body.length } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', (error: NodeJS.ErrnoException) => (error.code === 'ECONNRESET' || error.code === 'EPIPE' ? resolve(413) : reject(error)));
+    req.end(body);
+  });
+}
+
+test('the check\'s files endpoint takes a stage-out POST (stored, bounded) only with the job key', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'magnetar-files-endpoint-'));
+  t.teardown(async () => fs.rm(dir, { recursive: true, force: true }));
+  const e = await startLocalFilesEndpoint({ postDir: dir, maxPostBytes: 1024 });
+  t.teardown(async () => e.close());
+  const body = Buffer.from('--b\r\nContent-Disposition: form-data; name="file"; filename="out"\r\n\r\nresult\r\n--b--\r\n');
+  const url = e.inputUrl('j1', '/galaxy/out/dataset_9.dat', 'output');
+  t.is(await post(url, body), 200);
+  t.is(e.posts.length, 1);
+  t.is(e.posts[0]?.path, '/galaxy/out/dataset_9.dat');
+  t.is(e.posts[0]?.fileType, 'output');
+  t.true((await fs.readFile(e.posts[0]?.file ?? '')).equals(body));
+  t.is(await post(url.replace(/job_key=[0-9a-f]+/, 'job_key=x'), body), 403);
+  t.is(await post(url, Buffer.alloc(2048, 1)), 413);
+  t.is(e.posts.length, 1);
+});
