@@ -92,6 +92,11 @@ export class StagingPolicy {
     });
   }
 
+  /** Public mode: stage-out pushes declared outputs only (not dynamic outputs). */
+  get publicMode(): boolean {
+    return this.#publicMode;
+  }
+
   /** The administrator listed endpoints or copy roots (what public mode needs to stage anything). */
   get configured(): boolean {
     return this.#endpoints.length > 0 || this.#copyRoots.length > 0;

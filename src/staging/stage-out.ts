@@ -170,7 +170,11 @@ export async function planStageOut(remoteStaging: Readonly<Record<string, unknow
   }
   // 3. The version file.
   if (versionFile !== undefined && outputSet.has(COMMAND_VERSION)) await add('output', versionFile, COMMAND_VERSION);
-  // 4-6. Dynamic outputs in the working, metadata and job directories.
+  // 4-6. Dynamic outputs in the working, metadata and job directories (public mode: declared outputs only).
+  if (policy.publicMode) {
+    if (dynamic.length > 0) log.info('stage-out: dynamic outputs are not pushed by a public server (declared outputs only)');
+    return { entries, failures };
+  }
   if (workingDirectory !== undefined) {
     for (const name of working) if (!collected.has(name) && dynamicMatch(name)) await add('output_workdir', path.join(workingDirectory, name), name);
   }

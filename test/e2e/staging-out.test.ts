@@ -2,6 +2,7 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { AppSection } from '../../src/config/index.js';
 import { qs, request, waitForJob } from '../helpers/client.js';
 import { startFilesEndpoint, JOB_KEY, type FilesEndpoint } from '../helpers/files-endpoint.js';
@@ -240,4 +241,35 @@ test('kill -9 during stage-out: after the restart the job resumes postprocessing
   t.true((e.postCounts.get(`${GALAXY}/a.dat`) ?? 0) >= 1 && (e.postCounts.get(`${GALAXY}/a.dat`) ?? 0) <= 2);
   // The job ended complete once: its status stays complete.
   t.is((await waitForJob(server.url, 'k9')).status, 'complete');
+});
+
+const PUBLIC_TOOLBOX = fileURLToPath(new URL('../../../test/fixtures/public/toolbox.xml', import.meta.url));
+
+test('public mode: stage-out pushes declared outputs to a listed endpoint only, never dynamic outputs', async (t) => {
+  const e = await endpoint(t);
+  e.files.set('/g/a.dat', Buffer.from('public input\n'));
+  const server = await startTestServer({
+    app: {
+      toolConfigFiles: [PUBLIC_TOOLBOX],
+      allowUnsafeEnv: false,
+      staging: { allowedEndpoints: [`http://127.0.0.1:${e.port}/api/jobs/`], copyRoots: [], privateAddresses: false, concurrency: 4 },
+    },
+    managers: (root) => [managerConfig(root, { assignIds: 'uuid', preprocessRetry: FAST_RETRY, postprocessRetry: FAST_RETRY })],
+  });
+  t.teardown(async () => server.stop());
+  const s = await request(server.url, 'POST', `/jobs?${qs({ job_id: '1', tool_id: 'mag_cat' })}`);
+  const config = s.json();
+  const id = config.job_id as string;
+  const command = `cat ${path.join(config.inputs_directory, 'a.dat')} > ${path.join(config.outputs_directory, 'o')}`;
+  const rs = JSON.stringify({
+    setup: [{ name: 'a.dat', type: 'input', action: { action_type: 'remote_transfer', path: '/g/a.dat', url: e.inputUrl(id, '/g/a.dat') } }],
+    action_mapper: { default_action: 'remote_transfer', files_endpoint: e.filesEndpoint(id), paths: [] },
+    client_outputs: { working_directory: '/galaxy/w', metadata_directory: '/galaxy/m', job_directory: '/galaxy/j', output_files: ['/galaxy/files/o'], dynamic_outputs: ['.*'] },
+  });
+  const reply = await request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: rs })}`);
+  t.is(reply.text, 'OK');
+  const doc = await waitForJob(server.url, id);
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get('/galaxy/files/o')?.toString(), 'public input\n');
+  t.deepEqual([...e.posted.keys()], ['/galaxy/files/o']);
 });
