@@ -273,3 +273,24 @@ test('public mode: stage-out pushes declared outputs to a listed endpoint only, 
   t.is(e.posted.get('/galaxy/files/o')?.toString(), 'public input\n');
   t.deepEqual([...e.posted.keys()], ['/galaxy/files/o']);
 });
+
+test('cancel during stage-out stops it (the job fails, saying so); clean then removes the job', async (t) => {
+  const e = await endpoint(t);
+  let reached!: () => void;
+  const reachedP = new Promise<void>((r) => { reached = r; });
+  let release!: () => void;
+  const released = new Promise<void>((r) => { release = r; });
+  t.teardown(() => release());
+  e.faults.set(`${GALAXY}/a.dat`, [{ kind: 'slow', reached, released }]);
+  const server = await serverWith(t);
+  await submit(server.url, e, 'cx', 'printf a > ../outputs/a.dat', { outputs: ['a.dat'] });
+  await reachedP;
+  const cancel = await request(server.url, 'PUT', `/jobs/cx/cancel?${qs({ job_id: 'cx' })}`);
+  t.is(cancel.status, 200, cancel.text);
+  const doc = await waitForJob(server.url, 'cx');
+  t.is(doc.status, 'failed');
+  t.regex(doc.stderr, /cancelled during stage-out/);
+  const clean = await request(server.url, 'DELETE', `/jobs/cx?${qs({ job_id: 'cx' })}`);
+  t.is(clean.status, 200, clean.text);
+  t.false(await fs.stat(path.join(server.staging, 'cx')).then(() => true, () => false));
+});
