@@ -48,8 +48,9 @@ function compile(pattern: Pattern, what: string): Matcher {
 }
 
 /**
- * Python named groups `(?P<name>…)` become plain groups (names are not needed to match); a named
- * backreference `(?P=name)` is refused. Escapes and character classes are skipped over.
+ * Python named groups `(?P<name>…)` become plain groups (names are not needed to match), lazy
+ * quantifiers greedy ones; a named backreference `(?P=name)` is refused. Escapes and character
+ * classes are skipped over.
  */
 function dropGroupNames(source: string, what: string): string {
   let out = '';
@@ -83,6 +84,10 @@ function dropGroupNames(source: string, what: string): string {
       continue;
     }
     out += c;
+    // A lazy quantifier matches the same texts as the greedy one (only the span differs, which a
+    // yes/no match does not see): drop its `?`.
+    const quantifier = ((c === '*' || c === '+' || c === '?') && source[i - 1] !== '(') || (c === '}' && /\{\d*(?:,\d*)?\}$/.test(out.slice(-12)));
+    if (quantifier && source[i + 1] === '?') i++;
   }
   return out;
 }

@@ -25,6 +25,12 @@ test('python regex: named groups match as plain groups; backreferences and unsup
   t.throws(() => pythonMatcher('a(?=b)', 'p'), { instanceOf: JobRefused });
   t.throws(() => pythonMatcher('a|b$', 'p'), { instanceOf: JobRefused, message: /top-level/ });
   t.true(pythonMatcher('(?:a|b)$', 'p')('b'));
+  // Lazy quantifiers match the same texts as greedy ones.
+  t.true(pythonMatcher('a*?b$', 'p')('aab'));
+  t.false(pythonMatcher('a+?b$', 'p')('b'));
+  t.true(pythonMatcher('x{2,3}?y', 'p')('xxy'));
+  t.true(pythonMatcher('(?:ab)??c', 'p')('c'));
+  t.throws(() => pythonMatcher('(?i)a', 'p'), { instanceOf: JobRefused, message: /inline flags/ });
   t.throws(() => pythonMatcher('x'.repeat(2000), 'p'), { instanceOf: JobRefused });
 });
 
