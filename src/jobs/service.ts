@@ -800,7 +800,7 @@ export class JobService {
     const task = async (): Promise<void> => {
       let failures: string[];
       try {
-        const plan = await planStageOut(remoteStaging, this.#dir(id), this.#stagingPolicy, log);
+        const plan = await planStageOut(remoteStaging, this.#dir(id), this.#stagingPolicy, log, record.launch?.request.dynamicFileSources ?? []);
         if (plan === undefined) {
           failures = [];
         } else {

@@ -92,7 +92,13 @@ function entryKey(e: StageOutEntry): string {
  * undefined when the submit carried no action mapper (nothing is staged out). Refused patterns
  * (a regex the linear engine cannot run) throw: the job fails with the reason.
  */
-export async function planStageOut(remoteStaging: Readonly<Record<string, unknown>>, dir: JobDirectory, policy: StagingPolicy, log: Logger): Promise<StageOutPlan | undefined> {
+export async function planStageOut(
+  remoteStaging: Readonly<Record<string, unknown>>,
+  dir: JobDirectory,
+  policy: StagingPolicy,
+  log: Logger,
+  dynamicFileSources: readonly { readonly type?: string | undefined; readonly path: string }[] = [],
+): Promise<StageOutPlan | undefined> {
   if (remoteStaging['action_mapper'] === undefined || remoteStaging['action_mapper'] === null) return undefined;
   const mapper = parseActionMapper(remoteStaging['action_mapper']);
   const co = isRecord(remoteStaging['client_outputs']) ? remoteStaging['client_outputs'] : {};
@@ -108,7 +114,9 @@ export async function planStageOut(remoteStaging: Readonly<Record<string, unknow
   const dynamic: Matcher[] = rawDynamic.map((p, i) => pythonMatcher(p, `client_outputs.dynamic_outputs[${i}]`));
   const collectors = co['dataset_collector_descriptions'];
   if (Array.isArray(collectors) && collectors.length > 0) log.info({ collectors: collectors.length }, 'stage-out: dataset_collector_descriptions are not applied (dynamic_outputs patterns are)');
-  const dynamicMatch = (name: string): boolean => dynamic.some((m) => m(name));
+  const references = await realizedReferences(dir, dynamicFileSources, log);
+  const dynamicMatch = (name: string): boolean =>
+    dynamic.some((m) => m(name)) || references.filenames.has(name) || references.extraFiles.some((prefix) => name.startsWith(prefix));
 
   const [working, outputs, metadata, top] = await Promise.all([dir.contents('working'), dir.contents('outputs'), dir.contents('metadata'), dir.topLevelNames()]);
   const outputSet = new Set(outputs);
@@ -189,6 +197,53 @@ export async function planStageOut(remoteStaging: Readonly<Record<string, unknow
     }
   }
   return { entries, failures };
+}
+
+/** Largest realized dynamic file source (galaxy.json) read for references. */
+const MAX_SOURCE_BYTES = 4 * 1024 * 1024;
+const MAX_SOURCES = 16;
+
+/**
+ * The `filename` and `extra_files` values of the job's realized dynamic file sources (a
+ * `galaxy.json` the tool wrote; type `galaxy`: one JSON document, `legacy_galaxy`: one a line),
+ * as upstream collects them: those files are pushed like dynamic outputs.
+ */
+async function realizedReferences(
+  dir: JobDirectory,
+  sources: readonly { readonly type?: string | undefined; readonly path: string }[],
+  log: Logger,
+): Promise<{ filenames: Set<string>; extraFiles: string[] }> {
+  const filenames = new Set<string>();
+  const extraFiles: string[] = [];
+  const record = (value: unknown, depth: number): void => {
+    if (depth > 32) return;
+    if (Array.isArray(value)) {
+      for (const v of value) record(v, depth + 1);
+    } else if (isRecord(value)) {
+      for (const [k, v] of Object.entries(value)) {
+        if (k === 'filename' && typeof v === 'string') filenames.add(v);
+        if (k === 'extra_files' && typeof v === 'string' && v !== '') extraFiles.push(v);
+        if (typeof v === 'object' && v !== null) record(v, depth + 1);
+      }
+    }
+  };
+  const parse = (text: string): void => {
+    try {
+      record(JSON.parse(text), 0);
+    } catch {
+      log.warn('stage-out: a dynamic file source is not valid JSON (ignored, as upstream)');
+    }
+  };
+  for (const source of sources.slice(0, MAX_SOURCES)) {
+    const text = await dir.readWorkingFile(source.path, MAX_SOURCE_BYTES).catch(() => undefined);
+    if (text === undefined) continue;
+    if (source.type === 'legacy_galaxy') {
+      for (const line of text.split('\n')) if (line.trim() !== '') parse(line);
+    } else {
+      parse(text);
+    }
+  }
+  return { filenames, extraFiles };
 }
 
 function rate(bytes: number, ms: number): string {

@@ -294,3 +294,20 @@ test('cancel during stage-out stops it (the job fails, saying so); clean then re
   t.is(clean.status, 200, clean.text);
   t.false(await fs.stat(path.join(server.staging, 'cx')).then(() => true, () => false));
 });
+
+test('stage-out: files named by a realized galaxy.json (filename, extra_files) are pushed like dynamic outputs', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  const id = 'gj';
+  await request(server.url, 'POST', `/jobs?${qs({ job_id: id })}`);
+  const rs = remoteStaging(e, id, { outputs: ['o.dat'] });
+  const command = `printf o > ../outputs/o.dat; printf r > report.txt; mkdir -p extra_dir; printf x > extra_dir/x; printf n > other.txt; echo '{"filename": "report.txt", "extra_files": "extra_dir"}' > galaxy.json`;
+  const r = await request(server.url, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: rs, dynamic_file_sources: JSON.stringify([{ type: 'legacy_galaxy', path: 'galaxy.json' }]) })}`);
+  t.is(r.text, 'OK');
+  const doc = await waitForJob(server.url, id);
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get('/galaxy/jobs/w/report.txt')?.toString(), 'r');
+  t.is(e.posted.get('/galaxy/jobs/w/extra_dir/x')?.toString(), 'x');
+  t.false(e.posted.has('/galaxy/jobs/w/other.txt'));
+  t.false(e.posted.has('/galaxy/jobs/w/galaxy.json'));
+});
