@@ -50,6 +50,9 @@ export interface JobServiceOptions {
 
 type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
 
+/** Files a failed stage-out names in the job's failure reason (the rest are counted). */
+const MAX_LISTED_FAILURES = 50;
+
 /**
  * The job lifecycle of one manager: setup, staging, submit, status, cancel, clean, and restart
  * recovery. Transports (HTTP, later AMQP) are thin adapters over this class.
@@ -833,7 +836,10 @@ export class JobService {
           return;
         }
         log.warn({ failures: failures.length }, 'stage-out incomplete');
-        await this.#fail(current, `stage-out did not deliver ${failures.length} file(s): ${failures.join('; ')}`, { exited: true });
+        // The reason is kept in the job's record: at most MAX_LISTED_FAILURES files are named.
+        const listed = failures.slice(0, MAX_LISTED_FAILURES).join('; ');
+        const more = failures.length > MAX_LISTED_FAILURES ? `; and ${failures.length - MAX_LISTED_FAILURES} more` : '';
+        await this.#fail(current, `stage-out did not deliver ${failures.length} file(s): ${listed}${more}`, { exited: true });
       });
     };
     this.#inBackground(id, task());

@@ -118,8 +118,18 @@ export async function planStageOut(
   const dynamicMatch = (name: string): boolean =>
     dynamic.some((m) => m(name)) || references.filenames.has(name) || references.extraFiles.some((prefix) => name.startsWith(prefix));
 
-  const [working, outputs, metadata, top] = await Promise.all([dir.contents('working'), dir.contents('outputs'), dir.contents('metadata'), dir.topLevelNames()]);
+  const [working, outputs, metadata, topNames] = await Promise.all([dir.contents('working'), dir.contents('outputs'), dir.contents('metadata'), dir.topLevelNames()]);
   const outputSet = new Set(outputs);
+  // Files below each top-level directory of outputs/ (extra files: `<name>_files/...`).
+  const outputsBelow = new Map<string, string[]>();
+  for (const o of outputs) {
+    const slash = o.indexOf('/');
+    if (slash < 0) continue;
+    const top = o.slice(0, slash);
+    const list = outputsBelow.get(top);
+    if (list === undefined) outputsBelow.set(top, [o]);
+    else list.push(o);
+  }
   const workingSet = new Set(working);
   const entries: StageOutEntry[] = [];
   const failures: string[] = [];
@@ -171,10 +181,8 @@ export async function planStageOut(
   for (const outputFile of remaining) {
     const name = path.basename(outputFile);
     await add('output', outputFile, name, !outputSet.has(name));
-    const extrasPrefix = `${name.endsWith('.dat') ? name.slice(0, -4) : name}_files/`;
-    for (const extra of outputs) {
-      if (extra.startsWith(extrasPrefix)) await add('output', path.join(path.dirname(outputFile), extra), extra);
-    }
+    const extrasDir = `${name.endsWith('.dat') ? name.slice(0, -4) : name}_files`;
+    for (const extra of outputsBelow.get(extrasDir) ?? []) await add('output', path.join(path.dirname(outputFile), extra), extra);
   }
   // 3. The version file.
   if (versionFile !== undefined && outputSet.has(COMMAND_VERSION)) await add('output', versionFile, COMMAND_VERSION);
@@ -190,7 +198,7 @@ export async function planStageOut(
     for (const name of metadata) if (dynamicMatch(name)) await add('output_metadata', path.join(metadataDirectory, name), name);
   }
   if (jobDirectory !== undefined) {
-    for (const name of top) {
+    for (const name of topNames) {
       if (!dynamicMatch(name)) continue;
       const st = await fs.lstat(path.join(dir.root, name)).catch(() => undefined);
       if (st?.isFile() === true) await add('output_jobdir', path.join(jobDirectory, name), name);
