@@ -95,6 +95,7 @@ function expectedDefaults(dir: string): Config {
           backendOptions: {},
           sandbox: undefined,
           preprocessRetry: { maxRetries: -1, intervalStart: 2, intervalStep: 2, intervalMax: 30 },
+          postprocessRetry: { maxRetries: -1, intervalStart: 2, intervalStep: 2, intervalMax: 30 },
         },
       ],
       staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4 },

@@ -182,6 +182,12 @@ function buildManager(source: ManagerSource, defaults: ManagerDefaults, ctx: Loa
       intervalStep: options.preprocess_action_interval_step,
       intervalMax: options.preprocess_action_interval_max,
     },
+    postprocessRetry: {
+      maxRetries: options.postprocess_action_max_retries,
+      intervalStart: options.postprocess_action_interval_start,
+      intervalStep: options.postprocess_action_interval_step,
+      intervalMax: options.postprocess_action_interval_max,
+    },
   };
 }
 

@@ -88,12 +88,8 @@ export const IGNORED_SERVER_OPTIONS: ReadonlySet<string> = new Set([
   'daemon_threads',
 ]);
 
-const RETRY_SUFFIXES = ['max_retries', 'interval_start', 'interval_step', 'interval_max'];
-
-/** Manager options accepted for compatibility that do nothing yet (stage-out is not built yet). */
-export const IGNORED_MANAGER_OPTIONS: ReadonlySet<string> = new Set([
-  ...RETRY_SUFFIXES.map((suffix) => `postprocess_action_${suffix}`),
-]);
+/** Manager options accepted for compatibility that do nothing yet. */
+export const IGNORED_MANAGER_OPTIONS: ReadonlySet<string> = new Set<string>([]);
 
 export const ENV_OPTION_PREFIX = 'env_';
 export const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -469,6 +465,11 @@ export const managerOptionsSchema = z
     preprocess_action_interval_start: optionOr(asSeconds, 2),
     preprocess_action_interval_step: optionOr(asSeconds, 2),
     preprocess_action_interval_max: optionOr(asSeconds, 30),
+    // Server-side stage-out retries (same names and defaults as upstream).
+    postprocess_action_max_retries: optionOr(asRetryCount, -1),
+    postprocess_action_interval_start: optionOr(asSeconds, 2),
+    postprocess_action_interval_step: optionOr(asSeconds, 2),
+    postprocess_action_interval_max: optionOr(asSeconds, 30),
     // Unset: the app's value (sandbox unset there too: on in public mode only).
     sandbox: option(asBoolean),
     sandbox_bwrap: option(asPath),

@@ -44,6 +44,8 @@ export interface ManagerConfig {
   readonly sandbox?: SandboxConfig | false | undefined;
   /** `preprocess_action_*`: retries of server-side stage-in transfers (undefined: upstream's defaults). */
   readonly preprocessRetry?: RetryConfig | undefined;
+  /** `postprocess_action_*`: retries of server-side stage-out transfers (undefined: upstream's defaults). */
+  readonly postprocessRetry?: RetryConfig | undefined;
 }
 
 /** Upstream's retry policy (PROTOCOL §6.1): maxRetries -1 = no retry, 0 = forever; intervals in seconds. */

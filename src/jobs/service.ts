@@ -14,6 +14,7 @@ import type { Authorizer } from '../tools/authorizer.js';
 import { StagingPolicy } from '../staging/policy.js';
 import { DEFAULT_RETRY } from '../staging/retry.js';
 import { parseSetup, runStageIn, type StageInEntry } from '../staging/stage-in.js';
+import { planStageOut, runStageOut } from '../staging/stage-out.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { describeDependencies, resolveDependencies } from './dependencies.js';
 import { JobDirectory, isFileType, type FileType, type OpenedDownload, type StagedUpload } from './directory.js';
@@ -48,6 +49,9 @@ export interface JobServiceOptions {
 }
 
 type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
+
+/** Files a failed stage-out names in the job's failure reason (the rest are counted). */
+const MAX_LISTED_FAILURES = 50;
 
 /**
  * The job lifecycle of one manager: setup, staging, submit, status, cancel, clean, and restart
@@ -98,6 +102,8 @@ export class JobService {
   readonly #stagingPolicy: StagingPolicy;
   /** Stage-ins under way (outside the job's lock): aborted by cancel, clean and shutdown. */
   readonly #stageIns = new Map<string, AbortController>();
+  /** Stage-outs under way (outside the job's lock): aborted by cancel, clean and shutdown. */
+  readonly #stageOuts = new Map<string, AbortController>();
   /** Setups of new jobs whose record is being written (they count against `max_live_jobs`). */
   #settingUp = 0;
   /** The same, per client (`max_live_jobs_per_address`). */
@@ -772,9 +778,71 @@ export class JobService {
     if (next?.state === 'postprocessing') await this.#postprocess(next);
   }
 
-  /** Server-side staging of results (none yet: postprocessing ends at once). */
+  /**
+   * Server-side staging of results (PROTOCOL §8.4): a job whose submit carried an action mapper
+   * pushes its server-side outputs in the background (outside the lock); it is `complete` only
+   * once they arrived, `failed` with the list of what did not otherwise. Without a mapper the job
+   * completes at once.
+   */
   async #postprocess(record: JobRecord): Promise<void> {
-    await this.#transition(record, 'complete');
+    const remoteStaging = record.launch?.request.remoteStaging;
+    if (remoteStaging?.['action_mapper'] === undefined || remoteStaging['action_mapper'] === null) {
+      await this.#transition(record, 'complete');
+      return;
+    }
+    this.#stageOutThenComplete(record, remoteStaging);
+  }
+
+  #stageOutThenComplete(record: JobRecord, remoteStaging: Readonly<Record<string, unknown>>): void {
+    const { id, incarnation } = record;
+    this.#stageOuts.get(id)?.abort();
+    const controller = new AbortController();
+    this.#stageOuts.set(id, controller);
+    const signal = AbortSignal.any([controller.signal, this.#stopping.signal]);
+    const log = this.#log.child({ jobId: id });
+    const task = async (): Promise<void> => {
+      let failures: string[];
+      try {
+        const plan = await planStageOut(remoteStaging, this.#dir(id), this.#stagingPolicy, log, record.launch?.request.dynamicFileSources ?? []);
+        if (plan === undefined) {
+          failures = [];
+        } else {
+          log.info({ entries: plan.entries.length }, 'stage-out started');
+          failures = await runStageOut(plan, {
+            dir: this.#dir(id),
+            policy: this.#stagingPolicy,
+            retry: this.manager.postprocessRetry ?? DEFAULT_RETRY,
+            signal,
+            log,
+            concurrency: this.#stagingPolicy.concurrency,
+          });
+        }
+      } catch (error) {
+        if (signal.aborted) {
+          log.info(this.#stopping.signal.aborted ? 'stage-out stopped by shutdown (resumed at the next start)' : 'stage-out stopped');
+          if (this.#stopping.signal.aborted) return;
+          await this.#locks.run(id, async () => this.#failCurrent(id, incarnation, 'cancelled during stage-out (postprocessing)'));
+          return;
+        }
+        failures = [`stage-out failed: ${messageOf(error)}`];
+      } finally {
+        if (this.#stageOuts.get(id) === controller) this.#stageOuts.delete(id);
+      }
+      await this.#whenCurrent(id, incarnation, async (current) => {
+        if (current.state !== 'postprocessing' || this.#closing) return;
+        if (failures.length === 0) {
+          log.info('stage-out finished');
+          await this.#transition(current, 'complete');
+          return;
+        }
+        log.warn({ failures: failures.length }, 'stage-out incomplete');
+        // The reason is kept in the job's record: at most MAX_LISTED_FAILURES files are named.
+        const listed = failures.slice(0, MAX_LISTED_FAILURES).join('; ');
+        const more = failures.length > MAX_LISTED_FAILURES ? `; and ${failures.length - MAX_LISTED_FAILURES} more` : '';
+        await this.#fail(current, `stage-out did not deliver ${failures.length} file(s): ${listed}${more}`, { exited: true });
+      });
+    };
+    this.#inBackground(id, task());
   }
 
   // ---------------------------------------------------------------- the one writer of job records
@@ -948,7 +1016,12 @@ export class JobService {
   /** Cancel under the job's lock; resolves with the external id of a job that was started. */
   async #cancelLocked(id: string): Promise<string | undefined> {
     const record = this.#store.get(id);
-    if (record === undefined || isTerminal(record.state) || record.state === 'postprocessing') return undefined;
+    if (record === undefined || isTerminal(record.state)) return undefined;
+    if (record.state === 'postprocessing') {
+      // The command has ended: a cancel stops a stage-out under way (the job then fails).
+      this.#stageOuts.get(id)?.abort();
+      return undefined;
+    }
     await this.#transition(record, 'cancelled');
     this.#stageIns.get(id)?.abort();
     this.#log.info({ jobId: id }, 'job cancelled');

@@ -68,7 +68,7 @@ async function sizeOf(p: string): Promise<number> {
 }
 
 /** A `lookup` that resolves, drops the addresses the policy refuses, and connects to one it allows. */
-function checkedLookup(url: URL, policy: StagingPolicy): LookupFunction {
+export function checkedLookup(url: URL, policy: StagingPolicy): LookupFunction {
   return (hostname, options, callback) => {
     const family = typeof options === 'object' && typeof options.family === 'number' ? options.family : 0;
     dns.lookup(hostname, { all: true, family }, (error, addresses) => {

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs/promises';
 import { BlockList, isIP } from 'node:net';
+import * as path from 'node:path';
 import type { StagingConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
 import { isInside } from '../jobs/paths.js';
@@ -91,6 +92,11 @@ export class StagingPolicy {
     });
   }
 
+  /** Public mode: stage-out pushes declared outputs only (not dynamic outputs). */
+  get publicMode(): boolean {
+    return this.#publicMode;
+  }
+
   /** The administrator listed endpoints or copy roots (what public mode needs to stage anything). */
   get configured(): boolean {
     return this.#endpoints.length > 0 || this.#copyRoots.length > 0;
@@ -147,6 +153,39 @@ export class StagingPolicy {
     const endpoint = this.#matchingEndpoint(url);
     if (endpoint?.address !== undefined && endpoint.address === plainAddress(address)) return;
     throw new JobRefused(`${url.hostname} resolves to ${address}, a loopback or private address this server does not connect to (staging_private_addresses)`);
+  }
+
+  /**
+   * A stage-out `remote_copy` destination (a server-local path the client names), if it may be
+   * written: absolute, and inside a configured root (checked on the real path of its nearest
+   * existing ancestor); in public mode only with roots configured.
+   */
+  async checkCopyDestination(dest: unknown): Promise<string> {
+    if (typeof dest !== 'string' || !dest.startsWith('/') || dest.includes('\0') || dest.length > 4096) {
+      throw new JobRefused('remote_copy needs an absolute destination path');
+    }
+    if (this.#publicMode && this.#copyRoots.length === 0) {
+      throw new JobRefused('remote_copy is off: this public server lists no staging_copy_roots');
+    }
+    const normalized = path.resolve(dest);
+    if (this.#copyRoots.length === 0) return normalized;
+    const roots = await Promise.all(this.#copyRoots.map(async (root) => fs.realpath(root).catch(() => root)));
+    // The real path of the nearest existing ancestor, plus the components still to be made.
+    let existing = path.dirname(normalized);
+    const rest: string[] = [path.basename(normalized)];
+    for (;;) {
+      try {
+        existing = await fs.realpath(existing);
+        break;
+      } catch {
+        if (existing === '/') break;
+        rest.unshift(path.basename(existing));
+        existing = path.dirname(existing);
+      }
+    }
+    const real = path.join(existing, ...rest);
+    if (!roots.some((root) => isInside(root, real) && real !== root)) throw new JobRefused('remote_copy destination is outside staging_copy_roots');
+    return real;
   }
 
   /** The real path of a `remote_copy` source, if it lies inside a configured root. */

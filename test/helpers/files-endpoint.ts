@@ -37,6 +37,8 @@ export interface FilesEndpoint {
   readonly requests: RecordedRequest[];
   /** Bodies received by POST, by path. */
   readonly posted: Map<string, Buffer>;
+  /** Complete POSTs received, by path. */
+  readonly postCounts: Map<string, number>;
   /** Whether the endpoint honours Range (default true). */
   honoursRange: boolean;
   close(): Promise<void>;
@@ -67,6 +69,7 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
   const faults = new Map<string, Fault[]>();
   const requests: RecordedRequest[] = [];
   const posted = new Map<string, Buffer>();
+  const postCounts = new Map<string, number>();
   const state = { honoursRange: true };
 
   const server = http.createServer((req, res) => {
@@ -87,12 +90,32 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
     const fault = faults.get(galaxyPath)?.shift();
     if (req.method === 'POST') {
       const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
+      let reached = false;
+      req.on('data', (c: Buffer) => {
+        chunks.push(c);
+        // A slow POST: the body is read, the answer held until released.
+        if (fault?.kind === 'slow' && !reached) {
+          reached = true;
+          fault.reached();
+        }
+      });
+      if (fault?.kind === 'die-mid') {
+        req.once('data', () => {
+          record(0);
+          req.socket.destroy();
+        });
+        return;
+      }
       req.on('end', () => {
         if (fault?.kind === 'status') return answer(fault.status, 'injected');
+        if (fault?.kind === 'slow') {
+          void fault.released.then(() => answer(200, '{"message": "ok (late)"}'));
+          return;
+        }
         const file = multipartFile(Buffer.concat(chunks), req.headers['content-type']);
         if (file === undefined) return answer(400, 'no file field');
         posted.set(galaxyPath, Buffer.from(file));
+        postCounts.set(galaxyPath, (postCounts.get(galaxyPath) ?? 0) + 1);
         answer(200, '{"message": "ok"}');
       });
       return;
@@ -152,6 +175,7 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
     faults,
     requests,
     posted,
+    postCounts,
     get honoursRange() {
       return state.honoursRange;
     },
