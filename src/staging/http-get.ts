@@ -130,7 +130,8 @@ function contentRange(header: string | undefined): { start: number | undefined; 
 
 /**
  * Stream `res` into `handle` (closed at the end). One write is in flight at a time; chunks that
- * arrive meanwhile are gathered and go in the next `writev` (a write per socket chunk, through a
+ * arrive meanwhile are gathered and go in the next `writev`, started as soon as the write in
+ * flight ends (a write per socket chunk, through a
  * Transform and a WriteStream, ran at a third of curl's speed). A batch that reaches
  * WRITE_BATCH_BYTES waits for the write in flight, so memory stays bounded; what arrived before a
  * connection error is written before the error is thrown (a resume starts after it).
@@ -147,9 +148,14 @@ async function writeBody(res: http.IncomingMessage, handle: fs.FileHandle, start
     batch = [];
     batchBytes = 0;
     writing = true;
-    inflight = handle.writev(chunks).then(({ bytesWritten }) => {
-      writing = false;
+    inflight = handle.writev(chunks).then(({ bytesWritten }): Promise<void> | undefined => {
       if (bytesWritten !== bytes) throw new PermanentError(`short write to the job directory (${bytesWritten} of ${bytes} bytes)`);
+      writing = false;
+      // What arrived meanwhile goes to disk now, not when the next chunk comes (the sender may
+      // pause for a long time, or the server be killed: what was received is then on disk).
+      if (batch.length === 0) return undefined;
+      flush();
+      return inflight;
     });
   };
   const drain = async (): Promise<void> => {

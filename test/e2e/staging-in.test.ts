@@ -258,7 +258,8 @@ test('kill -9 during stage-in: after the restart the transfer resumes with Range
   t.is(submit.text, 'OK');
   await reachedP;
   const inputs = path.join(root, 'staging', 'k9', 'inputs');
-  await waitUntil('part of the file on disk', async () => ((await fs.stat(path.join(inputs, '.big.dat.stage-in.part')).catch(() => undefined))?.size ?? 0) > 0, 10_000);
+  // Generous: on a loaded machine the spawned server may take a while to read and write its first chunk.
+  await waitUntil('part of the file on disk', async () => ((await fs.stat(path.join(inputs, '.big.dat.stage-in.part')).catch(() => undefined))?.size ?? 0) > 0, 30_000);
   await server.kill('SIGKILL');
   // Only the partial file is there: nothing under the name the job reads.
   t.deepEqual(await filesBelow(inputs), ['.big.dat.stage-in.part']);
