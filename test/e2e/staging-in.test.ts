@@ -3,29 +3,12 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { AppSection } from '../../src/config/index.js';
 import { qs, request, statusOf, waitForJob } from '../helpers/client.js';
-import { startFilesEndpoint, JOB_KEY, type FilesEndpoint } from '../helpers/files-endpoint.js';
+import { FAST_RETRY, JOB_KEY, heldFault, stagingServer as serverWith, testEndpoint as endpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
-const FAST_RETRY = { maxRetries: 3, intervalStart: 0.01, intervalStep: 0.01, intervalMax: 0.05 };
-
-async function serverWith(t: { teardown(fn: () => Promise<void>): void }, app: Partial<AppSection> = {}, retry = FAST_RETRY): Promise<TestServer> {
-  const server = await startTestServer({
-    app: { ...app, staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4, ...app.staging } },
-    managers: (root) => [managerConfig(root, { preprocessRetry: retry })],
-  });
-  t.teardown(async () => server.stop());
-  return server;
-}
-
-async function endpoint(t: { teardown(fn: () => Promise<void>): void }): Promise<FilesEndpoint> {
-  const e = await startFilesEndpoint();
-  t.teardown(async () => e.close());
-  return e;
-}
 
 type Entry = { name: string; type: string; action: Record<string, unknown> };
 
@@ -242,12 +225,8 @@ test('kill -9 during stage-in: after the restart the transfer resumes with Range
   const e = await endpoint(t);
   const big = randomBytes(2 * 1024 * 1024);
   e.files.set('/g/big.dat', big);
-  let reached!: () => void;
-  const reachedP = new Promise<void>((r) => { reached = r; });
-  let release!: () => void;
-  const released = new Promise<void>((r) => { release = r; });
-  t.teardown(() => release());
-  e.faults.set('/g/big.dat', [{ kind: 'slow', reached, released }]);
+  const { fault: held, reached: reachedP } = heldFault(t);
+  e.faults.set('/g/big.dat', [held]);
   const root = await makeRoot();
   t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
   await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\npreprocess_action_max_retries = 3\npreprocess_action_interval_start = 0.01\n');

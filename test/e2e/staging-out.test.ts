@@ -3,29 +3,12 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { AppSection } from '../../src/config/index.js';
 import { qs, request, waitForJob } from '../helpers/client.js';
-import { startFilesEndpoint, JOB_KEY, type FilesEndpoint } from '../helpers/files-endpoint.js';
+import { FAST_RETRY, JOB_KEY, startFilesEndpoint, heldFault, stagingServer as serverWith, testEndpoint as endpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
 import { spawnServer, writeServerIni } from '../helpers/process.js';
-import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
 
-const FAST_RETRY = { maxRetries: 3, intervalStart: 0.01, intervalStep: 0.01, intervalMax: 0.05 };
 const GALAXY = '/galaxy/files';
-
-async function serverWith(t: { teardown(fn: () => Promise<void>): void }, app: Partial<AppSection> = {}, retry = FAST_RETRY): Promise<TestServer> {
-  const server = await startTestServer({
-    app: { ...app, staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4, ...app.staging } },
-    managers: (root) => [managerConfig(root, { preprocessRetry: retry, postprocessRetry: retry })],
-  });
-  t.teardown(async () => server.stop());
-  return server;
-}
-
-async function endpoint(t: { teardown(fn: () => Promise<void>): void }): Promise<FilesEndpoint> {
-  const e = await startFilesEndpoint();
-  t.teardown(async () => e.close());
-  return e;
-}
 
 interface JobSpec {
   readonly setup?: object[];
@@ -211,12 +194,8 @@ test('stage-out: a dynamic_outputs regex the linear engine cannot run fails the 
 
 test('kill -9 during stage-out: after the restart the job resumes postprocessing and ends complete once', async (t) => {
   const e = await endpoint(t);
-  let reached!: () => void;
-  const reachedP = new Promise<void>((r) => { reached = r; });
-  let release!: () => void;
-  const released = new Promise<void>((r) => { release = r; });
-  t.teardown(() => release());
-  e.faults.set(`${GALAXY}/b.dat`, [{ kind: 'slow', reached, released }]);
+  const { fault: held, reached: reachedP, release } = heldFault(t);
+  e.faults.set(`${GALAXY}/b.dat`, [held]);
   const root = await makeRoot();
   t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
   await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\npostprocess_action_max_retries = 3\npostprocess_action_interval_start = 0.01\n');
@@ -276,12 +255,8 @@ test('public mode: stage-out pushes declared outputs to a listed endpoint only, 
 
 test('cancel during stage-out stops it (the job fails, saying so); clean then removes the job', async (t) => {
   const e = await endpoint(t);
-  let reached!: () => void;
-  const reachedP = new Promise<void>((r) => { reached = r; });
-  let release!: () => void;
-  const released = new Promise<void>((r) => { release = r; });
-  t.teardown(() => release());
-  e.faults.set(`${GALAXY}/a.dat`, [{ kind: 'slow', reached, released }]);
+  const { fault: held, reached: reachedP } = heldFault(t);
+  e.faults.set(`${GALAXY}/a.dat`, [held]);
   const server = await serverWith(t);
   await submit(server.url, e, 'cx', 'printf a > ../outputs/a.dat', { outputs: ['a.dat'] });
   await reachedP;

@@ -6,6 +6,8 @@
  */
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { AppSection } from '../../src/config/index.js';
+import { managerConfig, startTestServer, type TestServer } from './server.js';
 
 export type Fault =
   /** Send the headers (full Content-Length) and half the body, then destroy the connection. */
@@ -188,4 +190,39 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
     },
   };
   return endpoint;
+}
+
+/** Retries for staging tests: a few, close together. */
+export const FAST_RETRY = { maxRetries: 3, intervalStart: 0.01, intervalStep: 0.01, intervalMax: 0.05 };
+
+type Teardown = { teardown(fn: () => Promise<void>): void };
+
+/** A test server whose staging allows any endpoint and loopback (the files endpoint's), with `retry` both ways. */
+export async function stagingServer(t: Teardown, app: Partial<AppSection> = {}, retry = FAST_RETRY): Promise<TestServer> {
+  const server = await startTestServer({
+    app: { ...app, staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4, ...app.staging } },
+    managers: (root) => [managerConfig(root, { preprocessRetry: retry, postprocessRetry: retry })],
+  });
+  t.teardown(async () => server.stop());
+  return server;
+}
+
+/** A files endpoint closed when the test ends. */
+export async function testEndpoint(t: Teardown): Promise<FilesEndpoint> {
+  const e = await startFilesEndpoint();
+  t.teardown(async () => e.close());
+  return e;
+}
+
+/**
+ * A `slow` fault (half the body, then held), the promise that it was reached, and its release
+ * (also run when the test ends, so nothing stays held).
+ */
+export function heldFault(t: { teardown(fn: () => void): void }): { readonly fault: Fault; readonly reached: Promise<void>; readonly release: () => void } {
+  let reachedNow!: () => void;
+  const reached = new Promise<void>((r) => { reachedNow = r; });
+  let release!: () => void;
+  const released = new Promise<void>((r) => { release = r; });
+  t.teardown(() => release());
+  return { fault: { kind: 'slow', reached: reachedNow, released }, reached, release };
 }
