@@ -5,24 +5,12 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { report, runCheck as runCheckWith, type CheckRun as Run } from '../helpers/check.js';
 import { startLocalFilesEndpoint } from '../../src/check/files-endpoint.js';
-import { check, type CheckOptions } from '../../src/cli/check.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
-interface Run {
-  readonly code: number;
-  readonly lines: string[];
-  readonly errors: string[];
-}
-
-async function runCheck(options: Omit<CheckOptions, 'out' | 'err' | 'jobId' | 'timeout'> & { jobId?: string; timeout?: string }): Promise<Run> {
-  const lines: string[] = [];
-  const errors: string[] = [];
-  const code = await check({ jobId: '', timeout: '60', ...options, out: (l) => lines.push(l), err: (l) => errors.push(l) });
-  return { code, lines, errors };
-}
-
-const report = (run: Run): string => [...run.lines, ...run.errors].join('\n');
+/** The check with a longer default timeout: stage-in adds transfers to each job. */
+const runCheck = (options: Parameters<typeof runCheckWith>[0]): Promise<Run> => runCheckWith(options, '60');
 
 async function server(t: { teardown(fn: () => Promise<void>): void }, privateAddresses: boolean, allowedEndpoints: string[] = []): Promise<TestServer> {
   const s = await startTestServer({ app: { staging: { allowedEndpoints, copyRoots: [], privateAddresses, concurrency: 4 } } });

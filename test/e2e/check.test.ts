@@ -6,26 +6,11 @@ import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { check, type CheckOptions } from '../../src/cli/check.js';
+import { report, runCheck } from '../helpers/check.js';
 import { loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer } from '../../src/server.js';
 import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
-
-interface Run {
-  readonly code: number;
-  readonly lines: string[];
-  readonly errors: string[];
-}
-
-async function runCheck(options: Omit<CheckOptions, 'out' | 'err' | 'jobId' | 'timeout'> & { jobId?: string; timeout?: string }): Promise<Run> {
-  const lines: string[] = [];
-  const errors: string[] = [];
-  const code = await check({ jobId: '', timeout: '30', ...options, out: (l) => lines.push(l), err: (l) => errors.push(l) });
-  return { code, lines, errors };
-}
-
-const report = (run: Run): string => [...run.lines, ...run.errors].join('\n');
 
 /** A port nothing listens on (bound, then closed). */
 async function closedPort(): Promise<number> {

@@ -4,8 +4,8 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
 import { downloadOutput as download, request, qs, setupJob as setup, statusOf, waitForJob } from '../helpers/client.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
-import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+import { spawnServer, serverRoot } from '../helpers/process.js';
+import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
 // queued_drmaa against the real Grid Engine that scripts/ci/start-sge.sh runs, through the HTTP API.
@@ -211,14 +211,7 @@ sgeTest('a crash of the DRMAA helper: the server survives, the running job is st
 });
 
 sgeTest('kill -9 of the server mid-job: after the restart the jobs are re-attached, exit codes and outputs intact', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_drmaa\nmin_polling_interval = 0.2\n');
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_drmaa\nmin_polling_interval = 0.2\n');
   let server = await spawnServer(ini, SGE_ENV);
   t.teardown(() => server.kill('SIGKILL'));
   for (const [id, command] of [

@@ -3,7 +3,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { request, qs, statusOf, waitForJob } from '../helpers/client.js';
 import { makeRoot } from '../helpers/server.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
+import { spawnServer, serverRoot, writeServerIni } from '../helpers/process.js';
 import { alive, waitUntil } from '../helpers/wait.js';
 
 async function setupAndSubmit(url: string, id: string, command: (outputs: string) => string): Promise<void> {
@@ -19,14 +19,7 @@ async function setupAndSubmit(url: string, id: string, command: (outputs: string
 const until = (what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> => waitUntil(what, check, timeoutMs);
 
 test('kill -9 of the server loses no job: finished, running, ending-while-down and queued jobs all complete', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 2\n');
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 2\n');
   let server = await spawnServer(ini);
   t.teardown(() => server.kill('SIGKILL'));
   const copy = (id: string, delay: number) => (outputs: string) => `sleep ${delay}; cat ../inputs/in.txt > '${outputs}/out.txt'; echo ${id}`;
@@ -66,14 +59,7 @@ test('kill -9 of the server loses no job: finished, running, ending-while-down a
 });
 
 test('a server killed while jobs are only queued runs them all after the restart', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 1\n');
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\nnum_concurrent_jobs = 1\n');
   let server = await spawnServer(ini);
   t.teardown(() => server.kill('SIGKILL'));
   await setupAndSubmit(server.url, 'blocker', () => 'sleep 1.5');

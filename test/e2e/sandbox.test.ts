@@ -15,7 +15,7 @@ import { defaultSandbox, type ManagerConfig } from '../../src/config/index.js';
 import { cliManager, scancelOnTeardown } from '../helpers/cli-e2e.js';
 import { request, qs, statusOf, waitForJob } from '../helpers/client.js';
 import { SGE_ENV, clusterTest } from '../helpers/cluster.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
+import { spawnServer, serverRoot } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -234,14 +234,7 @@ test('cancel of a sandboxed running job kills everything it started', async (t) 
 });
 
 test('restart recovery: a sandboxed job running while the server is killed completes after the restart', async (t) => {
-  const root = await makeRoot();
-  t.teardown(() => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\nsandbox = true\n');
-  const ini = await writeServerIni(root, [
-    `staging_directory = ${root}/staging`,
-    `persistence_directory = ${root}/persisted`,
-    `job_managers_config = ${root}/job_managers.ini`,
-  ]);
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\nsandbox = true\n');
   let server = await spawnServer(ini);
   t.teardown(() => server.kill('SIGKILL'));
   const setupReply = await request(server.url, 'POST', `/jobs?${qs({ job_id: 'r1' })}`);

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { qs, request, statusOf, waitForJob } from '../helpers/client.js';
 import { FAST_RETRY, JOB_KEY, heldFault, stagingServer as serverWith, testEndpoint as endpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
+import { spawnServer, serverRoot } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -227,10 +227,7 @@ test('kill -9 during stage-in: after the restart the transfer resumes with Range
   e.files.set('/g/big.dat', big);
   const { fault: held, reached: reachedP } = heldFault(t);
   e.faults.set('/g/big.dat', [held]);
-  const root = await makeRoot();
-  t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\npreprocess_action_max_retries = 3\npreprocess_action_interval_start = 0.01\n');
-  const ini = await writeServerIni(root, [`staging_directory = ${root}/staging`, `persistence_directory = ${root}/persisted`, `job_managers_config = ${root}/job_managers.ini`]);
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\npreprocess_action_max_retries = 3\npreprocess_action_interval_start = 0.01\n');
   let server = await spawnServer(ini);
   t.teardown(async () => server.kill('SIGKILL'));
   const submit = await setupAndSubmit(server.url, 'k9', 'cat ../inputs/big.dat > ../outputs/out.dat', [transfer(e, 'k9', 'big.dat', '/g/big.dat')]);

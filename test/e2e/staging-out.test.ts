@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { qs, request, waitForJob } from '../helpers/client.js';
 import { FAST_RETRY, JOB_KEY, startFilesEndpoint, heldFault, stagingServer as serverWith, testEndpoint as endpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
-import { spawnServer, writeServerIni } from '../helpers/process.js';
+import { spawnServer, serverRoot } from '../helpers/process.js';
 import { makeRoot, managerConfig, startTestServer } from '../helpers/server.js';
 
 const GALAXY = '/galaxy/files';
@@ -196,10 +196,7 @@ test('kill -9 during stage-out: after the restart the job resumes postprocessing
   const e = await endpoint(t);
   const { fault: held, reached: reachedP, release } = heldFault(t);
   e.faults.set(`${GALAXY}/b.dat`, [held]);
-  const root = await makeRoot();
-  t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
-  await fs.writeFile(path.join(root, 'job_managers.ini'), '[manager:_default_]\ntype = queued_python\npostprocess_action_max_retries = 3\npostprocess_action_interval_start = 0.01\n');
-  const ini = await writeServerIni(root, [`staging_directory = ${root}/staging`, `persistence_directory = ${root}/persisted`, `job_managers_config = ${root}/job_managers.ini`]);
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\npostprocess_action_max_retries = 3\npostprocess_action_interval_start = 0.01\n');
   let server = await spawnServer(ini);
   t.teardown(async () => server.kill('SIGKILL'));
   const big = randomBytes(1024 * 1024);

@@ -4,6 +4,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from './client.js';
+import { makeRoot } from './server.js';
 
 export const BIN = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
 
@@ -72,4 +73,20 @@ export async function spawnServer(configFile: string, extraEnv: Record<string, s
       await exited;
     },
   };
+}
+
+/**
+ * A temp root (removed when the test ends) holding `job_managers.ini` (`managersIni`, the whole
+ * file) and a `server.ini` that puts staging, persistence and that managers file inside it.
+ */
+export async function serverRoot(t: { teardown(fn: () => Promise<void>): void }, managersIni: string): Promise<{ root: string; ini: string }> {
+  const root = await makeRoot();
+  t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
+  await fs.writeFile(path.join(root, 'job_managers.ini'), managersIni);
+  const ini = await writeServerIni(root, [
+    `staging_directory = ${root}/staging`,
+    `persistence_directory = ${root}/persisted`,
+    `job_managers_config = ${root}/job_managers.ini`,
+  ]);
+  return { root, ini };
 }
