@@ -1,11 +1,9 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { report, runCheck as runCheckWith, type CheckRun as Run } from '../helpers/check.js';
+import { report, runCheck as runCheckWith, runCheckCli, type CheckRun as Run } from '../helpers/check.js';
 import { startLocalFilesEndpoint } from '../../src/check/files-endpoint.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -81,13 +79,7 @@ test('check --remote-transfer usage errors: with --cache, files options without 
 
 test('the real CLI: magnetar check --remote-transfer --files-host 127.0.0.1 passes with exit code 0', async (t) => {
   const s = await server(t, true);
-  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'check', '--url', s.url, '--remote-transfer', '--files-host', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const { code, stdout, stderr } = await runCheckCli(['--url', s.url, '--remote-transfer', '--files-host', '127.0.0.1']);
   t.is(code, 0, `${stdout}\n${stderr}`);
   t.regex(stdout, /^ok {2}stage-in plan /m);
   t.regex(stdout, /^check passed$/m);

@@ -1,12 +1,10 @@
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { report, runCheck } from '../helpers/check.js';
+import { report, runCheck, runCheckCli } from '../helpers/check.js';
 import { loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/log.js';
 import { startServer } from '../../src/server.js';
@@ -223,13 +221,7 @@ test('check reports what the tool found wrong (exit 1) when a staged file is alt
 test('the real CLI: magnetar check --url passes with exit code 0', async (t) => {
   const server = await startTestServer();
   t.teardown(() => server.stop());
-  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'check', '--url', server.url], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const { code, stdout, stderr } = await runCheckCli(['--url', server.url]);
   t.is(code, 0, `${stdout}\n${stderr}`);
   t.regex(stdout, /^check passed$/m);
   t.regex(stdout, /^ok {2}setup /m);
@@ -240,13 +232,7 @@ test('the real CLI: magnetar check --cache passes against a server with file_cac
   const root = await makeRoot();
   const server = await startTestServer({ root, app: { fileCacheDir: path.join(root, 'cache') } });
   t.teardown(() => server.stop());
-  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'check', '--url', server.url, '--cache'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const { code, stdout, stderr } = await runCheckCli(['--url', server.url, '--cache']);
   t.is(code, 0, `${stdout}\n${stderr}`);
   t.regex(stdout, /through the file cache/);
   t.regex(stdout, /^check passed$/m);
@@ -304,13 +290,7 @@ test('check --ca with a file that is missing or holds no certificate exits 2', a
 
 test('the real CLI: magnetar check --ca <server certificate> passes over HTTPS', async (t) => {
   const server = await generatedTlsServer(t);
-  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'check', '--url', server.url, '--ca', server.crt], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const { code, stdout, stderr } = await runCheckCli(['--url', server.url, '--ca', server.crt]);
   t.is(code, 0, `${stdout}\n${stderr}`);
   t.regex(stdout, /^check passed$/m);
   t.is(stderr, '');

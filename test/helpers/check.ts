@@ -1,4 +1,6 @@
 /** Runs `magnetar check` in-process and keeps what it printed (check.test.ts, check-remote-transfer.test.ts). */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { check, type CheckOptions } from '../../src/cli/check.js';
 
 export interface CheckRun {
@@ -20,3 +22,14 @@ export async function runCheck(
 
 /** Everything the check printed, stdout then stderr. */
 export const report = (run: CheckRun): string => [...run.lines, ...run.errors].join('\n');
+
+/** Run the real `magnetar check ARGS…` as a child process; its exit code and what it printed. */
+export function runCheckCli(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const bin = fileURLToPath(new URL('../../../bin/magnetar.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, 'check', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
