@@ -1,10 +1,13 @@
 /** What shell-quote says about a command line a validator accepted (tools/authorizer.ts asks). */
 import { parse as parseShell } from 'shell-quote';
 
-/** Galaxy's variables a command line may expand: the job script exports them as whole numbers or not at all. */
-const BENIGN_NAMES: ReadonlySet<string> = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_MEMORY_MB_PER_SLOT']);
+/**
+ * Galaxy's variables a command line may expand: the job script exports them as whole numbers or
+ * not at all. The one list: validators (tools/validator.ts) allow literals to spell these too.
+ */
+export const BENIGN_NAMES: ReadonlySet<string> = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_MEMORY_MB_PER_SLOT']);
 /** The ones that may appear as `${NAME:-digits}`. */
-const BENIGN_DEFAULTS: ReadonlySet<string> = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB']);
+export const BENIGN_DEFAULTS: ReadonlySet<string> = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB']);
 
 /**
  * A second opinion on a command line the validator accepted (never the only boundary), from two

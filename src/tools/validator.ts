@@ -23,6 +23,7 @@
  */
 import { relativeNameProblem } from '../jobs/paths.js';
 import { Automaton, AutomatonTooLarge } from './automaton.js';
+import { BENIGN_DEFAULTS, BENIGN_NAMES } from './shell-check.js';
 import {
   CharSet,
   EMPTY,
@@ -71,10 +72,6 @@ export const DOUBLE_QUOTED_SAFE = CharSet.chars('"$`\\\u0000\n').negate();
  */
 type QuoteState = 'none' | 'single' | 'double' | 'unknown';
 
-/** Galaxy's variables a literal may expand (the job script exports them as whole numbers or not at all). */
-const BENIGN_NAMES = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB', 'GALAXY_MEMORY_MB_PER_SLOT']);
-/** The names that may take a `${NAME:-digits}` default. */
-const BENIGN_DEFAULTS = new Set(['GALAXY_SLOTS', 'GALAXY_MEMORY_MB']);
 const BENIGN_LIST = '$GALAXY_SLOTS, ${GALAXY_SLOTS:-N}, $GALAXY_MEMORY_MB, ${GALAXY_MEMORY_MB:-N} and $GALAXY_MEMORY_MB_PER_SLOT';
 /** Characters that would extend a shell variable name (non-ASCII too: some locales call it a letter). */
 const NAME_CHARS = CharSet.of([0x30, 0x39], [0x41, 0x5a], [0x5f, 0x5f], [0x61, 0x7a], [0x80, 0xffff]);
