@@ -12,6 +12,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './process.js';
 
 const RABBITMQ_SERVER = '/usr/lib/rabbitmq/bin/rabbitmq-server';
 const EPMD = process.env['MAGNETAR_TEST_EPMD'] ?? findEpmd();
@@ -19,18 +20,6 @@ const EPMD = process.env['MAGNETAR_TEST_EPMD'] ?? findEpmd();
 function findEpmd(): string {
   for (const candidate of ['/usr/bin/epmd', '/usr/lib/erlang/bin/epmd']) if (existsSync(candidate)) return candidate;
   return 'epmd';
-}
-
-/** A free TCP port on 127.0.0.1 (closed again before it is used: good enough for tests). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function portOpen(port: number): Promise<boolean> {
