@@ -99,6 +99,7 @@ function expectedDefaults(dir: string): Config {
         },
       ],
       staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4 },
+      messageQueue: undefined,
       maxSubmitParamSize: 1024 ** 2,
       maxDependenciesDescriptionSize: 256 * 1024,
       maxSubmitJsonDepth: 64,
@@ -411,14 +412,14 @@ test('unsupported and unknown manager types are refused', async (t) => {
 test('not-yet-supported options load with one warning each', async (t) => {
   const { warnings } = await load(
     t,
-    { 'app.yml': 'message_queue_url: amqp://x\namqp_acknowledge: true\nobject_store_store_by: uuid\nsentry_dsn: x\nprivate_token: t\n' },
+    { 'app.yml': 'message_queue_url: https://relay.example.org\namqp_future_option: true\nobject_store_store_by: uuid\nsentry_dsn: x\nprivate_token: t\n' },
     'app.yml',
   );
   t.deepEqual(warnings, [
-    'app.yml: message_queue_url is not yet supported and is ignored',
-    'app.yml: amqp_acknowledge is not yet supported and is ignored',
+    'app.yml: amqp_future_option is not yet supported and is ignored',
     'app.yml: object_store_store_by is not yet supported and is ignored',
     'app.yml: sentry_dsn is not yet supported and is ignored',
+    'app.yml: message_queue_url: relay mode (http(s)://) is not yet supported and is ignored',
   ]);
 });
 

@@ -19,7 +19,7 @@ import {
 } from './schema.js';
 import { ENVIRONMENT, fileModeWarning, parseOrThrow, type LoadContext, type Setting } from './setting.js';
 import { describeIoError } from './sources.js';
-import type { AppSection, SandboxConfig } from './types.js';
+import type { AppSection, MessageQueueConfig, SandboxConfig } from './types.js';
 
 export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir: string, ctx: LoadContext): Promise<AppSection> {
   const options = appOptions(settings, ctx);
@@ -32,6 +32,15 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
   }
   const managers = await buildManagers(options, settings, configDir, managerDefaults(options, settings, publicMode, ctx), ctx);
   const persistence = options.persistence_directory;
+  const mq = messageQueue(options, settings, configDir, ctx);
+  if (mq !== undefined) {
+    const where = settings.get('message_queue_url');
+    const fail = (message: string): ConfigError => new ConfigError(where?.file ?? ENVIRONMENT, where?.key ?? 'message_queue_url', message);
+    if (persistence === PERSISTENCE_DISABLED) throw fail('message-queue mode keeps its status outbox (and ack stores) under persistence_directory, which is __none__');
+    // A setup message sets the job up inside the submit (setup_params), which the public
+    // authorizer refuses: public mode over the message queue is not available yet.
+    if (publicMode) throw fail('public mode (tool_config_files) is not yet available in message-queue mode; use HTTP, or drop tool_config_files');
+  }
 
   return {
     privateToken: options.private_token,
@@ -80,6 +89,62 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
       privateAddresses: options.staging_private_addresses ?? !publicMode,
       concurrency: options.staging_concurrency,
     },
+    messageQueue: mq,
+  };
+}
+
+/**
+ * `message_queue_url`: amqp(s) → the AMQP front door's settings; http(s) (relay mode) is not yet
+ * supported (a warning). The URL holds credentials: messages name the key, never the value.
+ */
+function messageQueue(options: AppOptions, settings: ReadonlyMap<string, Setting>, configDir: string, ctx: LoadContext): MessageQueueConfig | undefined {
+  const url = options.message_queue_url;
+  const setting = settings.get('message_queue_url');
+  if (url === undefined) return undefined;
+  const fail = (message: string): ConfigError => new ConfigError(setting?.file ?? ENVIRONMENT, setting?.key ?? 'message_queue_url', message);
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url.trim())?.[1]?.toLowerCase();
+  if (scheme === 'http' || scheme === 'https') {
+    ctx.warnings.push(`${setting?.file ?? ENVIRONMENT}: ${setting?.key ?? 'message_queue_url'}: relay mode (http(s)://) is not yet supported and is ignored`);
+    return undefined;
+  }
+  if (scheme !== 'amqp' && scheme !== 'amqps') throw fail('expected an amqp:// or amqps:// URL (the value is not shown: it may hold a password)');
+  let parsed: URL;
+  try {
+    parsed = new URL(url.trim());
+  } catch {
+    throw fail(`not a valid ${scheme}:// URL (the value is not shown: it may hold a password)`);
+  }
+  if (parsed.hostname === '') throw fail(`the ${scheme}:// URL names no host`);
+  const fromConfig = (p: string | undefined): string | undefined => (p === undefined ? undefined : path.resolve(configDir, p));
+  const retry = options.amqp_publish_retry;
+  return {
+    url: url.trim(),
+    consume: options.message_queue_consume,
+    publish: options.message_queue_publish,
+    keyPrefix: options.amqp_key_prefix,
+    durable: options.amqp_durable,
+    acknowledge: options.amqp_acknowledge,
+    ackRepublishTime: options.amqp_ack_republish_time,
+    heartbeat: options.amqp_heartbeat,
+    prefetch: options.amqp_prefetch,
+    maxMessageSize: options.amqp_max_message_size,
+    publishTimeout: options.amqp_publish_timeout,
+    publishRetry: retry
+      ? {
+          maxRetries: options.amqp_publish_retry_max_retries,
+          intervalStart: options.amqp_publish_retry_interval_start,
+          intervalStep: options.amqp_publish_retry_interval_step,
+          intervalMax: options.amqp_publish_retry_interval_max,
+        }
+      : undefined,
+    reconnectMaxDelay: options.amqp_reconnect_max_delay,
+    tls: {
+      caCerts: fromConfig(options.amqp_connect_ssl_ca_certs),
+      certFile: fromConfig(options.amqp_connect_ssl_certfile),
+      keyFile: fromConfig(options.amqp_connect_ssl_keyfile),
+      certReqs: options.amqp_connect_ssl_cert_reqs,
+    },
+    outboxDrainInterval: options.status_outbox_drain_interval,
   };
 }
 
@@ -104,6 +169,7 @@ function appOptions(settings: ReadonlyMap<string, Setting>, ctx: LoadContext): A
 }
 
 function isNotYetSupported(key: string): boolean {
+  if (APP_OPTION_NAMES.has(key)) return false;
   return NOT_YET_SUPPORTED_APP_OPTIONS.has(key) || NOT_YET_SUPPORTED_APP_PREFIXES.some((p) => key.startsWith(p));
 }
 

@@ -38,14 +38,10 @@ export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = ['queued_drmaa_xsede
 
 /** Upstream app options accepted so existing files load; they have no effect yet (one warning each). */
 export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
-  'message_queue_url',
-  'message_queue_consume',
-  'message_queue_publish',
   'message_queue_publish_capabilities',
   'message_queue_credentials_file',
   'message_queue_username',
   'message_queue_password',
-  'status_outbox_drain_interval',
   'dependency_resolvers_config_file',
   'dependency_resolution',
   'job_metrics_config_file',
@@ -58,7 +54,11 @@ export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
   'user_auth',
 ]);
 
+/** Options under these prefixes that the schema does not name are accepted with a warning (upstream may add more). */
 export const NOT_YET_SUPPORTED_APP_PREFIXES: readonly string[] = ['amqp_', 'object_store_', 'relay_', 'conda_'];
+
+/** `amqp_connect_ssl_cert_reqs` values (Python's ssl module names, as upstream's kombu takes them). */
+export type CertReqs = 'cert_none' | 'cert_optional' | 'cert_required';
 
 /** Hints for likely mistakes, appended to the "unknown option" error. */
 export const APP_OPTION_HINTS: ReadonlyMap<string, string> = new Map([
@@ -333,6 +333,15 @@ export const asRetryCount: Coerce<number> = (value) => {
  */
 export const asEndpointList = asList('URLs like https://galaxy.example.org/api/jobs/', /^https?:\/\/[^\s/?#@]+(?:\/[^\s?#]*)?$/i);
 
+/** `cert_required` (also `CERT_REQUIRED`, `required`, `2`), `cert_optional`, `cert_none`. */
+export const asCertReqs: Coerce<CertReqs> = (value) => {
+  const word = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.trim().toLowerCase().replace(/^(?:ssl\.)?cert_/, '') : '';
+  if (word === 'required' || word === '2') return 'cert_required';
+  if (word === 'optional' || word === '1') return 'cert_optional';
+  if (word === 'none' || word === '0') return 'cert_none';
+  return invalid('cert_required, cert_optional or cert_none', value);
+};
+
 export const asEnvValue: Coerce<string> = (value) => {
   if (typeof value === 'string') return value;
   if (typeof value === 'number' && Number.isFinite(value)) return String(value);
@@ -436,6 +445,37 @@ export const appOptionsSchema = z
     // Unset: allowed outside public mode, refused in public mode (unless the endpoint is listed by address).
     staging_private_addresses: option(asBoolean),
     staging_concurrency: optionOr(asInteger(1, 1024, 'a whole number from 1 to 1024'), 4),
+    // Message-queue mode (mq/, PROTOCOL §11). The URL carries credentials: never echoed in messages.
+    message_queue_url: option(asOptionalText),
+    message_queue_consume: optionOr(asBoolean, true),
+    message_queue_publish: optionOr(asBoolean, true),
+    amqp_key_prefix: option(asOptionalText),
+    // Upstream's kombu drain wait; an event-driven client has none (accepted, no effect).
+    amqp_consumer_timeout: option(asSeconds),
+    // Seconds a status update may wait for the broker's confirm before it counts as not published.
+    amqp_publish_timeout: optionOr(asPositiveNumber, 30),
+    amqp_acknowledge: optionOr(asBoolean, false),
+    amqp_ack_republish_time: optionOr(asPositiveNumber, 30),
+    // Upstream's code declares durable queues (its docs say otherwise): durable it is.
+    amqp_durable: optionOr(asBoolean, true),
+    amqp_connect_ssl_ca_certs: option(asOptionalPath),
+    amqp_connect_ssl_keyfile: option(asOptionalPath),
+    amqp_connect_ssl_certfile: option(asOptionalPath),
+    amqp_connect_ssl_cert_reqs: optionOr(asCertReqs, 'cert_required'),
+    amqp_publish_retry: optionOr(asBoolean, false),
+    amqp_publish_retry_max_retries: optionOr(asCount, 5),
+    amqp_publish_retry_interval_start: optionOr(asSeconds, 1),
+    amqp_publish_retry_interval_step: optionOr(asSeconds, 2),
+    amqp_publish_retry_interval_max: optionOr(asSeconds, 30),
+    // Upstream fixes 580 s; firewalls drop connections idle for less. 0 = no heartbeat.
+    amqp_heartbeat: optionOr(asCount, 60),
+    // Messages one consumer holds unacknowledged at once (each may be a large setup).
+    amqp_prefetch: optionOr(asInteger(1, 10_000, 'a whole number from 1 to 10000'), 8),
+    // Largest message accepted from the broker; larger ones are rejected (dead-lettered where a DLX is set).
+    amqp_max_message_size: optionOr(asByteSize, 32 * MiB),
+    // Most seconds between reconnection attempts (the wait doubles from 1 s up to this).
+    amqp_reconnect_max_delay: optionOr(asPositiveNumber, 30),
+    status_outbox_drain_interval: optionOr(asPositiveNumber, 5),
   })
   .strict();
 

@@ -210,6 +210,50 @@ export interface AppSection {
   readonly allowedOrigins: readonly string[];
   /** Server-side staging policy and limits. */
   readonly staging: StagingConfig;
+  /** Message-queue mode (`message_queue_url = amqp(s)://…`, PROTOCOL §11); undefined = HTTP only. */
+  readonly messageQueue: MessageQueueConfig | undefined;
+}
+
+/** `amqp_connect_ssl_*`: TLS towards the broker (amqps). Paths absolute. */
+export interface AmqpTlsConfig {
+  readonly caCerts: string | undefined;
+  readonly certFile: string | undefined;
+  readonly keyFile: string | undefined;
+  readonly certReqs: 'cert_none' | 'cert_optional' | 'cert_required';
+}
+
+/** `amqp_publish_retry*` (upstream's kombu retry policy; intervals in seconds). */
+export interface PublishRetryConfig {
+  readonly maxRetries: number;
+  readonly intervalStart: number;
+  readonly intervalStep: number;
+  readonly intervalMax: number;
+}
+
+/** The AMQP front door's settings (`message_queue_*`, `amqp_*`, `status_outbox_drain_interval`). */
+export interface MessageQueueConfig {
+  /** The broker URL with its credentials: never log it (see mq/amqp.ts redactUrl). */
+  readonly url: string;
+  readonly consume: boolean;
+  readonly publish: boolean;
+  /** `amqp_key_prefix`; undefined = `pulsar_` / `pulsar_<manager>_` (PROTOCOL §11.1). */
+  readonly keyPrefix: string | undefined;
+  readonly durable: boolean;
+  readonly acknowledge: boolean;
+  /** Seconds before an unacknowledged status update is published again (with force_noack). */
+  readonly ackRepublishTime: number;
+  /** Seconds; 0 = none. */
+  readonly heartbeat: number;
+  readonly prefetch: number;
+  readonly maxMessageSize: number;
+  /** Seconds a publish waits for the broker's confirm. */
+  readonly publishTimeout: number;
+  /** undefined = `amqp_publish_retry` off: a failed publish waits for the outbox's next drain. */
+  readonly publishRetry: PublishRetryConfig | undefined;
+  readonly reconnectMaxDelay: number;
+  readonly tls: AmqpTlsConfig;
+  /** Seconds between outbox drains (`status_outbox_drain_interval`). */
+  readonly outboxDrainInterval: number;
 }
 
 export interface Config {

@@ -60,27 +60,31 @@ function boundedParam(req: Request, name: string, limits: SubmitLimits): string 
 }
 
 /**
- * JSON.parse, after checking that arrays and objects nest no deeper than `maxDepth` (a scan of the
- * text, so a hostile document is refused before it is built).
+ * Refuse a JSON text whose arrays and objects nest deeper than `maxDepth` (a scan of the text, so
+ * a hostile document is refused before it is built). `what` names it in the message.
  */
-function parseJson(name: string, raw: string, maxDepth: number): unknown {
-  if (maxDepth > 0) {
-    let depth = 0;
-    let inString = false;
-    for (let i = 0; i < raw.length; i++) {
-      const c = raw.charCodeAt(i);
-      if (inString) {
-        if (c === 0x5c) i++;
-        else if (c === 0x22) inString = false;
-      } else if (c === 0x22) {
-        inString = true;
-      } else if (c === 0x5b || c === 0x7b) {
-        if (++depth > maxDepth) throw new LimitExceeded(`parameter "${name}" nests deeper than max_submit_json_depth (${maxDepth})`);
-      } else if (c === 0x5d || c === 0x7d) {
-        depth--;
-      }
+export function checkJsonDepth(what: string, raw: string, maxDepth: number): void {
+  if (maxDepth <= 0) return;
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > maxDepth) throw new LimitExceeded(`${what} nests deeper than max_submit_json_depth (${maxDepth})`);
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
     }
   }
+}
+
+/** JSON.parse, after checking that arrays and objects nest no deeper than `maxDepth`. */
+function parseJson(name: string, raw: string, maxDepth: number): unknown {
+  checkJsonDepth(`parameter "${name}"`, raw, maxDepth);
   try {
     return JSON.parse(raw);
   } catch (error) {
@@ -88,11 +92,9 @@ function parseJson(name: string, raw: string, maxDepth: number): unknown {
   }
 }
 
-function jsonParam<T>(req: Request, name: string, schema: z.ZodType<T>, fallback: T, limits: SubmitLimits): T {
-  const raw = boundedParam(req, name, limits);
-  if (raw === undefined || raw === '') return fallback;
-  const parsed = parseJson(name, raw, limits.maxSubmitJsonDepth);
-  if (parsed === null) return fallback;
+/** A parsed value against its schema; null (and absent) is the fallback. */
+function checked<T>(name: string, parsed: unknown, schema: z.ZodType<T>, fallback: T): T {
+  if (parsed === null || parsed === undefined) return fallback;
   const result = schema.safeParse(parsed);
   if (!result.success) {
     const issue = result.error.issues[0];
@@ -100,6 +102,29 @@ function jsonParam<T>(req: Request, name: string, schema: z.ZodType<T>, fallback
     throw new BadRequest(`parameter "${name}" has the wrong form${where}: ${issue?.message ?? 'invalid'}`);
   }
   return result.data;
+}
+
+/** A parameter's raw JSON text, parsed (within the depth bound); absent or empty → undefined. */
+function jsonValue(req: Request, name: string, limits: SubmitLimits): unknown {
+  const raw = boundedParam(req, name, limits);
+  if (raw === undefined || raw === '') return undefined;
+  return parseJson(name, raw, limits.maxSubmitJsonDepth);
+}
+
+/**
+ * A value that arrived already parsed (inside a message), held to the bound its JSON text would
+ * have as an HTTP parameter: the same option refuses it (413 `MAG_ERR_LIMIT`).
+ */
+export function boundedValue(name: string, value: unknown, limits: SubmitLimits): unknown {
+  if (value === undefined || value === null) return value;
+  const [limit, option] = sizeBound(name, limits);
+  if (limit > 0) {
+    const text = typeof value === 'string' && name === 'command_line' ? value : JSON.stringify(value);
+    if (text.length * 3 > limit && Buffer.byteLength(text, 'utf8') > limit) {
+      throw new LimitExceeded(`parameter "${name}" is larger than ${option} (${limit} bytes)`);
+    }
+  }
+  return value;
 }
 
 const scalarString = z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v));
@@ -137,21 +162,57 @@ const submitExtrasSchema = z
 
 const dynamicSourcesSchema = z.array(z.object({ type: z.string().optional(), path: z.string() }).loose());
 
+/** The submit parameters (PROTOCOL §2.5) as values: parsed JSON, or undefined when not given. */
+export interface SubmitValues {
+  readonly commandLine: string | undefined;
+  readonly params: unknown;
+  readonly setupParams: unknown;
+  readonly env: unknown;
+  readonly remoteStaging: unknown;
+  readonly submitExtras: unknown;
+  readonly dynamicFileSources: unknown;
+  readonly dependenciesDescription: unknown;
+}
+
 /** Parse and check every parameter of `POST /jobs/{id}/submit` (PROTOCOL §2.5), within `limits`. */
 export function parseSubmit(req: Request, limits: SubmitLimits): SubmitRequest {
   const commandLine = boundedParam(req, 'command_line', limits);
+  checkCommandLine(commandLine);
+  return submitRequestOf(
+    {
+      commandLine,
+      params: jsonValue(req, 'params', limits),
+      setupParams: jsonValue(req, 'setup_params', limits),
+      env: jsonValue(req, 'env', limits),
+      remoteStaging: jsonValue(req, 'remote_staging', limits),
+      submitExtras: jsonValue(req, 'submit_extras', limits),
+      dynamicFileSources: jsonValue(req, 'dynamic_file_sources', limits),
+      dependenciesDescription: jsonValue(req, 'dependencies_description', limits),
+    },
+    limits,
+  );
+}
+
+function checkCommandLine(commandLine: string | undefined): asserts commandLine is string {
   if (commandLine === undefined) throw new BadRequest('missing required parameter "command_line"');
   if (commandLine.trim() === '') throw new BadRequest('parameter "command_line" is empty');
   if (commandLine.includes('\0')) throw new BadRequest('parameter "command_line" contains a NUL byte');
-  const submitParams = jsonParam(req, 'params', z.record(z.string(), z.unknown()), {}, limits);
-  const setup = jsonParam(req, 'setup_params', setupParamsSchema, {}, limits);
-  const env = jsonParam(req, 'env', z.array(envEntrySchema), [], limits);
-  const remoteStaging = jsonParam(req, 'remote_staging', remoteStagingSchema, {}, limits);
-  const extras = jsonParam(req, 'submit_extras', submitExtrasSchema, {}, limits);
-  const dynamic = jsonParam(req, 'dynamic_file_sources', dynamicSourcesSchema, [], limits);
-  let dependenciesDescription: unknown = null;
-  const depRaw = boundedParam(req, 'dependencies_description', limits);
-  if (depRaw !== undefined && depRaw !== '') dependenciesDescription = parseJson('dependencies_description', depRaw, limits.maxSubmitJsonDepth);
+}
+
+/**
+ * The submit request from parameter values, checked against the schemas and `limits`: shared by
+ * HTTP's submit and the message queue's setup message (which carries the values unencoded).
+ */
+export function submitRequestOf(values: SubmitValues, limits: SubmitLimits): SubmitRequest {
+  const { commandLine } = values;
+  checkCommandLine(commandLine);
+  const submitParams = checked('params', values.params, z.record(z.string(), z.unknown()), {});
+  const setup = checked('setup_params', values.setupParams, setupParamsSchema, {});
+  const env = checked('env', values.env, z.array(envEntrySchema), []);
+  const remoteStaging = checked('remote_staging', values.remoteStaging, remoteStagingSchema, {});
+  const extras = checked('submit_extras', values.submitExtras, submitExtrasSchema, {});
+  const dynamic = checked('dynamic_file_sources', values.dynamicFileSources, dynamicSourcesSchema, []);
+  const dependenciesDescription: unknown = values.dependenciesDescription ?? null;
   const touchOutputs = [...new Set(extras.touch_outputs ?? [])];
   if (limits.maxTouchOutputs > 0 && touchOutputs.length > limits.maxTouchOutputs) {
     throw new LimitExceeded(`submit_extras.touch_outputs names ${touchOutputs.length} files, more than max_touch_outputs (${limits.maxTouchOutputs})`);
