@@ -128,6 +128,7 @@ export class JobService {
   /** Resolved once `start` has recovered every job the store remembers. */
   readonly #started: Promise<void>;
   #markStarted!: () => void;
+  #hasStarted = false;
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -172,6 +173,11 @@ export class JobService {
   /** Resolves once `start` has recovered the jobs of the previous run (never, if it failed). */
   get started(): Promise<void> {
     return this.#started;
+  }
+
+  /** True once `started` has resolved. */
+  get hasStarted(): boolean {
+    return this.#hasStarted;
   }
 
   /** Every job the service knows now (a snapshot). */
@@ -228,6 +234,7 @@ export class JobService {
       }
     }
     this.#startSweeping();
+    this.#hasStarted = true;
     this.#markStarted();
   }
 
