@@ -11,6 +11,7 @@ import { jobEnvironment } from './jobs/launch.js';
 import { JobService } from './jobs/service.js';
 import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
+import { MessageQueueMode } from './mq/index.js';
 import { createAuthorizer } from './tools/index.js';
 import { createApp } from './web/app.js';
 import { errorAnswer } from './web/errors.js';
@@ -54,13 +55,21 @@ export async function startServer(configured: Config, options: StartOptions): Pr
   const authorizer = await createAuthorizer(config, log);
   const services = new Map<string, JobService>();
   let limits: RateLimits | undefined;
+  let mq: MessageQueueMode | undefined;
   try {
     const backendContext = { log, serverEnv: options.env, configFile: config.configFile ?? 'configuration' };
     for (const manager of config.app.managers) {
       services.set(manager.name, new JobService({ manager, app: config.app, backend: createBackend(manager, backendContext), authorizer, log, jobEnv }));
     }
     if (config.app.persistenceDirectory !== undefined) await fs.mkdir(config.app.persistenceDirectory, { recursive: true, mode: 0o700 });
+    // The status feeds subscribe before the services start: the recovery's state changes are published too.
+    const mqConfig = config.app.messageQueue;
+    if (mqConfig !== undefined && config.app.persistenceDirectory !== undefined) {
+      mq = await MessageQueueMode.open(mqConfig, services, config.app.persistenceDirectory, log);
+    }
     for (const service of services.values()) await service.start();
+    await mq?.start();
+    const messageQueue = mq;
 
     const cache =
       config.app.fileCacheDir === undefined
@@ -68,7 +77,7 @@ export async function startServer(configured: Config, options: StartOptions): Pr
         : await FileCache.open({ dir: config.app.fileCacheDir, maxBytes: config.app.fileCacheSize, maxEntryBytes: config.app.maxUploadSize, log });
     const started = rateLimits(config.app, queryOf, log);
     limits = started;
-    const server = createHttpServer(config, services, log, started, tls, cache);
+    const server = createHttpServer(config, services, log, started, tls, cache, messageQueue === undefined ? undefined : () => ({ message_queue: messageQueue.health() }));
     await listen(server, options.port ?? config.server.port, config.server.host);
     const address = server.address() as AddressInfo;
     const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -80,8 +89,10 @@ export async function startServer(configured: Config, options: StartOptions): Pr
       services,
       async close() {
         try {
+          await messageQueue?.stopConsuming();
           await shutdown(services, log);
         } finally {
+          await messageQueue?.close();
           started.close();
           await new Promise<void>((resolve) => {
             server.close(() => resolve());
@@ -92,7 +103,9 @@ export async function startServer(configured: Config, options: StartOptions): Pr
     };
   } catch (error) {
     limits?.close();
+    await mq?.stopConsuming();
     await shutdown(services, log).catch(() => undefined); // each failure is logged; the startup error is the one to report
+    await mq?.close();
     throw error;
   }
 }
@@ -165,8 +178,9 @@ function createHttpServer(
   limits: RateLimits,
   tls: TlsCredentials | undefined,
   cache: FileCache | undefined,
+  health: (() => object) | undefined,
 ): http.Server {
-  const web = createApp(config.app, services, log, limits, cache);
+  const web = createApp(config.app, services, log, limits, cache, health);
   const status = fastStatus(services, config.app.privateToken, log, config.app.logRequests);
   const bodyIdleMs = config.app.requestBodyIdleTimeout * 1000;
   const requested = new WeakSet<Socket>();

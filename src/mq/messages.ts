@@ -168,7 +168,3 @@ export function ackUuidOf(entryId: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** `true`, `"true"`, … as Python's truthiness of the value would read it in `force_noack`. */
-export function isForceNoack(value: unknown): boolean {
-  return value !== undefined && value !== null && value !== false && value !== 0 && value !== '';
-}

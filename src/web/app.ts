@@ -10,7 +10,7 @@ import { jobRoutes, type Services } from './routes.js';
 import { queryOf } from './params.js';
 
 /** The express application: helmet, request log, rate limits, the routes twice (plain and per manager), errors. */
-export function createApp(app: AppSection, services: Services, log: Logger, limits?: RateLimits, cache?: FileCache): Express {
+export function createApp(app: AppSection, services: Services, log: Logger, limits?: RateLimits, cache?: FileCache, health?: () => object): Express {
   const web = express();
   web.disable('x-powered-by');
   // Rate limits key on the client address: it must be the socket's, never a header's.
@@ -37,7 +37,7 @@ export function createApp(app: AppSection, services: Services, log: Logger, limi
   }
   if (limits?.failedAuth !== undefined) web.use(limits.failedAuth);
   if (limits?.setup !== undefined) web.post(['/jobs', '/managers/:manager/jobs'], limits.setup);
-  const routes = jobRoutes(services, requireToken(app.privateToken, queryOf), clientKeyOf(app.trustedProxies), cache);
+  const routes = jobRoutes(services, requireToken(app.privateToken, queryOf), clientKeyOf(app.trustedProxies), cache, health);
   web.use('/managers/:manager', routes);
   web.use('/', routes);
   web.use(notFoundHandler);

@@ -22,8 +22,9 @@ function sendOk(res: Response): void {
 /**
  * The route table of PROTOCOL §2 (routes 1–9, and the file cache's 10–12 when `cache` is given);
  * mounted at `/` and at `/managers/:manager`. The cache is the server's, shared by every manager.
+ * `health` adds fields to `/healthz` (message-queue mode: the broker connection).
  */
-export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (req: Request) => string, cache?: FileCache): Router {
+export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (req: Request) => string, cache?: FileCache, health?: () => object): Router {
   const router = Router({ mergeParams: true });
 
   const service = (req: Request): JobService => {
@@ -104,7 +105,7 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
 
   router.get('/healthz', auth, (req, res) => {
     service(req);
-    sendJson(res, JSON.stringify({ version: PULSAR_COMPAT_VERSION }));
+    sendJson(res, JSON.stringify({ version: PULSAR_COMPAT_VERSION, ...health?.() }));
   });
 
   if (cache !== undefined) {
