@@ -7,7 +7,9 @@
 import * as amqp from 'amqplib';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { TestFn } from 'ava';
 import type { MessageQueueConfig } from '../../src/config/index.js';
+import { Broker } from './rabbitmq.js';
 
 export interface StatusUpdate {
   readonly job_id: string;
@@ -196,5 +198,40 @@ export function mqConfig(url: string, overrides: Partial<MessageQueueConfig> = {
     tls: { caCerts: undefined, certFile: undefined, keyFile: undefined, certReqs: 'cert_required' },
     outboxDrainInterval: 0.2,
     ...overrides,
+  };
+}
+
+/** One private broker for a test file: started before its tests, closed after; the getter throws if it never started. */
+export function fileBroker(test: TestFn): () => Broker {
+  let broker: Broker | undefined;
+  test.before(async () => {
+    broker = await Broker.start();
+  });
+  test.after.always(async () => {
+    await broker?.close();
+  });
+  return () => {
+    if (broker === undefined) throw new Error('the broker did not start');
+    return broker;
+  };
+}
+
+/** A setup message's `remote_staging` (unencoded): stage-in `setup` entries, outputs under `galaxyDir` pushed to `filesEndpoint`. */
+export function mqRemoteStaging(filesEndpoint: string, setup: object[], outputs: string[], galaxyDir = '/galaxy/files'): object {
+  return {
+    setup,
+    action_mapper: { default_action: 'remote_transfer', files_endpoint: filesEndpoint, ssh_key: null, paths: [] },
+    client_outputs: {
+      working_directory: '/galaxy/jobs/w',
+      metadata_directory: '/galaxy/jobs/m',
+      job_directory: null,
+      work_dir_outputs: [],
+      output_files: outputs.map((o) => `${galaxyDir}/${o}`),
+      version_file: null,
+      dynamic_outputs: [],
+      dynamic_file_sources: [],
+      dataset_collector_descriptions: [],
+    },
+    ssh_key: null,
   };
 }

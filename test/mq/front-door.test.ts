@@ -3,26 +3,19 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { request } from '../helpers/client.js';
-import { FAST_RETRY, JOB_KEY, testEndpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
-import { MqClient, mqConfig, type MqClientOptions } from '../helpers/mq-client.js';
-import { Broker, brokerTest } from '../helpers/rabbitmq.js';
+import { FAST_RETRY, JOB_KEY, testEndpoint } from '../helpers/files-endpoint.js';
+import { fileBroker, mqRemoteStaging, MqClient, mqConfig, type MqClientOptions } from '../helpers/mq-client.js';
+import { brokerTest } from '../helpers/rabbitmq.js';
 import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
 import type { MessageQueueConfig } from '../../src/config/index.js';
 
 const test = brokerTest();
 const GALAXY = '/galaxy/files';
 
-let broker: Broker | undefined;
-test.before(async () => {
-  broker = await Broker.start();
-});
-test.after.always(async () => {
-  await broker?.close();
-});
+const theBroker = fileBroker(test);
 
 function brokerUrl(): string {
-  if (broker === undefined) throw new Error('no broker');
-  return broker.url;
+  return theBroker().url;
 }
 
 /** A server in MQ mode with its own key prefix (tests share the broker), and a client for it. */
@@ -41,25 +34,6 @@ async function mqServer(t: ExecutionContext, mq: Partial<MessageQueueConfig> = {
   return { server, client: c, prefix };
 }
 
-function remoteStaging(e: FilesEndpoint, id: string, setup: object[], outputs: string[]): object {
-  return {
-    setup,
-    action_mapper: { default_action: 'remote_transfer', files_endpoint: e.filesEndpoint(id), ssh_key: null, paths: [] },
-    client_outputs: {
-      working_directory: '/galaxy/jobs/w',
-      metadata_directory: '/galaxy/jobs/m',
-      job_directory: null,
-      work_dir_outputs: [],
-      output_files: outputs.map((o) => `${GALAXY}/${o}`),
-      version_file: null,
-      dynamic_outputs: [],
-      dynamic_file_sources: [],
-      dataset_collector_descriptions: [],
-    },
-    ssh_key: null,
-  };
-}
-
 async function exists(p: string): Promise<boolean> {
   return fs.access(p).then(
     () => true,
@@ -74,7 +48,7 @@ test.serial('setup → running → complete through the broker: input staged in,
   e.files.set('/galaxy/in/a.dat', input);
   const id = '1001';
   const setup = [{ name: 'a.dat', type: 'input', action: { action_type: 'remote_transfer', path: '/galaxy/in/a.dat', url: e.inputUrl(id, '/galaxy/in/a.dat') } }];
-  await client.setup(id, 'sleep 0.5; cat ../inputs/a.dat > ../outputs/dataset_1.dat', { remote_staging: remoteStaging(e, id, setup, ['dataset_1.dat']), env: [{ name: 'X', value: '1' }] });
+  await client.setup(id, 'sleep 0.5; cat ../inputs/a.dat > ../outputs/dataset_1.dat', { remote_staging: mqRemoteStaging(e.filesEndpoint(id), setup, ['dataset_1.dat']), env: [{ name: 'X', value: '1' }] });
   const terminal = await client.waitForTerminal(id);
   t.is(terminal.status, 'complete', JSON.stringify(terminal));
   t.is(terminal.complete, 'true');
