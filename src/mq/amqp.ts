@@ -103,7 +103,8 @@ async function targetOf(mq: MessageQueueConfig): Promise<Target> {
 function isPermanent(error: unknown): boolean {
   const text = messageOf(error);
   const code = (error as { code?: unknown }).code;
-  if (/ACCESS[-_]REFUSED|NOT[-_]ALLOWED|\b403\b|\b530\b|PLAIN login refused|Expected amqp: or amqps:/i.test(text)) return true;
+  // 406: a queue or the exchange exists with other settings (amqp_durable), or another server's.
+  if (/ACCESS[-_]REFUSED|NOT[-_]ALLOWED|PRECONDITION[-_]FAILED|\b40[36]\b|\b530\b|PLAIN login refused|Expected amqp: or amqps:/i.test(text)) return true;
   if (code === 'ENOTFOUND' || code === 'EAI_NONAME') return true;
   return typeof code === 'string' && /^(?:ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|ERR_SSL_)/.test(code);
 }

@@ -18,11 +18,11 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MessageQueueConfig } from '../config/types.js';
-import { JobRefused, MagnetarError, ServerStopping, messageOf } from '../errors.js';
+import { JobRefused, MagnetarError, ServerStopping, TooManyJobs, messageOf } from '../errors.js';
 import type { JobService } from '../jobs/service.js';
 import type { Logger } from '../log.js';
 import type { LinkUser } from './amqp.js';
-import { ACK_QUEUE_SUFFIX, PARSERS, ackUuidOf, type AckRequest, type InboundMessage, type MessageLimits } from './messages.js';
+import { ACK_QUEUE_SUFFIX, PARSERS, ackUuidOf, jobIdOfRefusedSetup, type AckRequest, type InboundMessage, type MessageLimits } from './messages.js';
 import type { StatusFeed } from './status-feed.js';
 import type { OutboxEntry, StatusPublisher } from './types.js';
 
@@ -33,6 +33,8 @@ const ACK_SWEEP_SECONDS = 15;
 const CONSUME_STORE_RETENTION_MS = 7 * 24 * 3600 * 1000;
 /** How long a setup that failed on the server's side (5xx) waits before it is requeued once. */
 const REQUEUE_DELAY_MS = 1000;
+/** How long a setup refused for `max_live_jobs` waits before it goes back to the queue. */
+const BUSY_REQUEUE_DELAY_MS = 5000;
 
 type ConsumedQueue = keyof typeof PARSERS;
 type Outcome = 'ack' | 'reject' | 'requeue' | 'leave';
@@ -121,8 +123,10 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
       await channel.prefetch(this.#mq.prefetch);
       this.#consume = channel;
       for (const name of consumed) {
-        await channel.consume(this.#queue(name), (msg) => {
+        const queue = this.#queue(name);
+        await channel.consume(queue, (msg) => {
           if (msg !== null) this.#track(this.#handle(name, channel, msg));
+          else this.#log.warn({ queue }, 'the broker cancelled the consumer (queue deleted?): consuming again after the next reconnect');
         });
       }
     }
@@ -239,7 +243,9 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
     } catch (error) {
       this.rejected++;
       // Never the content: it may hold tokens (files endpoint keys, ssh keys).
-      this.#log.warn({ queue: this.#queue(queue), bytes: msg.content.length, reason: messageOf(error) }, 'malformed message rejected');
+      const jobId = jobIdOfRefusedSetup(error);
+      this.#log.warn({ queue: this.#queue(queue), bytes: msg.content.length, jobId, reason: messageOf(error) }, 'malformed message rejected');
+      if (jobId !== undefined) await this.#answerRefusedSetup(jobId);
       this.#settle(channel, msg, 'reject');
       return;
     }
@@ -287,13 +293,32 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
         this.#log.info({ jobId, reason: error.message }, `${message.kind} message: job refused`);
         return 'ack';
       }
+      if (error instanceof TooManyJobs) {
+        // Back-pressure: the setup waits in the queue until jobs have finished.
+        this.#log.warn({ jobId, reason: error.message }, 'setup message requeued: too many unfinished jobs');
+        await sleep(BUSY_REQUEUE_DELAY_MS);
+        return 'requeue';
+      }
       if (error instanceof MagnetarError && error.status < 500) {
         this.rejected++;
         this.#log.warn({ jobId, reason: error.message }, `${message.kind} message rejected`);
+        if (message.kind === 'setup') await this.#answerRefusedSetup(jobId);
         return 'reject';
       }
       this.#log.error({ jobId, reason: messageOf(error) }, `${message.kind} message could not be handled${redelivered ? ': rejected (second failure)' : ': requeued once'}`);
       return redelivered ? 'reject' : 'requeue';
+    }
+  }
+
+  /**
+   * A setup that was refused before it became a job: publish the job's status (for a job the
+   * service does not know, the `lost` document) so Galaxy fails the job instead of waiting forever.
+   */
+  async #answerRefusedSetup(jobId: string): Promise<void> {
+    try {
+      await this.#feed?.requestStatus(jobId);
+    } catch (error) {
+      this.#log.info({ jobId, reason: messageOf(error) }, 'no status published for the refused setup');
     }
   }
 

@@ -115,6 +115,23 @@ export function parseSetupQueueMessage(content: Buffer, limits: MessageLimits): 
     const request = shaped('the status request', statusRequestSchema, body);
     return { kind: 'status', jobId: request.job_id, ack: ackOf(request) };
   }
+  const jobId = jobIdSchema.safeParse(body['job_id']);
+  try {
+    return parseSetup(body, limits);
+  } catch (error) {
+    if (jobId.success && error instanceof Error) (error as Error & { [SETUP_JOB_ID]?: string })[SETUP_JOB_ID] = jobId.data;
+    throw error;
+  }
+}
+
+const SETUP_JOB_ID = Symbol('magnetar.setupJobId');
+
+/** The job id of a setup message that was refused, when it had a well-formed one. */
+export function jobIdOfRefusedSetup(error: unknown): string | undefined {
+  return error instanceof Error ? (error as Error & { [SETUP_JOB_ID]?: string })[SETUP_JOB_ID] : undefined;
+}
+
+function parseSetup(body: Record<string, unknown>, limits: MessageLimits): InboundMessage {
   const setup = shaped('the setup message', setupMessageSchema, body);
   const value = (name: string, v: unknown): unknown => boundedValue(name, v, limits);
   const commandLine = value('command_line', setup.command_line) as string;

@@ -150,6 +150,14 @@ test.serial('startup errors: a refused login and an unknown host stop the server
     t.regex(output, /magnetar: message_queue_url: cannot connect to the broker at amqp:\/\/guest:\*\*\*@/);
     t.false(output.includes('s3cr3t-pw'), output);
   }
+  // Queues declared durable (by Galaxy) and a server told amqp_durable = false: said at startup.
+  const p = prefix();
+  const c = await client(t, p);
+  await c.close();
+  const nondurable = await writeServerIni(root, [`persistence_directory = ${root}/persisted`, `message_queue_url = ${b.url}`, `amqp_key_prefix = ${p}`, 'amqp_durable = false']);
+  const mismatch = await failedStart(nondurable);
+  t.not(mismatch.code, 0);
+  t.regex(mismatch.output, /message_queue_url: .*PRECONDITION.FAILED.*durable/);
   const ini = await writeServerIni(root, [`persistence_directory = ${root}/persisted`, 'message_queue_url = amqp://u:s3cr3t-pw@[bad/']);
   const { code, output } = await failedStart(ini);
   t.is(code, 2);

@@ -126,6 +126,9 @@ test.serial('poison messages on every queue are rejected; the consumers keep con
   for (const job of ['2001', '2002', '2003', '2004', 'etc']) t.false(await exists(path.join(server.staging, job)), job);
   t.deepEqual((await fs.readdir(server.staging)).sort(), [id]);
   t.deepEqual(client.updates.filter((u) => u.job_id !== id && u.status !== 'lost'), []);
+  // A refused setup with a well-formed job id is answered lost: Galaxy fails the job instead of waiting.
+  await client.waitFor('the refused setup answered', () => client.updatesOf('2002').some((u) => u.status === 'lost'));
+  t.pass();
   t.false(await exists('/tmp/should-not-exist'));
   t.false(server.logLines.join('\n').includes('should-not-exist'));
 });
