@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestFn } from 'ava';
 import type { MessageQueueConfig } from '../../src/config/index.js';
-import { Broker } from './broker.js';
+import { Broker } from './rabbitmq.js';
 
 export interface StatusUpdate {
   readonly job_id: string;
