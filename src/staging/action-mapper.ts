@@ -4,8 +4,8 @@
  * to. Rules are tried in order and the first match wins; no match gives `default_action` for the
  * default path types and `none` for `unstructured`.
  *
- * Client text never becomes a JS RegExp: `regex` rules and `dynamic_outputs` (Python syntax,
- * `re.match` semantics) and `glob` rules (fnmatch: `*` crosses `/`) are compiled to the linear-time
+ * Client text never becomes a JS RegExp: `regex` rules, `dynamic_outputs` and the patterns of
+ * `dataset_collector_descriptions` (Python syntax, `re.match` semantics) and `glob` rules (fnmatch: `*` crosses `/`) are compiled to the linear-time
  * automaton of `tools/automaton.ts`. What that engine cannot express (backreferences, lookaround,
  * a trailing `$` under a top-level `|`) is refused with the reason.
  */

@@ -216,7 +216,7 @@ export async function planStageOut(
 }
 
 /** Names matched between two turns of the event loop (client patterns over a long listing). */
-const MATCHES_PER_TURN = 256;
+const MATCHES_PER_TURN = 64;
 
 /**
  * The names of a listing that `matches` accepts, letting other work in every MATCHES_PER_TURN
