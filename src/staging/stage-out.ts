@@ -21,7 +21,7 @@ import type { RetryConfig } from '../config/types.js';
 import { BadRequest } from '../errors.js';
 import type { JobDirectory } from '../jobs/directory.js';
 import type { Logger } from '../log.js';
-import { CONTROL_FILES } from '../jobs/layout.js';
+import { CONTROL_FILES, RESERVED_JOBDIR_NAMES } from '../jobs/layout.js';
 import { isInside } from '../jobs/paths.js';
 import { fnmatchMatcher, mapAction, parseActionMapper, parseCollectorDescriptions, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
 import { checkedLookup } from './http-get.js';
@@ -207,7 +207,9 @@ export async function planStageOut(
     for (const name of await dynamicMatches(metadata, dynamicMatch, dir.metadata, log)) await add('output_metadata', path.join(metadataDirectory, name), name);
   }
   if (jobDirectory !== undefined) {
-    for (const name of await dynamicMatches(topNames, dynamicMatch, undefined, log)) {
+    // The server's own files there (command.sh, return_code, …) are never served: not pushed either.
+    const clientNames = topNames.filter((name) => !RESERVED_JOBDIR_NAMES.has(name));
+    for (const name of await dynamicMatches(clientNames, dynamicMatch, undefined, log)) {
       const st = await fs.lstat(path.join(dir.root, name)).catch(() => undefined);
       if (st?.isFile() === true) await add('output_jobdir', path.join(jobDirectory, name), name);
     }

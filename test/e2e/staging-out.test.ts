@@ -18,6 +18,7 @@ interface JobSpec {
   readonly dynamic?: string[];
   readonly workDirOutputs?: [string, string][];
   readonly collectors?: object[];
+  readonly jobDirectory?: string;
 }
 
 function remoteStaging(e: FilesEndpoint, id: string, spec: JobSpec): string {
@@ -27,7 +28,7 @@ function remoteStaging(e: FilesEndpoint, id: string, spec: JobSpec): string {
     client_outputs: {
       working_directory: '/galaxy/jobs/w',
       metadata_directory: '/galaxy/jobs/m',
-      job_directory: null,
+      job_directory: spec.jobDirectory ?? null,
       work_dir_outputs: spec.workDirOutputs ?? [],
       output_files: spec.outputs.map((o) => `${GALAXY}/${o}`),
       version_file: null,
@@ -384,4 +385,15 @@ test('stage-out: a remote_copy that fails for good (the parent is a file) is not
   t.is(await fs.readFile(path.join(copyRoot, 'blocker'), 'utf8'), 'a file, not a directory');
   const logged = server.logLines.join('\n');
   t.false(logged.includes('stage-out copy failed; retrying'));
+});
+
+test('stage-out: a catch-all collector over the job directory pushes the job\'s own files there, never the server\'s control files', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  await submit(server.url, e, 'jd', 'printf note > ../extra_note.txt; printf o > ../outputs/o.dat', { outputs: ['o.dat'], jobDirectory: '/galaxy/jobs/j', collectors: [{ pattern: '__name__' }] });
+  const doc = await waitForJob(server.url, 'jd');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get('/galaxy/jobs/j/extra_note.txt')?.toString(), 'note');
+  t.is(posts(e, '/galaxy/jobs/j/extra_note.txt')[0]?.fileType, 'output_jobdir');
+  for (const name of ['command.sh', 'return_code', 'launch_config', 'tool_id', '.upload-stage-out.done']) t.false(e.posted.has(`/galaxy/jobs/j/${name}`), name);
 });
