@@ -204,7 +204,7 @@ export async function startLocalFilesEndpoint(options: LocalFilesEndpointOptions
     if (url.searchParams.get('job_key') !== jobKey) {
       if (req.method === 'POST') {
         refused.push({ path: galaxyPath, fileType: url.searchParams.get('file_type'), status: 403, reason: 'bad job key' });
-        res.setHeader('connection', 'close');
+        req.resume();
       }
       return answer(403, 'bad job key');
     }
@@ -212,9 +212,11 @@ export async function startLocalFilesEndpoint(options: LocalFilesEndpointOptions
 
     if (req.method === 'POST') {
       const fileType = url.searchParams.get('file_type');
+      // A refused body is read and dropped (never stored), so that the sender sees the status
+      // rather than a connection closed under its upload.
       const refuse = (status: number, reason: string): void => {
         refused.push({ path: galaxyPath, fileType, status, reason });
-        res.setHeader('connection', 'close');
+        req.resume();
         answer(status, reason);
       };
       if (options.acceptPost !== undefined && !options.acceptPost(galaxyPath, fileType)) return refuse(403, 'not an output this endpoint expects');
@@ -251,6 +253,8 @@ export async function startLocalFilesEndpoint(options: LocalFilesEndpointOptions
         async (error: unknown) => {
           if (file !== undefined) await fs.rm(file, { force: true });
           if (res.headersSent) return;
+          // The request stream is destroyed by now: the connection goes with the answer.
+          res.setHeader('connection', 'close');
           if (tooLarge) refuse(413, `the body is larger than ${maxPost} bytes`);
           else if (error instanceof MultipartError) refuse(400, error.message);
           else refuse(400, 'the upload broke off');
