@@ -325,8 +325,13 @@ async function postOnce(url: URL, handle: fs.FileHandle, size: number, filename:
     signal: ctx.signal,
   });
   req.setTimeout(DEFAULT_IDLE_TIMEOUT_MS, () => req.destroy(new Error('the files endpoint answered nothing for too long')));
+  // An endpoint may answer (413, 403) and close before the body is sent: that answer is the error.
+  let early: http.IncomingMessage | undefined;
   const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.on('response', resolve);
+    req.on('response', (res) => {
+      early = res;
+      resolve(res);
+    });
     req.on('error', reject);
   });
   const sent = (async () => {
@@ -336,33 +341,50 @@ async function postOnce(url: URL, handle: fs.FileHandle, size: number, filename:
     if (size > 0) {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         sentBytes += chunk.length;
-        if (!req.write(chunk)) {
-          await new Promise<void>((resolve, reject) => {
-            const onDrain = (): void => {
-              req.off('error', onError);
-              resolve();
-            };
-            const onError = (e: Error): void => {
-              req.off('drain', onDrain);
-              reject(e);
-            };
-            req.once('drain', onDrain);
-            req.once('error', onError);
-          });
-        }
+        if (!req.write(chunk)) await drained(req);
       }
     }
     if (sentBytes !== size) throw new PermanentError(`the file changed size while it was sent (${sentBytes} of ${size} bytes)`);
     req.end(tail);
   })();
   // Whichever fails first is the error; a response ends the wait for the body only when sent.
-  const [res] = await Promise.all([answered, sent.catch((error: unknown) => {
-    req.destroy(error instanceof Error ? error : new Error(String(error)));
+  let res: http.IncomingMessage;
+  try {
+    [res] = await Promise.all([answered, sent.catch((error: unknown) => {
+      req.destroy(error instanceof Error ? error : new Error(String(error)));
+      throw error;
+    })]);
+  } catch (error) {
+    const status = early?.statusCode;
+    if (early !== undefined && status !== undefined && (status < 200 || status > 299)) {
+      early.resume();
+      throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+    }
     throw error;
-  })]);
+  }
   res.resume();
   const status = res.statusCode ?? 0;
   if (status < 200 || status > 299) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+}
+
+/** Wait until a request takes more body, or fail when it errs or closes (a closed request never drains). */
+async function drained(req: http.ClientRequest): Promise<void> {
+  if (req.destroyed) throw new Error('the files endpoint closed the connection');
+  await new Promise<void>((resolve, reject) => {
+    const settle = (error?: Error): void => {
+      req.off('drain', onDrain);
+      req.off('error', onError);
+      req.off('close', onClose);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onDrain = (): void => settle();
+    const onError = (e: Error): void => settle(e);
+    const onClose = (): void => settle(new Error('the files endpoint closed the connection'));
+    req.once('drain', onDrain);
+    req.once('error', onError);
+    req.once('close', onClose);
+  });
 }
 
 /** errno codes of a local copy that may pass: busy or interrupted devices, NFS hiccups, fd exhaustion. */

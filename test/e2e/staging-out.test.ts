@@ -139,6 +139,20 @@ test('stage-out: a 500 then a 200 is retried; a 403 is tolerated', async (t) => 
   t.regex(server.logLines.join('\n'), /403 \(tolerated/);
 });
 
+test('stage-out: an endpoint that answers 413 (or 403) before the body and closes is heard, not waited on', async (t) => {
+  const e = await endpoint(t);
+  e.faults.set(`${GALAXY}/big.dat`, [{ kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }]);
+  e.faults.set(`${GALAXY}/also.dat`, [{ kind: 'refuse-early', status: 403 }]);
+  const server = await serverWith(t);
+  // 32 MiB each: far more than the socket buffers take before the endpoint's answer.
+  await submit(server.url, e, 'early', 'head -c 33554432 /dev/zero > ../outputs/big.dat; head -c 33554432 /dev/zero > ../outputs/also.dat', { outputs: ['big.dat', 'also.dat'] });
+  const doc = await waitForJob(server.url, 'early');
+  t.is(doc.status, 'failed');
+  t.regex(doc.stderr, /HTTP 413/);
+  t.notRegex(doc.stderr, /also\.dat/);
+  t.is(e.posted.get(`${GALAXY}/big.dat`), undefined);
+});
+
 test('stage-out: a missing output fails the job naming it, without a retry; the others still arrive', async (t) => {
   const e = await endpoint(t);
   const server = await serverWith(t, {}, { maxRetries: 0, intervalStart: 0.01, intervalStep: 0.01, intervalMax: 0.05 });

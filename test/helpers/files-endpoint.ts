@@ -14,6 +14,8 @@ export type Fault =
   | { readonly kind: 'die-mid' }
   /** Answer this status with a short body. */
   | { readonly kind: 'status'; readonly status: number }
+  /** Answer this status as soon as a POST's headers arrive, then close the connection without reading the body. */
+  | { readonly kind: 'refuse-early'; readonly status: number }
   /** Answer 302 to this location. */
   | { readonly kind: 'redirect'; readonly location: string }
   /** Send the headers and half the body, then wait for `release()` before the rest. */
@@ -92,6 +94,12 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
     const fault = faults.get(galaxyPath)?.shift();
     if (req.method === 'POST') {
       const chunks: Buffer[] = [];
+      if (fault?.kind === 'refuse-early') {
+        record(fault.status);
+        res.writeHead(fault.status, { connection: 'close', 'content-type': 'application/json' });
+        res.end('{"err_msg": "refused early"}', () => req.socket.destroy());
+        return;
+      }
       let reached = false;
       req.on('data', (c: Buffer) => {
         chunks.push(c);
