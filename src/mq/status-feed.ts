@@ -25,6 +25,8 @@ export interface StatusFeedOptions {
 export const DEFAULT_MAX_PENDING = 100_000;
 /** Publishes in flight at once (at most one per job, so a job's updates keep their order). */
 const MAX_IN_FLIGHT = 64;
+/** Pending entries looked at to fill one batch. */
+const BATCH_SCAN = 4 * MAX_IN_FLIGHT;
 /** The ledger is pruned of forgotten jobs this often (at a drain tick). */
 const PRUNE_EVERY_MS = 10 * 60_000;
 
@@ -39,11 +41,15 @@ const PRUNE_EVERY_MS = 10 * 60_000;
  *   before the transition resolves. The payload is the status document the HTTP status route
  *   returns for that state (`JobService.status`, read under the job's lock right after the record
  *   was written): the short form, or the full document for a terminal state.
- * - An entry leaves the outbox only once `publish` resolved. Entries are published in outbox
- *   order. Up to `MAX_IN_FLIGHT` publishes are in flight at once, all for different jobs: a
- *   batch stops at the first entry whose job already has one in it. When one is rejected, the
- *   confirmed ones of the batch leave, the rejected ones stay, and draining stops until the next
- *   drain interval or `kick`. So one job's updates are published in lifecycle order, always.
+ * - An entry leaves the outbox only once `publish` resolved. Entries are published in batches of
+ *   up to `MAX_IN_FLIGHT` publishes in flight at once (pipelined: the publishes of a batch are
+ *   called in outbox (seq) order before any is awaited, so a transport that keeps order on its
+ *   channel sends them in that order). A batch holds at most one entry per job, the job's oldest
+ *   pending one: a job's next entry is published only after its previous one was confirmed.
+ *   When a publish is rejected, the confirmed ones of the batch leave, the rejected ones stay,
+ *   and draining stops until the next drain interval or `kick`. So one job's updates are
+ *   published in lifecycle order, always, even across failures; different jobs' updates may
+ *   overtake one another (FIFO by seq holds per job, and across jobs while nothing fails).
  * - At most one unsolicited terminal update per job (incarnation), across restarts: the outbox's
  *   ledger (pending terminal entries, then `delivered/` markers) says which jobs had theirs. After
  *   a crash between the job record's write and the outbox's, `open` (once the service has
@@ -334,12 +340,17 @@ export class StatusFeed {
     }
   }
 
-  /** The next entries to publish together: outbox order, at most one per job. */
+  /**
+   * The next entries to publish together: in outbox order, the first pending entry of each job
+   * among the first `BATCH_SCAN` (a job's later entries wait for its earlier one's confirm).
+   */
   #nextBatch(): PendingEntry[] {
     const batch: PendingEntry[] = [];
     const jobs = new Set<string>();
+    let scanned = 0;
     for (const pending of this.#outbox.entries()) {
-      if (batch.length >= MAX_IN_FLIGHT || jobs.has(pending.jobId)) break;
+      if (batch.length >= MAX_IN_FLIGHT || scanned++ >= BATCH_SCAN) break;
+      if (jobs.has(pending.jobId)) continue;
       jobs.add(pending.jobId);
       batch.push(pending);
     }
