@@ -75,6 +75,8 @@ interface Harness {
   readonly logLines: string[];
   service(): JobService;
   open(options?: { maxPending?: number }): Promise<StatusFeed>;
+  /** A feed with a new test publisher attached. */
+  attached(): Promise<{ feed: StatusFeed; publisher: TestPublisher }>;
   restart(): Promise<void>;
 }
 
@@ -107,6 +109,12 @@ async function harness(t: ExecutionContext): Promise<Harness> {
       const feed = await StatusFeed.open(h.service(), { dir: outbox, log, drainIntervalMs: 50, ...options });
       feeds.push(feed);
       return feed;
+    },
+    async attached() {
+      const feed = await h.open();
+      const publisher = new TestPublisher();
+      feed.attach(publisher);
+      return { feed, publisher };
     },
     async restart() {
       for (const feed of feeds.splice(0)) await feed.close();
@@ -175,9 +183,7 @@ async function terminalWritten(dir: string, ids: readonly string[]): Promise<boo
 
 test('every state change of a job is published in lifecycle order, the terminal one once, with the HTTP status document', async (t) => {
   const h = await harness(t);
-  const feed = await h.open();
-  const publisher = new TestPublisher();
-  feed.attach(publisher);
+  const { feed, publisher } = await h.attached();
   await submit(h.server.url, 'ok', 'sleep 1; echo hello');
   await submit(h.server.url, 'bad', 'echo oops >&2; exit 3');
   await submitRefused(h.server.url, 'refused');
@@ -216,9 +222,7 @@ test('every state change of a job is published in lifecycle order, the terminal 
 
 test('a cancelled job publishes cancelled once, and nothing after it', async (t) => {
   const h = await harness(t);
-  const feed = await h.open();
-  const publisher = new TestPublisher();
-  feed.attach(publisher);
+  const { feed, publisher } = await h.attached();
   await submit(h.server.url, 'long', 'sleep 60');
   await until('running update', () => publisher.of('long').some((e) => e.status === 'running'));
   await h.service().cancel('long');
@@ -277,7 +281,7 @@ test('entries survive a crash: a second feed on the same outbox publishes them i
   }
   assertLifecycle(t, publisher.of('a'), 'complete');
   assertLifecycle(t, publisher.of('b'), 'failed');
-  t.deepEqual(await fs.readdir(h.outbox), ['delivered']);
+  t.deepEqual((await fs.readdir(h.outbox)).sort(), ['delivered', 'initialized']);
 
   // And once more: delivered jobs get nothing new.
   await h.restart();
@@ -288,7 +292,9 @@ test('entries survive a crash: a second feed on the same outbox publishes them i
 
 test('after a crash between the job record and the outbox, open writes the missing terminal update, once', async (t) => {
   const h = await harness(t);
-  // No feed: the records say complete/failed, the outbox has nothing (as after a kill -9 between the two writes).
+  // The feed has run on this server before (its outbox is initialized)...
+  await (await h.open()).close();
+  // ...but not now: the records say complete/failed, the outbox has nothing (as after a kill -9 between the two writes).
   await submit(h.server.url, 'done', 'echo done');
   await submitRefused(h.server.url, 'broke');
   await submit(h.server.url, 'third', 'true');
@@ -316,6 +322,7 @@ test('after a crash between the job record and the outbox, open writes the missi
 
 test('a feed opened before the service starts sees the recovery, then reconciles', async (t) => {
   const h = await harness(t);
+  await (await h.open()).close();
   await submit(h.server.url, 'old', 'true');
   await until('the job to finish', () => h.service().knownJob('old')?.state === 'complete');
   await h.server.close();
@@ -342,6 +349,22 @@ test('a feed opened before the service starts sees the recovery, then reconciles
   await feed.close();
   await service.shutdown();
   h.server = await startTestServer({ root: h.root });
+});
+
+test('a new outbox does not publish the jobs that finished before it existed; it publishes the ones that end now', async (t) => {
+  const h = await harness(t);
+  await submit(h.server.url, 'before', 'true');
+  await until('the job to finish', () => h.service().knownJob('before')?.state === 'complete');
+  await submit(h.server.url, 'during', 'sleep 1');
+  const { feed, publisher } = await h.attached();
+  t.true((await fs.readdir(h.outbox)).includes('initialized'));
+  t.deepEqual(await fs.readdir(path.join(h.outbox, 'delivered')), ['before'], 'marked delivered, not published');
+  await until('the running job to finish', () => publisher.of('during').some((e) => e.terminal));
+  t.is(publisher.of('during').filter((e) => e.terminal).length, 1);
+  t.deepEqual(publisher.of('before'), []);
+  await until('the outbox to drain', () => feed.pending === 0);
+  await h.restart();
+  t.is((await h.open()).pending, 0);
 });
 
 test('a rejected publish keeps the entry; it is published again, in order, at the next interval or kick', async (t) => {
@@ -392,9 +415,7 @@ test('with publishes held in flight, each job still sees its updates in lifecycl
 
 test('a status request queues the current document: lost for an unknown job, the terminal one again for a finished job', async (t) => {
   const h = await harness(t);
-  const feed = await h.open();
-  const publisher = new TestPublisher();
-  feed.attach(publisher);
+  const { feed, publisher } = await h.attached();
   await feed.requestStatus('nobody');
   await submit(h.server.url, 'f', 'echo f');
   await until('the job to finish', () => publisher.of('f').some((e) => e.terminal));
@@ -417,14 +438,20 @@ test('a status request queues the current document: lost for an unknown job, the
   t.is((await h.open()).pending, 0);
 });
 
-test('an unreadable entry is set aside (*.bad) and logged; open goes on with the others', async (t) => {
-  const h = await harness(t);
+/** Run a job with a feed (no publisher), then restart: resolves with its entry files, in seq order. */
+async function runThenRestart(t: ExecutionContext, h: Harness, id: string): Promise<string[]> {
   const feed = await h.open();
-  await submit(h.server.url, 'c', 'true');
-  await until('its terminal entry', async () => terminalWritten(h.outbox, ['c']));
+  await submit(h.server.url, id, 'true');
+  await until('its terminal entry', async () => terminalWritten(h.outbox, [id]));
   t.true(feed.pending >= 4);
   const files = await entryFiles(h.outbox);
   await h.restart();
+  return files;
+}
+
+test('an unreadable entry is set aside (*.bad) and logged; open goes on with the others', async (t) => {
+  const h = await harness(t);
+  const files = await runThenRestart(t, h, 'c');
   // A torn write of the first entry, an entry whose name and id differ, and a non-JSON one.
   await fs.writeFile(path.join(h.outbox, files[0]!), '{"id":"');
   const wrongId = `${'9'.repeat(20)}-${'a'.repeat(32)}.json`;
@@ -446,12 +473,7 @@ test('an unreadable entry is set aside (*.bad) and logged; open goes on with the
 
 test('a terminal entry that became unreadable is written again, once', async (t) => {
   const h = await harness(t);
-  const feed = await h.open();
-  await submit(h.server.url, 'torn', 'true');
-  await until('its terminal entry', async () => terminalWritten(h.outbox, ['torn']));
-  t.true(feed.pending >= 4);
-  await h.restart();
-  const files = await entryFiles(h.outbox);
+  const files = await runThenRestart(t, h, 'torn');
   const terminal = files.at(-1)!;
   await fs.writeFile(path.join(h.outbox, terminal), 'not json');
   const again = await h.open();
@@ -481,9 +503,7 @@ test('at max_pending, non-terminal updates and answers are dropped (logged); ter
 
 test('the ledger forgets cleaned jobs at the next open', async (t) => {
   const h = await harness(t);
-  const feed = await h.open();
-  const publisher = new TestPublisher();
-  feed.attach(publisher);
+  const { feed, publisher } = await h.attached();
   await submit(h.server.url, 'gone', 'true');
   await submit(h.server.url, 'kept', 'true');
   await until('both terminal updates', () => publisher.of('gone').some((e) => e.terminal) && publisher.of('kept').some((e) => e.terminal));
