@@ -236,6 +236,30 @@ test('a cancelled job publishes cancelled once, and nothing after it', async (t)
   t.is(publisher.of('long').at(-1)!.payload['complete'], 'true');
 });
 
+test('a job that ends in memory because its record cannot be written publishes that ending, once', async (t) => {
+  const h = await harness(t);
+  const { feed, publisher } = await h.attached();
+  await submit(h.server.url, 'doomed', 'sleep 1');
+  await until('running update', () => publisher.of('doomed').some((e) => e.status === 'running'));
+  // The job store's directory becomes a file: the next record write fails.
+  const jobs = path.join(h.root, 'persisted', '_default_-jobs');
+  await fs.rename(jobs, `${jobs}.away`);
+  await fs.writeFile(jobs, '');
+  const restore = async (): Promise<void> => {
+    if (!(await fs.stat(jobs)).isFile()) return;
+    await fs.rm(jobs);
+    await fs.rename(`${jobs}.away`, jobs);
+  };
+  t.teardown(restore);
+  await until('the terminal update', () => publisher.of('doomed').some((e) => e.terminal));
+  await restore();
+  await until('the outbox to drain', () => feed.pending === 0);
+  const doomed = publisher.of('doomed');
+  assertLifecycle(t, doomed, 'failed');
+  t.regex(String(doomed.at(-1)!.payload['stderr']), /could not be written/);
+  t.deepEqual(doomed.at(-1)!.payload, await httpStatus(h.server.url, 'doomed'));
+});
+
 test('every entry is written before its transition resolves: a state change leaves an entry file even with no publisher', async (t) => {
   const h = await harness(t);
   const feed = await h.open();
