@@ -361,14 +361,26 @@ async function setAside(dir: string, name: string, reason: string, log: Logger):
 
 type StoredEntry = OutboxEntry & { readonly incarnation: string };
 
-/** An entry file read and checked against its name; a string says why it is unusable. */
+/**
+ * An entry file read and checked against its name; a string says why it is unusable (corrupt,
+ * partial, wrong shape, gone). Throws on a read error (EIO, EMFILE): the file may be fine.
+ */
 async function readEntry(full: string, name: string): Promise<StoredEntry | string> {
   const match = ENTRY_NAME.exec(name);
+  let text: string;
+  try {
+    text = await fs.readFile(full, 'utf8');
+  } catch (error) {
+    // A file gone is an entry lost (logged by the caller); any other read error is not the
+    // entry's fault: thrown, so the entry is kept and read again later.
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'the file is gone';
+    throw error;
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(await fs.readFile(full, 'utf8'));
+    raw = JSON.parse(text);
   } catch (error) {
-    return `unreadable: ${messageOf(error)}`;
+    return `not JSON: ${messageOf(error)}`;
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return 'not a JSON object';
   const r = raw as Record<string, unknown>;

@@ -116,8 +116,16 @@ export class StatusFeed {
     feed.#timer = setInterval(() => feed.#tick(), feed.#drainIntervalMs);
     feed.#timer.unref();
     log.info({ dir: options.dir, pending: outbox.size, delivered: outbox.marked, setAside: outbox.setAside }, 'status outbox opened');
-    if (service.hasStarted) await feed.#reconcile();
-    else feed.#track(feed.#reconcileWhenStarted());
+    if (!service.hasStarted) {
+      feed.#track(feed.#reconcileWhenStarted());
+      return feed;
+    }
+    try {
+      await feed.#reconcile();
+    } catch (error) {
+      await feed.close();
+      throw error;
+    }
     return feed;
   }
 
