@@ -348,7 +348,9 @@ test('a feed opened before the service starts sees the recovery, then reconciles
   const h = await harness(t);
   await (await h.open()).close();
   await submit(h.server.url, 'old', 'true');
-  await until('the job to finish', () => h.service().knownJob('old')?.state === 'complete');
+  await submit(h.server.url, 'live', 'sleep 2');
+  await until('one job to finish, one to run', () => h.service().knownJob('old')?.state === 'complete' && h.service().knownJob('live')?.state === 'running');
+  // The server stops (no feed ran meanwhile); the running job goes on without it.
   await h.server.close();
   // A service built but not started: the feed subscribes first, reconciles once it has started.
   const { JobService } = await import('../../src/jobs/service.js');
@@ -369,7 +371,13 @@ test('a feed opened before the service starts sees the recovery, then reconciles
   const feed = await StatusFeed.open(service, { dir: h.outbox, log, drainIntervalMs: 50 });
   t.is(feed.pending, 0, 'nothing known yet');
   await service.start();
-  await until('the reconciliation', () => feed.pending === 1);
+  // The finished job is reconciled; the re-attached one is followed to its end.
+  await until('both terminal entries', async () => terminalWritten(h.outbox, ['old', 'live']));
+  const publisher = new TestPublisher();
+  feed.attach(publisher);
+  await until('the outbox to drain', () => feed.pending === 0);
+  t.deepEqual(statuses(publisher.of('old')), ['complete']);
+  t.deepEqual(statuses(publisher.of('live')), ['postprocessing', 'complete']);
   await feed.close();
   await service.shutdown();
   h.server = await startTestServer({ root: h.root });
