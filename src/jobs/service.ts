@@ -48,6 +48,21 @@ export interface JobServiceOptions {
   readonly jobEnv: Readonly<Record<string, string>>;
 }
 
+/**
+ * Told of every change of a job's state (PROTOCOL §5.2; `setup` itself is not a change, and
+ * neither is a record patch that keeps the state): called under the job's lock, after the record
+ * is written (or, if it could not be, set in memory) and before the transition resolves, so one
+ * job's changes arrive in lifecycle order. An error is logged; it never stops the transition.
+ */
+export type StateListener = (jobId: string, state: JobState, incarnation: string) => Promise<void>;
+
+/** What the service knows of one job (read-only, for observers reconciling after a restart). */
+export interface JobSummary {
+  readonly id: string;
+  readonly state: JobState;
+  readonly incarnation: string;
+}
+
 type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
 
 /** Files a failed stage-out names in the job's failure reason (the rest are counted). */
@@ -108,6 +123,12 @@ export class JobService {
   #settingUp = 0;
   /** The same, per client (`max_live_jobs_per_address`). */
   readonly #settingUpBy = new Map<string, number>();
+  /** Observers of state changes (the MQ status feed); none for HTTP-only servers. */
+  readonly #listeners = new Set<StateListener>();
+  /** Resolved once `start` has recovered every job the store remembers. */
+  readonly #started: Promise<void>;
+  #markStarted!: () => void;
+  #hasStarted = false;
 
   constructor(options: JobServiceOptions) {
     const { manager, backend, log } = options;
@@ -136,6 +157,49 @@ export class JobService {
     if (manager.galaxyDatatypesConfigFile !== undefined) props['galaxy_datatypes_config_file'] = manager.galaxyDatatypesConfigFile;
     this.#systemProperties = Object.freeze(props);
     this.#stagingPolicy = new StagingPolicy(options.app.staging, options.app.toolConfigFiles.length > 0);
+    this.#started = new Promise<void>((resolve) => {
+      this.#markStarted = resolve;
+    });
+  }
+
+  /** Be told of every state change (see `StateListener`); returns the function that stops it. */
+  onStateChange(listener: StateListener): () => void {
+    this.#listeners.add(listener);
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
+  /** Resolves once `start` has recovered the jobs of the previous run (never, if it failed). */
+  get started(): Promise<void> {
+    return this.#started;
+  }
+
+  /** True once `started` has resolved. */
+  get hasStarted(): boolean {
+    return this.#hasStarted;
+  }
+
+  /** Every job the service knows now (a snapshot). */
+  knownJobs(): JobSummary[] {
+    return this.#store.records().map(({ id, state, incarnation }) => ({ id, state, incarnation }));
+  }
+
+  /** One job as the service knows it now, or undefined. */
+  knownJob(id: string): JobSummary | undefined {
+    const record = this.#store.get(id);
+    return record === undefined ? undefined : { id: record.id, state: record.state, incarnation: record.incarnation };
+  }
+
+  /** Tell the listeners of a state change (the caller holds the job's lock). */
+  async #notify(record: JobRecord): Promise<void> {
+    for (const listener of [...this.#listeners]) {
+      try {
+        await listener(record.id, record.state, record.incarnation);
+      } catch (error) {
+        this.#log.error({ jobId: record.id, state: record.state, err: error }, 'state change listener failed');
+      }
+    }
   }
 
   /** The bounds a submit request to this service is held to (checked by the transport as it parses). */
@@ -169,6 +233,8 @@ export class JobService {
       }
     }
     this.#startSweeping();
+    this.#hasStarted = true;
+    this.#markStarted();
   }
 
   // ---------------------------------------------------------------- expiry
@@ -869,6 +935,7 @@ export class JobService {
     if (to !== record.state) {
       this.#uncache(record.id);
       this.#log.info({ jobId: record.id, state: to }, 'job state changed');
+      if (this.#listeners.size > 0) await this.#notify(next);
     }
     return next;
   }
@@ -882,6 +949,7 @@ export class JobService {
     if (!this.#store.putInMemory(record, ended)) return undefined;
     this.#uncache(record.id);
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
+    if (this.#listeners.size > 0) await this.#notify(ended);
     // Until the ending is on disk, a restart would find the job as it was before: keep trying.
     this.#inBackground(record.id, this.#recordLater(ended));
     // A job ending on purpose (failed, cancelled, lost) is stopped by whoever ended it (#fail,

@@ -17,8 +17,13 @@ export interface OutboxEntry {
   readonly jobId: string;
   /** The wire status (PROTOCOL §5.2) the payload reports. */
   readonly status: string;
-  /** True for complete, failed, cancelled and lost: at most one such entry per job is ever written. */
+  /**
+   * True for complete, failed, cancelled and lost: at most one such entry per job (incarnation) is
+   * ever written unsolicited. An answer to a status request (`requested`) may repeat it.
+   */
   readonly terminal: boolean;
+  /** True when the entry answers a status request rather than reporting a state change. */
+  readonly requested?: boolean;
   /** The status document (PROTOCOL §2.6) as published: the short form, or the full one when terminal. */
   readonly payload: Readonly<Record<string, unknown>>;
   /** When the entry was written (ms since the epoch). */
