@@ -14,7 +14,7 @@ export type Fault =
   | { readonly kind: 'die-mid' }
   /** Answer this status with a short body. */
   | { readonly kind: 'status'; readonly status: number }
-  /** Answer this status as soon as a POST's headers arrive, then close the connection without reading the body. */
+  /** Answer this status as soon as a POST's headers arrive and stop reading its body (as a proxy refusing a large body does). */
   | { readonly kind: 'refuse-early'; readonly status: number }
   /** Answer 302 to this location. */
   | { readonly kind: 'redirect'; readonly location: string }
@@ -96,8 +96,11 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
       const chunks: Buffer[] = [];
       if (fault?.kind === 'refuse-early') {
         record(fault.status);
-        res.writeHead(fault.status, { connection: 'close', 'content-type': 'application/json' });
-        res.end('{"err_msg": "refused early"}', () => req.socket.destroy());
+        // The answer is sent and never ended: node's server would otherwise close the socket over the
+        // unread body, and the client could meet a reset before it reads the answer.
+        req.pause();
+        res.writeHead(fault.status, { 'content-type': 'application/json' });
+        res.write('{"err_msg": "refused early"}');
         return;
       }
       let reached = false;
