@@ -44,7 +44,9 @@
  *   `{"ready":true,"checks":{"storage":"ok"}}`.
  * - `restart()` loses messages, topics, waiters, refresh tokens, idempotency keys, rate-limit
  *   windows, registered users and (unless `jwtSecret` is given) the signing key. Configured
- *   users keep existing with the same user id. Open connections are cut, as a process restart does.
+ *   users keep existing with the same user id. Open connections are cut, as a process restart
+ *   does; `downMs` keeps the port closed a while (clients then see their kept-alive sockets
+ *   close before they reconnect; without it a POST may land on a stale socket and fail).
  *
  * Where RELAY.md is silent (choices, the simplest behaviour; some follow upstream's code):
  * - `timeout` absent → 30. Numbers only (no numeric strings, no booleans) for `timeout`/`ttl`.
@@ -53,8 +55,10 @@
  *   `since`, `ttl`, `metadata`. Unknown body fields are ignored. The publish/poll/refresh body is
  *   parsed as JSON whatever its Content-Type; invalid JSON → 422.
  * - 422 body: `{"detail":[{"type","loc","msg"}]}` (FastAPI-like, the input not echoed).
- * - Rate-limit order: auth (401) and validation (422) first, so neither counts; an idempotent
- *   replay counts. Polls, history, stats and register are not rate limited.
+ * - Rate-limit order: auth (401), validation (422) and the 413 first, so none counts; failed
+ *   refreshes count like failed logins; an idempotent replay counts. The client IP is the
+ *   socket's remote address (all 127.0.0.1 here: every client of one fake shares the windows).
+ *   Polls, history, stats and register are not rate limited.
  * - Permissions: publish needs `write`, poll and history `read`, register `admin` (403
  *   `{"detail":"Not enough permissions"}`). Users get `["read","write"]` by default.
  * - A bearer whose user no longer exists or is inactive: 401 `Invalid or expired token`.
@@ -84,8 +88,8 @@
  * expiry, rate windows and the idempotency window (poll timeouts use real time), fault injection
  * per route (a status, a connection reset, a delay, for the next N requests), a hook between
  * the `since` read and the waiter registration (`betweenSinceReadAndWait`, the race RELAY.md
- * describes), and inspection (stored messages, publishes with their keys, requests with their
- * bearer and key, waiters).
+ * describes), and inspection (stored messages, `whenMessage`, publishes with their keys, requests
+ * with their bearer and key, waiters and `whenWaiting`, `publish` as a user without HTTP).
  */
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import * as http from 'node:http';
@@ -172,7 +176,7 @@ export interface RequestRecord {
   readonly idempotencyKey: string | null;
   /** Parsed JSON body of publish, poll and refresh requests. */
   body: unknown;
-  /** Null while a long poll is waiting; 0 for an injected reset. */
+  /** Null while a long poll is waiting; 0 for an injected reset or a client gone before its body was read. */
   status: number | null;
 }
 
@@ -188,6 +192,11 @@ export interface RelayFake {
   userId(username: string): string;
   /** Live waiters, of one user (and topic) or all. */
   waiting(username?: string, topic?: string): number;
+  /**
+   * The first retained message of `username`'s `topic` whose payload satisfies `match` (all when
+   * absent), now or when it is published.
+   */
+  whenMessage(username: string, topic: string, match?: (payload: Record<string, unknown>) => boolean): Promise<StoredMessage>;
   /** Resolves once at least `count` waiters of `username` wait on `topic`. */
   whenWaiting(username: string, topic: string, count?: number): Promise<void>;
   /** Applies to the next requests of `route`, after the faults already queued. */
@@ -293,6 +302,14 @@ function sendText(res: http.ServerResponse, status: number, text: string, header
   res.end(text);
 }
 
+const viewOf = (m: Stored): StoredMessage => ({
+  message_id: m.id,
+  topic: m.topic,
+  payload: JSON.parse(m.payloadJson) as Record<string, unknown>,
+  timestamp: isoZ(m.at),
+  metadata: m.metadata,
+});
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function routeOf(method: string, pathname: string): { route: RelayRoute; methodOk: boolean; topic?: string } | null {
@@ -352,6 +369,7 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
   const published: PublishRecord[] = [];
   const faults = new Map<RelayRoute, Fault[]>();
   const watchers: { channel: string; count: number; resolve: () => void }[] = [];
+  const messageWatchers: { channel: string; match: (payload: Record<string, unknown>) => boolean; resolve: (m: StoredMessage) => void }[] = [];
 
   // Everything a restart loses.
   let users = new Map<string, User>();
@@ -482,6 +500,14 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
       if (dropped !== undefined) messageIds.delete(dropped.id);
     }
     for (const waiter of waitersByChannel.get(key) ?? []) deliver(waiter, message);
+    for (let i = messageWatchers.length - 1; i >= 0; i--) {
+      const w = messageWatchers[i]!;
+      if (w.channel !== key) continue;
+      const view = viewOf(message);
+      if (!w.match(view.payload)) continue;
+      messageWatchers.splice(i, 1);
+      w.resolve(view);
+    }
     return message;
   }
 
@@ -753,6 +779,9 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
       req.on('data', onData);
       req.once('end', onEnd);
       req.once('error', reject);
+      req.once('close', () => {
+        if (!req.complete) reject(new HttpError(0, null));
+      });
     });
   }
   const tooLarge = (): HttpError =>
@@ -838,8 +867,11 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
       }
     } catch (error) {
       const failure = error instanceof HttpError ? error : new HttpError(500, { detail: 'Internal Server Error' });
+      // 0: the client went away before its request was read.
       record.status = failure.status;
+      if (failure.status === 0) return;
       sendJson(res, failure.status, failure.body, failure.headers);
+      // The rest of a refused body is read and dropped, so the client gets its 413.
       if (failure.status === 413) req.resume();
     } finally {
       if (record.status === null && res.headersSent) record.status = res.statusCode;
@@ -902,13 +934,13 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
     published,
     messages(username, topic) {
       const channel = channels.get(`${idOf(username)}/${topic}`);
-      return (channel?.messages ?? []).map((m) => ({
-        message_id: m.id,
-        topic: m.topic,
-        payload: JSON.parse(m.payloadJson) as Record<string, unknown>,
-        timestamp: isoZ(m.at),
-        metadata: m.metadata,
-      }));
+      return (channel?.messages ?? []).map(viewOf);
+    },
+    whenMessage(username, topic, match = () => true) {
+      const channel = `${idOf(username)}/${topic}`;
+      const found = (channels.get(channel)?.messages ?? []).map(viewOf).find((m) => match(m.payload));
+      if (found !== undefined) return Promise.resolve(found);
+      return new Promise((resolve) => messageWatchers.push({ channel, match, resolve }));
     },
     publish(username, topic, payload, metadata) {
       const user = users.get(username);

@@ -534,3 +534,56 @@ test('permissions: a read-only user cannot publish (403); a user without read ca
   t.is((await publish(fake, await token(fake, 'ro', 'ro-password'), { topic: 'a', payload: {} })).status, 403);
   t.is((await poll(fake, await token(fake, 'wo', 'wo-password'), { topics: ['a'], timeout: 1 })).status, 403);
 });
+
+test('forged bearers are refused and leave no trace: another key, alg none, claims edited to another user', async (t) => {
+  const fake = await fakeFor(t, TWO_USERS);
+  const real = await token(fake);
+  const [header, claims, signature] = real.split('.') as [string, string, string];
+  const decoded = JSON.parse(Buffer.from(claims, 'base64url').toString()) as Record<string, unknown>;
+  const edited = Buffer.from(JSON.stringify({ ...decoded, sub: fake.userId('other'), username: 'other' })).toString('base64url');
+  const none = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
+  const other = await startRelayFake(TWO_USERS);
+  t.teardown(() => other.close());
+  const foreign = await token(other);
+  for (const forged of [`${header}.${edited}.${signature}`, `${none}.${claims}.`, `${none}.${claims}`, foreign, `${real}x`]) {
+    const answer = await publish(fake, forged, { topic: 'job_setup', payload: { evil: true } });
+    t.deepEqual([answer.status, answer.json], [401, { detail: 'Invalid or expired token' }], forged);
+  }
+  t.deepEqual(fake.messages('relay', 'job_setup'), []);
+  t.deepEqual(fake.messages('other', 'job_setup'), []);
+  t.deepEqual(fake.published, []);
+  t.true(fake.requests.filter((r) => r.route === 'publish').every((r) => r.username === null && r.status === 401));
+});
+
+test('a chunked body past maxBodyBytes is 413 too (no Content-Length to judge), and nothing is stored', async (t) => {
+  const fake = await fakeFor(t, { maxBodyBytes: 4096 });
+  const tok = await token(fake);
+  const { request } = await import('node:http');
+  const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = request(`${fake.url}/api/v1/messages`, { method: 'POST', headers: { authorization: `Bearer ${tok}`, 'content-type': 'application/json' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.write(`{"topic":"a","payload":{"blob":"`);
+    for (let i = 0; i < 8; i++) req.write('x'.repeat(1024));
+    req.end('"}}');
+  });
+  t.is(answer.status, 413);
+  t.is((JSON.parse(answer.body) as Record<string, unknown>)['error'], 'PAYLOAD_TOO_LARGE');
+  t.deepEqual(fake.messages('relay', 'a'), []);
+  t.is((await publish(fake, tok, { topic: 'a', payload: { small: true } })).status, 201, 'the fake still serves');
+});
+
+test('whenMessage resolves with a retained match at once, or with the first matching publish', async (t) => {
+  const fake = await fakeFor(t);
+  fake.publish('relay', 'job_status_update', { job_id: '1', status: 'running' });
+  t.is((await fake.whenMessage('relay', 'job_status_update')).payload['status'], 'running');
+  const complete = fake.whenMessage('relay', 'job_status_update', (p) => p['status'] === 'complete');
+  const tok = await token(fake);
+  await publish(fake, tok, { topic: 'job_status_update', payload: { job_id: '1', status: 'queued' } });
+  const id = (await publish(fake, tok, { topic: 'job_status_update', payload: { job_id: '1', status: 'complete' } })).json['message_id'] as string;
+  t.is((await complete).message_id, id);
+});
