@@ -248,7 +248,8 @@ interface Waiter {
 }
 
 interface RefreshToken {
-  readonly secret: Buffer;
+  /** As sent (43 base64url characters): compared as text, base64 decoding is lenient. */
+  readonly secret: string;
   readonly userId: string;
   readonly chain: string;
   readonly expiresAt: number;
@@ -284,6 +285,13 @@ export function validTopicName(name: unknown): name is string {
 }
 
 const base64url = (data: Buffer | string): string => Buffer.from(data).toString('base64url');
+
+/** Equal strings, compared in constant time for equal lengths. */
+function sameText(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
 const isoZ = (ms: number): string => new Date(ms).toISOString();
 const isoOffset = (ms: number): string => `${new Date(ms).toISOString().slice(0, -1)}+00:00`;
 
@@ -420,7 +428,7 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
     );
     const access = `${header}.${claims}.${base64url(sign(`${header}.${claims}`))}`;
     const jti = randomUUID();
-    const refreshSecret = randomBytes(32);
+    const refreshSecret = randomBytes(32).toString('base64url');
     refreshTokens.set(jti, { secret: refreshSecret, userId: user.userId, chain, expiresAt: now() + refreshSeconds * 1000, rotated: false });
     if (refreshTokens.size > REFRESH_TOKEN_CAP) {
       const oldest = refreshTokens.keys().next();
@@ -430,7 +438,7 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
       access_token: access,
       token_type: 'bearer',
       expires_in: accessSeconds,
-      refresh_token: `${jti}.${refreshSecret.toString('base64url')}`,
+      refresh_token: `${jti}.${refreshSecret}`,
       refresh_token_secondary: null,
     };
   }
@@ -442,9 +450,7 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
     const parts = bearer.split('.');
     if (parts.length !== 3) throw invalid;
     const [header, claims, signature] = parts as [string, string, string];
-    const expected = sign(`${header}.${claims}`);
-    const given = Buffer.from(signature, 'base64url');
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw invalid;
+    if (!sameText(signature, base64url(sign(`${header}.${claims}`)))) throw invalid;
     let parsed: unknown;
     try {
       parsed = JSON.parse(Buffer.from(claims, 'base64url').toString('utf8'));
@@ -612,8 +618,7 @@ export async function startRelayFake(options: RelayFakeOptions = {}): Promise<Re
     if (dot < 0) throw invalid;
     const token = refreshTokens.get(wire.slice(0, dot));
     if (token === undefined) throw invalid;
-    const given = Buffer.from(wire.slice(dot + 1), 'base64url');
-    if (given.length !== token.secret.length || !timingSafeEqual(given, token.secret)) throw invalid;
+    if (!sameText(wire.slice(dot + 1), token.secret)) throw invalid;
     if (revokedChains.has(token.chain)) throw invalid;
     if (token.rotated) {
       // A replay: the whole chain goes, its newest token included.
