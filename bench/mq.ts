@@ -20,6 +20,7 @@
  * (200), BENCH_MQ_ACK (off,on), BENCH_MQ_COMMAND (`true`).
  */
 import * as amqp from 'amqplib';
+import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -225,7 +226,6 @@ class Producer {
   readonly #connection: amqp.ChannelModel;
   readonly #channel: amqp.ConfirmChannel;
   readonly #acknowledge: boolean;
-  #uuid = 0;
 
   constructor(connection: amqp.ChannelModel, channel: amqp.ConfirmChannel, acknowledge: boolean) {
     this.#connection = connection;
@@ -237,7 +237,7 @@ class Producer {
   async publish(body: Record<string, unknown>): Promise<void> {
     const payload = { ...body };
     if (this.#acknowledge && !('force_noack' in payload)) {
-      payload['acknowledge_uuid'] = `bench-${process.pid}-${Date.now()}-${this.#uuid++}`;
+      payload['acknowledge_uuid'] = randomUUID();
       payload['acknowledge_queue'] = 'setup_ack';
       payload['acknowledge_submit_queue'] = 'setup';
     }
@@ -319,22 +319,35 @@ async function runPhase(server: ServerProcess, galaxy: Galaxy, producers: Produc
   const cpu0 = server.cpuSeconds();
   const stopRss = server.sampleRss(50);
   const start = performance.now();
-  await Promise.all(
-    producers.map(async (producer) => {
-      for (;;) {
-        const n = next++;
-        if (n >= jobs) return;
-        const jobId = `${idPrefix}${n}`;
-        ids.push(jobId);
-        const r = await oneJob(galaxy, producer, jobId, commandLine);
-        latencies.push(r.ms);
-        publishedAt.set(jobId, r.publishedAt);
-        if (!r.complete) notComplete++;
-      }
-    }),
-  );
-  const seconds = (performance.now() - start) / 1000;
-  const { peakRss } = stopRss();
+  let seconds: number;
+  let peakRss: number;
+  try {
+    // A failed job stops the other producers taking new ones; their jobs in flight finish first.
+    const ended = await Promise.allSettled(
+      producers.map(async (producer) => {
+        for (;;) {
+          const n = next++;
+          if (n >= jobs) return;
+          const jobId = `${idPrefix}${n}`;
+          ids.push(jobId);
+          try {
+            const r = await oneJob(galaxy, producer, jobId, commandLine);
+            latencies.push(r.ms);
+            publishedAt.set(jobId, r.publishedAt);
+            if (!r.complete) notComplete++;
+          } catch (error) {
+            next = jobs;
+            throw error;
+          }
+        }
+      }),
+    );
+    const failed = ended.find((e) => e.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+  } finally {
+    seconds = (performance.now() - start) / 1000;
+    peakRss = stopRss().peakRss;
+  }
   const cpu = server.cpuSeconds() - cpu0;
   // Let the last log lines reach the file (pino writes them before the publish; this is margin).
   await sleep(200);
@@ -453,9 +466,13 @@ async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: 
   return result;
 }
 
-export async function runMq(options: MqOptions): Promise<MqResult | { error: string }> {
+/** The section; `skipped` (not a failure) where no broker can be started. */
+export async function runMq(options: MqOptions): Promise<MqResult | { error: string } | { skipped: string }> {
   const unavailable = brokerUnavailable();
-  if (unavailable !== undefined) return { error: unavailable };
+  if (unavailable !== undefined) {
+    log(`mq: skipped: ${unavailable}`);
+    return { skipped: unavailable };
+  }
   await fs.mkdir(options.dir, { recursive: true });
   let broker: BenchBroker;
   try {

@@ -19,7 +19,7 @@ import { MIB, log, round } from './stats.js';
 import { runSoak, type SoakResult } from './soak.js';
 import { runStaging, type StagingResult } from './staging.js';
 import { runTransfer, type TransferResult } from './transfer.js';
-import { runMq, type MqResult } from './mq.js';
+import { runMq } from './mq.js';
 
 const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'mq'] as const;
 type Section = (typeof SECTIONS)[number];
@@ -300,7 +300,7 @@ async function main(): Promise<number> {
   let status: StatusSection | Failed | undefined;
   let scale: Record<string, ScaleResult> | undefined;
   let soak: SoakResult | Failed | undefined;
-  let mq: MqResult | Failed | undefined;
+  let mq: Awaited<ReturnType<typeof runMq>> | undefined;
   let failures = 0;
   try {
     if (only.has('lifecycle')) {
@@ -440,7 +440,7 @@ async function main(): Promise<number> {
           if (server !== undefined) ctx.servers.push({ label: 'mq', pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1), num_concurrent_jobs: 16 });
         },
       });
-      if (isFailed(mq) || Object.values(mq.variants).some((v) => isFailed(v))) failures++;
+      if (isFailed(mq) || ('variants' in mq && Object.values(mq.variants).some((v) => isFailed(v)))) failures++;
       out['mq'] = mq;
     }
   } finally {
