@@ -99,8 +99,15 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
     const { durable } = this.#mq;
     const confirm = await connection.createConfirmChannel();
     confirm.on('error', (error: Error) => this.#log.warn({ reason: messageOf(error) }, 'publish channel error'));
+    // A channel the broker closed on its own (a channel error) while the connection lives: drop the
+    // connection, so the link reconnects and every channel is opened again.
+    const reopen = (): void => {
+      if (!this.#closing) connection.close().catch(() => undefined);
+    };
     confirm.once('close', () => {
-      if (this.#confirm === confirm) this.#confirm = undefined;
+      if (this.#confirm !== confirm) return;
+      this.#confirm = undefined;
+      reopen();
     });
     await confirm.assertExchange(EXCHANGE, 'direct', { durable });
     const names = ['setup', 'kill', 'status', 'status_update'];
@@ -118,7 +125,9 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
       const channel = await connection.createChannel();
       channel.on('error', (error: Error) => this.#log.warn({ reason: messageOf(error) }, 'consume channel error'));
       channel.once('close', () => {
-        if (this.#consume === channel) this.#consume = undefined;
+        if (this.#consume !== channel) return;
+        this.#consume = undefined;
+        reopen();
       });
       await channel.prefetch(this.#mq.prefetch);
       this.#consume = channel;

@@ -89,6 +89,26 @@ test.serial('broker kill -9 and restart while a job runs: /healthz shows the los
   t.is(await health(), 'connected');
 });
 
+test.serial('a broker that is down at startup is waited for: the server starts, /healthz says so, jobs run once it is up', async (t) => {
+  const p = prefix();
+  await theBroker().stop();
+  const server = await startTestServer({
+    app: { messageQueue: mqConfig(theBroker().url, { keyPrefix: p, reconnectMaxDelay: 1 }) },
+    managers: (root) => [managerConfig(root)],
+  });
+  t.teardown(async () => server.stop());
+  const health = (await request(server.url, 'GET', '/healthz')).json() as { message_queue: { state: string; lastError?: string } };
+  t.not(health.message_queue.state, 'connected');
+  t.true(server.logLines.some((l) => l.includes('not reachable yet')));
+  await theBroker().start();
+  const c = await client(t, p);
+  // Until the server has declared its queues, a setup would be unroutable (dropped by the broker).
+  const state = async (): Promise<string> => ((await request(server.url, 'GET', '/healthz')).json() as { message_queue: { state: string } }).message_queue.state;
+  for (let i = 0; i < 400 && (await state()) !== 'connected'; i++) await c.settle(50);
+  await c.setup('5101', 'true');
+  t.is((await c.waitForTerminal('5101', 90_000)).status, 'complete');
+});
+
 test.serial('magnetar kill -9 while jobs are queued and running: after the restart each delivers exactly one terminal status', async (t) => {
   const p = prefix();
   const { ini } = await serverFiles(t, p, ['num_concurrent_jobs = 1']);
