@@ -27,6 +27,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TERMINAL_STATES } from '../src/jobs/state.js';
 import { BenchBroker, brokerUnavailable } from './broker.js';
+import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type Window } from './profile.js';
 import { ServerProcess } from './server-process.js';
 import { MIB, log, percentileSorted, round, sortedCopy } from './stats.js';
 
@@ -47,6 +48,9 @@ export interface MqOptions {
   readonly commandLine: string;
   readonly entry: string | undefined;
   readonly keep: boolean;
+  /** BENCH_CPU_PROF: run the servers under `node --cpu-prof` here; summaries per phase go to `profiles`. */
+  readonly cpuProfDir: string | undefined;
+  readonly profiles: ProfileSummary[];
   /** Told about the live server (undefined: none), so SIGINT can stop it. */
   readonly track: (server: ServerProcess | undefined) => void;
 }
@@ -65,6 +69,8 @@ export interface MqPhase {
   readonly jobs_per_s: number;
   /** Setup publish → `complete` update arrival, per job. */
   readonly end_to_end: Spread;
+  /** Setup publish → the broker's confirm (persistent message, durable queue), per job. */
+  readonly setup_publish_confirm: Spread;
   /** Jobs whose terminal update was not `complete` (each one is also an error of the phase). */
   readonly not_complete: number;
   /** Update arrival − the server's `job state changed` log time, for that job and state. */
@@ -284,7 +290,7 @@ async function stateChangeTimes(logFile: string): Promise<Map<string, number>> {
 }
 
 /** One job: publish its setup, wait for its terminal update; the time in ms, and whether it completed. */
-async function oneJob(galaxy: Galaxy, producer: Producer, jobId: string, commandLine: string): Promise<{ ms: number; complete: boolean; publishedAt: number }> {
+async function oneJob(galaxy: Galaxy, producer: Producer, jobId: string, commandLine: string): Promise<{ ms: number; complete: boolean; publishedAt: number; confirmMs: number }> {
   const terminal = galaxy.next(jobId, (u) => (TERMINAL_STATES as ReadonlySet<string>).has(u.status));
   const publishedAt = wallMs();
   const start = performance.now();
@@ -294,8 +300,9 @@ async function oneJob(galaxy: Galaxy, producer: Producer, jobId: string, command
     terminal.cancel();
     throw error;
   }
+  const confirmMs = performance.now() - start;
   const update = await terminal.update;
-  return { ms: performance.now() - start, complete: update.status === 'complete', publishedAt };
+  return { ms: performance.now() - start, complete: update.status === 'complete', publishedAt, confirmMs };
 }
 
 /** The states a job passes through after its setup message, in order, and the steps between them. */
@@ -311,6 +318,7 @@ const STEP_NAMES = [
 
 async function runPhase(server: ServerProcess, galaxy: Galaxy, producers: Producer[], jobs: number, idPrefix: string, commandLine: string): Promise<MqPhase> {
   const latencies: number[] = [];
+  const confirms: number[] = [];
   const ids: string[] = [];
   const publishedAt = new Map<string, number>();
   let notComplete = 0;
@@ -333,6 +341,7 @@ async function runPhase(server: ServerProcess, galaxy: Galaxy, producers: Produc
           try {
             const r = await oneJob(galaxy, producer, jobId, commandLine);
             latencies.push(r.ms);
+            confirms.push(r.confirmMs);
             publishedAt.set(jobId, r.publishedAt);
             if (!r.complete) notComplete++;
           } catch (error) {
@@ -375,6 +384,7 @@ async function runPhase(server: ServerProcess, galaxy: Galaxy, producers: Produc
     seconds: round(seconds, 2),
     jobs_per_s: round(jobs / seconds, 1),
     end_to_end: spread(latencies),
+    setup_publish_confirm: spread(confirms),
     not_complete: notComplete,
     publish_latency: { running: spread(publish.running), complete: spread(publish.complete) },
     steps_p50_ms: Object.fromEntries(STEP_NAMES.map((name) => [name, spread(steps[name] ?? []).p50_ms])),
@@ -385,7 +395,7 @@ async function runPhase(server: ServerProcess, galaxy: Galaxy, producers: Produc
 }
 
 /** Start the server with the message-queue settings in its environment (PULSAR_CONFIG_*). */
-async function startServer(dir: string, url: string, acknowledge: boolean, entry: string | undefined): Promise<ServerProcess> {
+async function startServer(dir: string, url: string, acknowledge: boolean, options: MqOptions): Promise<ServerProcess> {
   const settings: Record<string, string> = {
     PULSAR_CONFIG_MESSAGE_QUEUE_URL: url,
     PULSAR_CONFIG_AMQP_ACKNOWLEDGE: String(acknowledge),
@@ -394,7 +404,7 @@ async function startServer(dir: string, url: string, acknowledge: boolean, entry
   Object.assign(process.env, settings);
   try {
     // The publish latency is read from the `job state changed` lines, logged at info.
-    return await ServerProcess.start({ root: dir, numConcurrentJobs: NUM_CONCURRENT_JOBS, logLevel: 'info', entry });
+    return await ServerProcess.start({ root: dir, numConcurrentJobs: NUM_CONCURRENT_JOBS, logLevel: 'info', entry: options.entry, cpuProfDir: options.cpuProfDir });
   } finally {
     for (const [k, v] of Object.entries(saved)) {
       if (v === undefined) delete process.env[k];
@@ -408,7 +418,7 @@ async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: 
   await fs.mkdir(dir, { recursive: true });
   let server: ServerProcess;
   try {
-    server = await startServer(dir, broker.url, acknowledge, options.entry);
+    server = await startServer(dir, broker.url, acknowledge, options);
   } catch (error) {
     return { error: `server did not start: ${message(error)}` };
   }
@@ -417,6 +427,8 @@ async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: 
   const stopRss = server.sampleRss(50);
   const galaxy = await Galaxy.connect(broker.url, acknowledge);
   const producers: Producer[] = [];
+  const windows: Window[] = [];
+  const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
   const result: MqVariant = {
     acknowledge,
     phases: {},
@@ -434,7 +446,9 @@ async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: 
     for (let w = 0; w < WARMUP_JOBS; w++) await oneJob(galaxy, first, `bench_mq_${label}_warm_${w}`, options.commandLine);
     for (const p of options.producers) {
       log(`mq ${label}: ${options.jobs} jobs, ${p} producer(s)`);
+      const startUs = nowUs();
       const phase = await runPhase(server, galaxy, producers.slice(0, p), options.jobs, `bench_mq_${label}_c${p}_`, options.commandLine);
+      windows.push({ name: `mq ${label} c${p}`, startUs, endUs: nowUs() });
       log(`mq ${label} c${p}: ${JSON.stringify(phase)}`);
       result.phases[`c${p}`] = phase;
     }
@@ -461,6 +475,15 @@ async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: 
     const exit = await server.stop();
     options.track(undefined);
     log(`mq ${label}: server stopped (${exit.signal ?? `exit ${String(exit.code)}`})`);
+  }
+  if (options.cpuProfDir !== undefined) {
+    const file = await findProfile(options.cpuProfDir, server.pid);
+    if (file === undefined) log(`mq ${label}: no CPU profile found for pid ${server.pid}`);
+    else {
+      const summaries = await summariseProfile(file, `mq ${label}`, windows);
+      for (const summary of summaries) process.stderr.write(`${formatSummary(summary)}\n`);
+      options.profiles.push(...summaries.map((summary) => ({ ...summary, name: `${summary.name} [${path.basename(file)}]` })));
+    }
   }
   if (result.error === undefined && !options.keep) await fs.rm(dir, { recursive: true, force: true });
   return result;

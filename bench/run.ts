@@ -435,6 +435,8 @@ async function main(): Promise<number> {
         commandLine: process.env['BENCH_MQ_COMMAND'] || 'true',
         entry: ctx.serverEntry,
         keep: process.env['BENCH_KEEP'] === '1',
+        cpuProfDir: ctx.cpuProfDir,
+        profiles: ctx.profiles,
         track: (server) => {
           ctx.current = server;
           if (server !== undefined) ctx.servers.push({ label: 'mq', pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1), num_concurrent_jobs: 16 });
