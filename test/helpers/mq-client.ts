@@ -95,6 +95,11 @@ export class MqClient {
     for (const w of [...this.#waiters]) w();
   }
 
+  /** Messages waiting in `<prefix>_<name>`. */
+  async queuedMessages(name: string): Promise<number> {
+    return (await this.#channel.checkQueue(this.queue(name))).messageCount;
+  }
+
   /** Publish a raw body to `<prefix>_<name>` and wait for the broker's confirm. */
   async publishRaw(name: string, content: Buffer): Promise<void> {
     this.#channel.publish('pulsar', this.queue(name), content, { persistent: true, contentType: 'application/json' });
