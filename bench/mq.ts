@@ -1,6 +1,6 @@
 /**
  * Section `mq` (BENCH_ONLY=mq): message-queue mode end to end. A private RabbitMQ broker
- * (bench/broker.ts), a real server process with `message_queue_url` pointing at it, and a
+ * (test/helpers/broker.ts, as the tests start it), a real server process with `message_queue_url` pointing at it, and a
  * Galaxy-like client on amqplib that publishes setup messages as Pulsar's client library does
  * (PROTOCOL §11.2: exchange `pulsar`, routing key `pulsar__setup`, the launch payload as a JSON
  * object, persistent) and consumes `pulsar__status_update`.
@@ -26,7 +26,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TERMINAL_STATES } from '../src/jobs/state.js';
-import { BenchBroker, brokerUnavailable } from './broker.js';
+import { Broker, brokerUnavailable } from '../test/helpers/broker.js';
 import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type Window } from './profile.js';
 import { ServerProcess } from './server-process.js';
 import { MIB, log, percentileSorted, round, sortedCopy } from './stats.js';
@@ -413,7 +413,7 @@ async function startServer(dir: string, url: string, acknowledge: boolean, optio
   }
 }
 
-async function runVariant(broker: BenchBroker, options: MqOptions, acknowledge: boolean, label: string): Promise<MqVariant | { error: string }> {
+async function runVariant(broker: Broker, options: MqOptions, acknowledge: boolean, label: string): Promise<MqVariant | { error: string }> {
   const dir = path.join(options.dir, label);
   await fs.mkdir(dir, { recursive: true });
   let server: ServerProcess;
@@ -497,9 +497,9 @@ export async function runMq(options: MqOptions): Promise<MqResult | { error: str
     return { skipped: unavailable };
   }
   await fs.mkdir(options.dir, { recursive: true });
-  let broker: BenchBroker;
+  let broker: Broker;
   try {
-    broker = await BenchBroker.start(path.join(options.dir, 'rabbitmq'));
+    broker = await Broker.start({ dir: path.join(options.dir, 'rabbitmq') });
   } catch (error) {
     return { error: `broker did not start: ${message(error)}` };
   }
