@@ -37,9 +37,6 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
     const where = settings.get('message_queue_url');
     const fail = (message: string): ConfigError => new ConfigError(where?.file ?? ENVIRONMENT, where?.key ?? 'message_queue_url', message);
     if (persistence === PERSISTENCE_DISABLED) throw fail('message-queue mode keeps its status outbox (and ack stores) under persistence_directory, which is __none__');
-    // A setup message sets the job up inside the submit (setup_params), which the public
-    // authorizer refuses: public mode over the message queue is not available yet.
-    if (publicMode) throw fail('public mode (tool_config_files) is not yet available in message-queue mode; use HTTP, or drop tool_config_files');
   }
 
   return {

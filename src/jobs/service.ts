@@ -10,7 +10,7 @@ import {
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend, ExitReport } from '../managers/backend.js';
-import type { Authorizer } from '../tools/authorizer.js';
+import type { Authorizer, StagedFile, SubmitFacts } from '../tools/authorizer.js';
 import { StagingPolicy } from '../staging/policy.js';
 import { DEFAULT_RETRY } from '../staging/retry.js';
 import { parseSetup, runStageIn, type StageInEntry } from '../staging/stage-in.js';
@@ -62,6 +62,20 @@ export interface JobSummary {
   readonly state: JobState;
   readonly incarnation: string;
 }
+
+/** How a submit reached the service (the transport's word, kept with the job's launch record). */
+export interface SubmitOptions {
+  /**
+   * A message-queue setup message (PROTOCOL §11.2): its setup inside submit is authorized as
+   * HTTP's `POST /jobs` (the job id stays the message's, which the client knows), and on a public
+   * server its stage-in may bring tool files, config files and `tool_script.sh`, which are then
+   * judged once they arrived, before anything is queued (see `#preprocess`).
+   */
+  readonly viaMessageQueue?: boolean;
+}
+
+/** The submit request as the launch record keeps it: plus how it came (read back after a restart). */
+type KeptRequest = SubmitRequest & { readonly viaMessageQueue?: boolean };
 
 type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
 
@@ -585,10 +599,11 @@ export class JobService {
    * 400 and leaves the job set up. `client` is as for setup (a submit with `setup_params` sets the
    * job up).
    */
-  async submit(jobId: string, request: SubmitRequest, client?: string): Promise<void> {
+  async submit(jobId: string, request: SubmitRequest, client?: string, options: SubmitOptions = {}): Promise<void> {
     const id = checkJobId(jobId);
+    const viaMessageQueue = options.viaMessageQueue === true;
     await this.#locked(id, async () => {
-      const record = await this.#recordForSubmit(id, request, client);
+      const record = await this.#recordForSubmit(id, request, client, viaMessageQueue);
       if (record.state !== 'setup') {
         this.#log.info({ jobId: id, state: record.state }, 'duplicate submit ignored');
         return;
@@ -606,7 +621,7 @@ export class JobService {
       const ignoresDependencies = !this.#authorizer.resolvesDependencies && request.dependenciesDescription !== null && request.dependenciesDescription !== undefined;
       if (ignoresDependencies) this.#log.info({ jobId: id }, 'dependencies_description ignored (this server does not resolve dependencies): not kept');
       // The command line is kept once, as it runs (launch.commandLine): megabytes for some tools.
-      const stored = { ...request, commandLine: '', ...(ignoresDependencies ? { dependenciesDescription: null } : {}) };
+      const stored: KeptRequest = { ...request, commandLine: '', ...(ignoresDependencies ? { dependenciesDescription: null } : {}), ...(viaMessageQueue ? { viaMessageQueue } : {}) };
       const closed = await this.#transition(record, 'preprocessing', { launch: { request: stored, commandLine, submitParams: kept } });
       if (closed?.state !== 'preprocessing') {
         throw new StoreUnavailable(closed?.failureReason ?? `job ${id} changed while it was being submitted`);
@@ -616,14 +631,14 @@ export class JobService {
   }
 
   /** The job a submit is for: set up here when the request carries `setup_params` (PROTOCOL §2.5). */
-  async #recordForSubmit(id: string, request: SubmitRequest, client: string | undefined): Promise<JobRecord> {
+  async #recordForSubmit(id: string, request: SubmitRequest, client: string | undefined, viaMessageQueue: boolean): Promise<JobRecord> {
     const record = this.#store.get(id);
     const setupParams = request.setupParams;
     if (record !== undefined && (setupParams === undefined || record.state === 'setup' || (await this.#dir(id).exists()))) return record;
     if (setupParams === undefined) throw new JobNotFound(`job ${id} has not been set up`);
     if (setupParams.jobId !== undefined && setupParams.jobId !== id) throw new BadRequest('setup_params.job_id differs from the job id of the request');
     // Everything that can be refused is refused before the setup writes anything.
-    const tool = this.#authorizer.authorizeSetup(id, setupParams.toolId, setupParams.toolVersion, true);
+    const tool = this.#authorizer.authorizeSetup(id, setupParams.toolId, setupParams.toolVersion, viaMessageQueue ? 'message_queue' : 'setup_params');
     this.#authorizer.authorizeEnv(id, tool.toolId, request.env);
     return this.#setupLocked(id, tool.toolId, tool.toolVersion, client);
   }
@@ -637,14 +652,20 @@ export class JobService {
     try {
       await this.#preprocess(record);
     } catch (error) {
-      const refused = error instanceof MagnetarError && error.status < 500;
-      // A refused job will never run: it keeps no launch payload, in memory or on disk.
-      await this.#failCurrent(record.id, record.incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`, 'failed', {
-        dropLaunch: refused,
-      });
-      if (refused) throw error;
+      if (await this.#failPreprocessing(record.id, record.incarnation, error)) throw error;
       this.#log.error({ jobId: record.id, err: error }, 'preprocessing failed');
     }
+  }
+
+  /**
+   * End a job whose preprocessing threw (the caller holds its lock): with the reason of a refusal
+   * (resolves true: the client's error), or as a launch failure.
+   */
+  async #failPreprocessing(id: string, incarnation: string, error: unknown): Promise<boolean> {
+    const refused = error instanceof MagnetarError && error.status < 500;
+    // A refused job will never run: it keeps no launch payload, in memory or on disk.
+    await this.#failCurrent(id, incarnation, refused ? messageOf(error) : `job could not be launched: ${messageOf(error)}`, 'failed', { dropLaunch: refused });
+    return refused;
   }
 
   /**
@@ -657,28 +678,33 @@ export class JobService {
     const { request } = launch;
     const dir = this.#dir(record.id);
     const clientEnv = this.#authorizer.authorizeEnv(record.id, record.toolId, request.env);
-    await this.#authorizer.authorizeSubmit(
-      {
-        jobId: record.id,
-        toolId: record.toolId,
-        toolVersion: record.toolVersion,
-        jobDirectory: dir.root,
-        commandLine: launch.commandLine,
-        submitParams: request.submitParams,
-        remoteStagingSetup: request.remoteStaging.setup?.length ?? 0,
-        staging: {
-          configured: this.#stagingPolicy.configured,
-          nonInputs: (request.remoteStaging.setup ?? []).filter((e) => typeof e !== 'object' || e === null || (e as { type?: unknown }).type !== 'input').length,
-        },
-        hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
-      },
-      dir.configs,
-    );
     const setup = request.remoteStaging.setup ?? [];
+    const facts: SubmitFacts = {
+      jobId: record.id,
+      toolId: record.toolId,
+      toolVersion: record.toolVersion,
+      jobDirectory: dir.root,
+      commandLine: launch.commandLine,
+      submitParams: request.submitParams,
+      remoteStagingSetup: setup.length,
+      staging: {
+        configured: this.#stagingPolicy.configured,
+        nonInputs: setup.filter((e) => typeof e !== 'object' || e === null || (e as { type?: unknown }).type !== 'input').length,
+      },
+      hasDependencies: request.dependenciesDescription !== null && request.dependenciesDescription !== undefined,
+    };
+    // Public mode judges config files, tool files and tool_script.sh where they lie. Uploaded
+    // (HTTP), they lie there now: the whole submit is authorized before anything is fetched, and
+    // stage-in may bring only inputs. A message-queue client stages every file: what can be judged
+    // without them is judged now, the rest once they arrived, before anything is queued.
+    const deferred = this.#authorizer.publicMode && (request as KeptRequest).viaMessageQueue === true && (facts.staging?.nonInputs ?? 0) > 0;
+    if (deferred) await this.#authorizer.authorizeStageIn(facts, stagedFilesOf(setup));
+    else await this.#authorizer.authorizeSubmit(facts, dir.configs);
     if (setup.length > 0) {
       // A refused URL, path or action refuses the job before anything is fetched.
       const entries = await parseSetup(setup, dir, this.#stagingPolicy, this.#app.maxJobFiles);
-      this.#stageInThenLaunch(record, entries, clientEnv);
+      const arrived = entries.filter((e) => e.action.kind !== 'nothing').map((e) => ({ name: e.name, type: e.type, path: dir.computedPath(e.name, e.type) }));
+      this.#stageInThenLaunch(record, entries, clientEnv, deferred ? { ...facts, staging: { configured: true, nonInputs: facts.staging?.nonInputs ?? 0, arrived } } : undefined);
       return;
     }
     await this.#prepareAndQueue(record, clientEnv);
@@ -690,7 +716,7 @@ export class JobService {
    * fails the job with the reason; a cancel stops the transfers; a shutdown stops them without
    * failing the job, whose stage-in starts again (resuming partial files) at the next start.
    */
-  #stageInThenLaunch(record: JobRecord, entries: readonly StageInEntry[], clientEnv: readonly string[]): void {
+  #stageInThenLaunch(record: JobRecord, entries: readonly StageInEntry[], clientEnv: readonly string[], judgeAfter: SubmitFacts | undefined): void {
     const { id, incarnation } = record;
     this.#stageIns.get(id)?.abort();
     const controller = new AbortController();
@@ -726,6 +752,13 @@ export class JobService {
       }
       await this.#whenCurrent(id, incarnation, async (current) => {
         if (current.state !== 'preprocessing' || this.#closing) return;
+        try {
+          // What stage-in brought is judged as it lies, under the lock: nothing changes it now.
+          if (judgeAfter !== undefined) await this.#authorizer.authorizeSubmit(judgeAfter, this.#dir(id).configs);
+        } catch (error) {
+          if (await this.#failPreprocessing(id, incarnation, error)) log.warn({ reason: messageOf(error) }, 'job refused after stage-in');
+          return;
+        }
         try {
           await this.#prepareAndQueue(current, clientEnv);
         } catch (error) {
@@ -1127,6 +1160,17 @@ export class JobService {
       timer.abort();
     }
   }
+}
+
+/** The well-formed `{name, type}` of `remote_staging.setup` entries (parseSetup refuses the others). */
+function stagedFilesOf(setup: readonly unknown[]): StagedFile[] {
+  const files: StagedFile[] = [];
+  for (const entry of setup) {
+    if (typeof entry !== 'object' || entry === null) continue;
+    const { name, type } = entry as { name?: unknown; type?: unknown };
+    if (typeof name === 'string' && typeof type === 'string') files.push({ name, type });
+  }
+  return files;
 }
 
 function checkFileType(type: string): FileType {

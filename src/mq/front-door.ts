@@ -286,7 +286,12 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
     const { jobId } = message;
     try {
       if (message.kind === 'setup') {
-        await this.#service.submit(jobId, message.request, 'amqp');
+        await this.#service.submit(jobId, message.request, 'amqp', { viaMessageQueue: true }).catch(async (error: unknown) => {
+          // Refused before it became a job (public mode: an unknown tool, an env entry): no state
+          // change publishes its end, so answer it (lost) and Galaxy fails the job instead of waiting.
+          if (error instanceof JobRefused && this.#service.knownJob(jobId) === undefined) await this.#answerRefusedSetup(jobId);
+          throw error;
+        });
         this.#log.info({ jobId }, 'setup message: job submitted');
       } else if (message.kind === 'kill') {
         await this.#service.cancel(jobId);

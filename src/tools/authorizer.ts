@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { constants as fsc, type Stats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -20,12 +21,33 @@ export interface SubmitFacts {
   readonly remoteStagingSetup: number;
   /**
    * Public mode: the administrator lists where server-side staging may reach (an endpoint
-   * allow-list or copy roots), and how many setup entries write anything but an `input` (config
-   * and tool files are checked before stage-in runs, so only inputs may be staged).
+   * allow-list or copy roots), and how many setup entries write anything but an `input`. Config
+   * and tool files are judged where they lie, so a submit that stages them is authorized only
+   * once they arrived (`arrived`: the entries stage-in wrote, with their paths; only message-queue
+   * submits defer so, see `authorizeStageIn`); without `arrived`, only inputs may be staged.
    */
-  readonly staging?: { readonly configured: boolean; readonly nonInputs: number };
+  readonly staging?: { readonly configured: boolean; readonly nonInputs: number; readonly arrived?: readonly StagedFile[] };
   readonly hasDependencies: boolean;
 }
+
+/** A `remote_staging.setup` entry as the authorizer sees it: what it writes (`path` once it was written). */
+export interface StagedFile {
+  readonly name: string;
+  readonly type: string;
+  readonly path?: string;
+}
+
+type Deny = (step: string, reason: string) => never;
+
+/** How a setup reached the service: `POST /jobs`, `setup_params` in an HTTP submit, or a message-queue setup message. */
+export type SetupRoute = 'setup' | 'setup_params' | 'message_queue';
+
+/**
+ * What stage-in may write on a public server: the types a client may upload, each judged as its
+ * upload would be (tool files hashed, config files and `tool_script.sh` by their validators,
+ * inputs and the rest are data the command line names), but only once it arrived.
+ */
+const PUBLIC_STAGED_TYPES: ReadonlySet<string> = new Set(['input', 'unstructured', 'config', 'tool', 'jobdir', 'workdir', 'metadata']);
 
 export interface UploadDecision {
   /** When set, the upload must hash (SHA-256, hex) to exactly this. */
@@ -43,14 +65,21 @@ export interface Authorizer {
   readonly resolvesDependencies: boolean;
   /**
    * Setup: returns the tool id and version the job is for (the version resolved in a toolbox).
-   * `viaSubmit` marks a setup requested inside submit (`setup_params`).
+   * `route` says how the setup came (default `setup`, HTTP's `POST /jobs`).
    */
-  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, viaSubmit?: boolean): { toolId: string | undefined; toolVersion: string | undefined };
+  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, route?: SetupRoute): { toolId: string | undefined; toolVersion: string | undefined };
   authorizeUpload(jobId: string, toolId: string | undefined, toolVersion: string | undefined, name: string, type: string): Promise<UploadDecision>;
   /** Rendered env statements for the job script, or a refusal. */
   authorizeEnv(jobId: string, toolId: string | undefined, entries: readonly EnvEntry[]): string[];
   /** Command line, config files (read from `configsDirectory`), submit params, staging. */
   authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void>;
+  /**
+   * A submit whose stage-in writes more than inputs (a message-queue submit), before anything is
+   * fetched: everything that does not depend on the files still to arrive (the tool, submit
+   * params, staging allowed, each entry's type, tool file names, a command line that reads no
+   * script). `authorizeSubmit` with `staging.arrived` judges the rest once they arrived.
+   */
+  authorizeStageIn(facts: SubmitFacts, entries: readonly StagedFile[]): Promise<void>;
 }
 
 /** No toolbox: the token holder may run anything (Pulsar's trust model). */
@@ -76,6 +105,10 @@ export class AllowAnyAuthorizer implements Authorizer {
   }
 
   async authorizeSubmit(): Promise<void> {
+    // everything is allowed
+  }
+
+  async authorizeStageIn(): Promise<void> {
     // everything is allowed
   }
 }
@@ -143,10 +176,13 @@ export class ToolboxAuthorizer implements Authorizer {
     return tool;
   }
 
-  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, viaSubmit = false) {
-    if (viaSubmit) this.#deny(jobId, toolId, 'setup', 'setup inside submit (setup_params) is not available on a public server; call POST /jobs first');
+  authorizeSetup(jobId: string, toolId: string | undefined, toolVersion: string | undefined, route: SetupRoute = 'setup') {
+    // Over HTTP a public server assigns the job id (a uuid) at POST /jobs; a message-queue client
+    // never learns an assigned id, so its setup message keeps Galaxy's (the broker's ACLs decide
+    // who may publish it) and is otherwise authorized exactly as POST /jobs.
+    if (route === 'setup_params') this.#deny(jobId, toolId, 'setup', 'setup inside submit (setup_params) is not available on a public server; call POST /jobs first');
     const tool = this.#tool(jobId, toolId, toolVersion, 'setup');
-    this.#allow(jobId, tool.id, 'setup', `version ${tool.version}`);
+    this.#allow(jobId, tool.id, 'setup', `version ${tool.version}${route === 'message_queue' ? ', message-queue setup' : ''}`);
     return { toolId: tool.id, toolVersion: tool.version };
   }
 
@@ -183,17 +219,52 @@ export class ToolboxAuthorizer implements Authorizer {
     return [...envStatements(entries, false, true), ...PINNED_AFTER_CLIENT_ENV];
   }
 
-  async authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void> {
-    const { jobId } = facts;
-    const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'submit');
-    const deny: (step: string, reason: string) => never = (step, reason) => this.#deny(jobId, tool.id, step, `tool "${tool.id}": ${reason}`);
-    if (facts.remoteStagingSetup > 0) {
-      if (facts.staging?.configured !== true) deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
-      if (facts.staging.nonInputs > 0) deny('remote_staging', 'server-side staging (remote_staging.setup) may only write inputs on this server');
-      this.#allow(jobId, tool.id, 'remote_staging', String(facts.remoteStagingSetup));
+  /** The refusal function of a submit's steps (every reason names the tool). */
+  #denier(jobId: string, toolId: string): Deny {
+    return (step, reason) => this.#deny(jobId, toolId, step, `tool "${toolId}": ${reason}`);
+  }
+
+  /** Staging allowed at all, and the submit params: what neither a file nor the command line decides. */
+  #authorizeRequest(tool: ToolDefinition, facts: SubmitFacts, deny: (step: string, reason: string) => never): void {
+    if (facts.remoteStagingSetup > 0 && facts.staging?.configured !== true) {
+      deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
     }
     for (const key of Object.keys(facts.submitParams)) {
       if (!this.#allowedSubmitParams.has(key)) deny('submit params', `submit parameter "${key}" is not allowed on this server (allowed_submit_params)`);
+    }
+  }
+
+  async authorizeStageIn(facts: SubmitFacts, entries: readonly StagedFile[]): Promise<void> {
+    const { jobId } = facts;
+    const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'remote_staging');
+    const deny: Deny = this.#denier(jobId, tool.id);
+    this.#authorizeRequest(tool, facts, deny);
+    for (const entry of entries) {
+      if (!PUBLIC_STAGED_TYPES.has(entry.type)) deny('remote_staging', `server-side staging may not write files of type "${entry.type.slice(0, 40)}" on this server`);
+      // The bytes are hashed once they arrived; a name that is no file of the tool is refused now.
+      if (entry.type === 'tool' && (await this.#files.expectedDigest(tool, entry.name)) === undefined) {
+        deny('tool file', `"${entry.name}" is not a file of tool "${tool.id}"`);
+      }
+    }
+    // A command line that reads no script (the legacy form, shell: none, or no shape at all) is
+    // judged now; one that runs tool_script.sh is judged with the script, once it arrived.
+    const wrapper = matchWrapper(facts.commandLine, facts.jobDirectory);
+    if (wrapper === undefined || wrapper.kind === 'inline') await this.#authorizeCommandLine(tool, facts, deny);
+    this.#allow(jobId, tool.id, 'remote_staging', `${entries.length} entries; config files, tool files and the command line judged once they arrived`);
+  }
+
+  async authorizeSubmit(facts: SubmitFacts, configsDirectory: string): Promise<void> {
+    const { jobId } = facts;
+    const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'submit');
+    const deny: Deny = this.#denier(jobId, tool.id);
+    this.#authorizeRequest(tool, facts, deny);
+    if (facts.remoteStagingSetup > 0) {
+      const arrived = facts.staging?.arrived;
+      if (arrived === undefined && (facts.staging?.nonInputs ?? 0) > 0) deny('remote_staging', 'server-side staging (remote_staging.setup) may only write inputs on this server');
+      for (const file of arrived ?? []) {
+        if (file.type === 'tool' && file.path !== undefined) await this.#authorizeStagedToolFile(jobId, tool, file.name, file.path, deny);
+      }
+      this.#allow(jobId, tool.id, 'remote_staging', String(facts.remoteStagingSetup));
     }
     // Config files: each must have its validator and satisfy it (PROTOCOL §14 item 17). What
     // cannot be read cannot be validated: the job is refused (never run unchecked).
@@ -226,6 +297,18 @@ export class ToolboxAuthorizer implements Authorizer {
     const detail = await this.#authorizeCommandLine(tool, facts, deny);
     if (facts.hasDependencies) this.#log.info({ jobId, toolId: tool.id, step: 'dependencies' }, 'dependencies_description ignored on a public server');
     this.#allow(jobId, tool.id, 'command line', detail);
+  }
+
+  /**
+   * A tool file stage-in wrote: byte-identical to the toolbox copy of that name, as an upload must
+   * be. Read once, as a regular file opened without following a link.
+   */
+  async #authorizeStagedToolFile(jobId: string, tool: ToolDefinition, name: string, file: string, deny: (step: string, reason: string) => never): Promise<void> {
+    const expected = await this.#files.expectedDigest(tool, name);
+    if (expected === undefined) deny('tool file', `"${name}" is not a file of tool "${tool.id}"`);
+    const actual = await sha256OfJobFile(file).catch((error: unknown) => deny('tool file', `tool file "${name}" cannot be read (${errorCode(error)})`));
+    if (actual !== expected) deny('tool file', `"${name}" differs from the toolbox's copy of this tool file`);
+    this.#allow(jobId, tool.id, 'tool file', `${name} (staged)`);
   }
 
   /** The command line (see `judgeCommandLine`); resolves with its shape, for the audit log. */
@@ -383,6 +466,19 @@ async function readToolScript(jobDirectory: string, file: string): Promise<ReadR
     }
   } catch (error) {
     return { ok: false, reason: `cannot be read (${errorCode(error)})` };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** SHA-256 (hex) of a file stage-in wrote: a regular file, opened without following a link. */
+async function sha256OfJobFile(file: string): Promise<string> {
+  const handle = await fs.open(file, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  try {
+    if (!(await handle.stat()).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    const hash = createHash('sha256');
+    for await (const chunk of handle.createReadStream({ autoClose: false })) hash.update(chunk as Buffer);
+    return hash.digest('hex');
   } finally {
     await handle.close();
   }

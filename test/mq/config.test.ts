@@ -69,10 +69,11 @@ test('relay URLs are warned about and ignored; a bad scheme or URL is refused wi
   }
 });
 
-test('message-queue mode needs persistence_directory; public mode over the message queue is refused with the reason', async (t) => {
+test('message-queue mode needs persistence_directory; public mode over the message queue is accepted (test/mq/public.test.ts)', async (t) => {
   const none = await t.throwsAsync((await load(t, 'message_queue_url: amqp://h/\npersistence_directory: __none__\n')).result, { instanceOf: ConfigError });
   t.regex(none?.message ?? '', /persistence_directory/);
   const { result } = await load(t, 'message_queue_url: amqp://h/\ntool_config_files: tools.xml\n', { 'tools.xml': '<toolbox/>' });
-  const pub = await t.throwsAsync(result, { instanceOf: ConfigError });
-  t.regex(pub?.message ?? '', /public mode .* not yet available in message-queue mode/);
+  const pub = await result;
+  t.truthy(pub.config.app.messageQueue);
+  t.is(pub.config.app.toolConfigFiles.length, 1);
 });

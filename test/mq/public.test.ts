@@ -1,0 +1,245 @@
+import type { ExecutionContext } from 'ava';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FAST_RETRY, testEndpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
+import { fileBroker, mqRemoteStaging, MqClient, mqConfig } from '../helpers/mq-client.js';
+import { brokerTest } from '../helpers/rabbitmq.js';
+import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
+import { SCRIPT_PREAMBLES, WRAPPER_SHAPES, renderShape, type WrapperShape } from '../../src/tools/galaxy-shapes.js';
+
+/*
+ * Public mode over the message queue: a real broker, a real public server (the public and sandbox
+ * fixture toolboxes, job sandbox on) and a real files endpoint. Galaxy in message-queue mode stages
+ * everything with remote_transfer: tool files, config files, tool_script.sh and inputs. What cannot
+ * be judged before the files arrive is judged once they arrived, before anything is queued.
+ */
+
+const test = brokerTest();
+const theBroker = fileBroker(test);
+
+const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/', import.meta.url));
+const TOOLBOXES = [path.join(FIXTURES, 'public', 'toolbox.xml'), path.join(FIXTURES, 'sandbox', 'toolbox.xml')];
+const HELPER = path.join(FIXTURES, 'public', 'tools', 'mag_wrap', 'scripts', 'helper.sh');
+const [IN_JOBDIR] = WRAPPER_SHAPES as [WrapperShape];
+const PREAMBLE = SCRIPT_PREAMBLES[SCRIPT_PREAMBLES.length - 1]!;
+/** What a refused job's command would create: it must exist nowhere. */
+const MARKER = `magnetar-pubmq-marker-${randomBytes(4).toString('hex')}`;
+
+interface Fixture {
+  readonly server: TestServer;
+  readonly client: MqClient;
+  readonly endpoint: FilesEndpoint;
+}
+
+async function publicMqServer(t: ExecutionContext): Promise<Fixture> {
+  const endpoint = await testEndpoint(t);
+  const prefix = `p${randomBytes(4).toString('hex')}`;
+  const url = theBroker().url;
+  const server = await startTestServer({
+    app: {
+      toolConfigFiles: TOOLBOXES,
+      allowUnsafeEnv: false,
+      messageQueue: mqConfig(url, { keyPrefix: prefix }),
+      // Public-mode defaults but for the one endpoint the administrator listed (it names 127.0.0.1).
+      staging: { allowedEndpoints: [`http://127.0.0.1:${endpoint.port}/api/jobs/`], copyRoots: [], privateAddresses: false, concurrency: 4 },
+    },
+    managers: (root) => [managerConfig(root, { assignIds: 'uuid', preprocessRetry: FAST_RETRY, postprocessRetry: FAST_RETRY })],
+  });
+  t.teardown(async () => server.stop());
+  const client = await MqClient.connect(url, { keyPrefix: prefix });
+  t.teardown(async () => client.close());
+  return { server, client, endpoint };
+}
+
+/** Galaxy's files for one mag_wrap job, as its message-queue client stages them (every one by remote_transfer). */
+interface GalaxyJob {
+  readonly id: string;
+  readonly dir: string;
+  readonly helper?: Buffer | string;
+  readonly opts?: string;
+  readonly toolCommand?: (dir: string) => string;
+  /** The whole command_line (default: Galaxy's wrapper around tool_script.sh). */
+  readonly commandLine?: string;
+  /** Extra or replacing setup entries. */
+  readonly entries?: (fx: Fixture, job: string) => object[];
+  readonly toolId?: string;
+}
+
+const transfer = (fx: Fixture, id: string, name: string, type: string, galaxyPath: string): object => ({
+  name,
+  type,
+  action: { action_type: 'remote_transfer', path: galaxyPath, source: { path: galaxyPath, object_store_ref: null }, url: fx.endpoint.inputUrl(id, galaxyPath, type) },
+});
+
+function wrapToolCommand(dir: string): string {
+  return `bash ${dir}/tool_files/scripts/helper.sh --config ${dir}/configs/opts ${dir}/inputs/dataset_1.dat ${dir}/outputs/dataset_2.dat`;
+}
+
+/** Serve the job's files and publish its setup message; resolves with the job directory. */
+async function launch(fx: Fixture, job: Omit<GalaxyJob, 'dir'>): Promise<string> {
+  const { id } = job;
+  const dir = path.join(fx.server.staging, id);
+  const g = `/galaxy/jobs/${id}`;
+  const script = renderShape(PREAMBLE.segments, { jobDirectory: dir, shell: '/bin/bash' }) + (job.toolCommand ?? wrapToolCommand)(dir) + '\n';
+  fx.endpoint.files.set(`${g}/tools/scripts/helper.sh`, typeof job.helper === 'string' ? Buffer.from(job.helper) : (job.helper ?? (await fs.readFile(HELPER))));
+  fx.endpoint.files.set(`${g}/configs/opts`, Buffer.from(job.opts ?? '--lines=2'));
+  fx.endpoint.files.set(`${g}/tool_script.sh`, Buffer.from(script));
+  fx.endpoint.files.set(`${g}/inputs/dataset_1.dat`, Buffer.from('1\n2\n3\n'));
+  const entries = job.entries?.(fx, id) ?? [
+    transfer(fx, id, 'scripts/helper.sh', 'tool', `${g}/tools/scripts/helper.sh`),
+    transfer(fx, id, 'opts', 'config', `${g}/configs/opts`),
+    transfer(fx, id, 'tool_script.sh', 'jobdir', `${g}/tool_script.sh`),
+    transfer(fx, id, 'tool_script.sh', 'config', `${g}/tool_script.sh`),
+    transfer(fx, id, 'dataset_1.dat', 'input', `${g}/inputs/dataset_1.dat`),
+  ];
+  // Galaxy's jobs_directory placeholder, replaced by the server's staging directory (PROTOCOL §2.5 step 3).
+  const commandLine = job.commandLine ?? renderShape(IN_JOBDIR.segments, { jobDirectory: `__PULSAR_JOBS_DIRECTORY__/${id}`, shell: '/bin/bash', ecId: id });
+  await fx.client.setup(id, commandLine, {
+    remote_staging: mqRemoteStaging(fx.endpoint.filesEndpoint(id), entries, ['dataset_2.dat']),
+    setup_params: { job_id: id, tool_id: job.toolId ?? 'mag_wrap', tool_version: '2.0', use_metadata: true, preserve_galaxy_python_environment: null },
+  });
+  return dir;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.access(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Every path below `root` (names relative to it), or [] when it does not exist. */
+async function filesBelow(root: string): Promise<string[]> {
+  try {
+    return (await fs.readdir(root, { recursive: true })).map(String);
+  } catch {
+    return [];
+  }
+}
+
+/** The regular files below `dir` (relative names). */
+async function regularFilesBelow(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => !e.isDirectory()).map((e) => path.relative(dir, path.join(e.parentPath, e.name)));
+}
+
+/** Nothing ran: no job script, no pid, no return code, no marker in the server's tree or in /tmp; the output never went out. */
+async function assertNothingRan(t: ExecutionContext, fx: Fixture, dir: string): Promise<void> {
+  for (const name of ['command.sh', 'pid', 'return_code']) t.false(await exists(path.join(dir, name)), `${name}: nothing ran`);
+  t.deepEqual((await filesBelow(fx.server.root)).filter((f) => f.includes(MARKER) || f.endsWith('.ec')), [], 'no marker, no exit-code file anywhere');
+  t.deepEqual((await fs.readdir(os.tmpdir())).filter((f) => f.includes(MARKER)), []);
+  t.is(fx.endpoint.posted.size, 0, 'nothing was staged out');
+}
+
+/** Every file the server's tree holds outside persistence is inside this job's directory. */
+async function assertOnlyInJob(t: ExecutionContext, fx: Fixture, id: string): Promise<void> {
+  const outside = (await filesBelow(fx.server.staging)).filter((f) => f !== id && !f.startsWith(`${id}${path.sep}`));
+  t.deepEqual(outside, [], 'no file outside the job directory');
+}
+
+test.serial('(a) a Galaxy-shaped job whose tool file, config files, tool_script.sh and input are all staged by remote_transfer runs sandboxed; its output is staged out; complete', async (t) => {
+  const fx = await publicMqServer(t);
+  const id = '5001';
+  const dir = await launch(fx, { id });
+  const terminal = await fx.client.waitForTerminal(id);
+  t.is(terminal.status, 'complete', JSON.stringify(terminal));
+  t.is(terminal.returncode, 0);
+  t.is(fx.endpoint.posted.get('/galaxy/files/dataset_2.dat')?.toString(), '1\n2\n');
+  t.is((await fs.readFile(path.join(dir, `galaxy_${id}.ec`), 'utf8')).trim(), '0', "Galaxy's exit-code file, in the job directory");
+  const fetched = fx.endpoint.requests.filter((r) => r.method === 'GET').map((r) => r.fileType).sort();
+  t.deepEqual(fetched, ['config', 'config', 'input', 'jobdir', 'tool']);
+  const audit = fx.server.logLines.filter((l) => l.includes('"audit":true'));
+  t.true(audit.some((l) => l.includes('"step":"setup"') && l.includes('message-queue setup')), 'the setup is authorized as POST /jobs');
+  t.true(audit.some((l) => l.includes('"step":"tool file"') && l.includes('scripts/helper.sh (staged)')), 'the staged tool file was hashed');
+  t.true(audit.some((l) => l.includes('"step":"config file"') && l.includes('"detail":"opts"')));
+  t.true(audit.some((l) => l.includes('"step":"command line"') && l.includes('Galaxy wrapper')));
+  await fx.client.settle(500);
+  t.is(fx.client.terminalsOf(id).length, 1);
+});
+
+test.serial('(b) a staged tool file that differs from the toolbox copy fails the job after stage-in: nothing runs, the file stays in its job directory', async (t) => {
+  const fx = await publicMqServer(t);
+  const id = '5002';
+  const tampered = `#!/bin/sh\ntouch "$PWD/${MARKER}" /tmp/${MARKER} "$4"\n`;
+  const dir = await launch(fx, { id, helper: tampered });
+  const terminal = await fx.client.waitForTerminal(id);
+  t.is(terminal.status, 'failed', JSON.stringify(terminal));
+  t.regex(String(terminal['stderr']), /"scripts\/helper\.sh" differs from the toolbox's copy of this tool file/);
+  await assertNothingRan(t, fx, dir);
+  await assertOnlyInJob(t, fx, id);
+  t.true(fx.server.logLines.some((l) => l.includes('"decision":"deny"') && l.includes('"step":"tool file"')));
+});
+
+test.serial('(c) a tool command, a config file or a command line its validator refuses fails the job: nothing runs', async (t) => {
+  const fx = await publicMqServer(t);
+  const cases: { id: string; job: Partial<GalaxyJob>; reason: RegExp; fetches: boolean }[] = [
+    // Judged once tool_script.sh arrived.
+    { id: '5101', job: { toolCommand: (d) => `${wrapToolCommand(d)}; touch ${d}/working/${MARKER}` }, reason: /command_validator rejected the tool command in (configs\/)?tool_script\.sh/, fetches: true },
+    { id: '5102', job: { toolCommand: (d) => `${wrapToolCommand(d)}\ntouch ${d}/working/${MARKER}` }, reason: /tool_script\.sh/, fetches: true },
+    // Judged once the config file arrived.
+    { id: '5103', job: { opts: `--lines=2; touch ${MARKER}` }, reason: /configfile_validator "opts" rejected the file/, fetches: true },
+    // A command line that reads no script is judged before anything is fetched.
+    { id: '5104', job: { commandLine: `touch /tmp/${MARKER}` }, reason: /command_validator rejected the command line/, fetches: false },
+  ];
+  for (const { id, job, reason, fetches } of cases) {
+    const before = fx.endpoint.requests.length;
+    const dir = await launch(fx, { id, ...job });
+    const terminal = await fx.client.waitForTerminal(id);
+    t.is(terminal.status, 'failed', `${id}: ${JSON.stringify(terminal)}`);
+    t.regex(String(terminal['stderr']), reason, id);
+    await assertNothingRan(t, fx, dir);
+    t.is(fx.endpoint.requests.length > before, fetches, `${id}: fetched before the refusal?`);
+  }
+  for (const { id } of cases) t.is(fx.client.terminalsOf(id).length, 1, id);
+});
+
+test.serial('(d) an unknown tool id, or a tool without a command_validator, is answered lost and writes nothing: no job directory, no fetch', async (t) => {
+  const fx = await publicMqServer(t);
+  for (const [id, toolId] of [['5201', 'bash'], ['5202', 'mag_open']] as const) {
+    await launch(fx, { id, toolId });
+    const terminal = await fx.client.waitForTerminal(id);
+    t.is(terminal.status, 'lost', `${toolId}: ${JSON.stringify(terminal)}`);
+    t.false(await exists(path.join(fx.server.staging, id)), `${toolId}: no job directory`);
+  }
+  t.deepEqual(await filesBelow(fx.server.staging), []);
+  t.deepEqual(fx.endpoint.requests, [], 'nothing was fetched');
+  t.true(fx.server.logLines.some((l) => l.includes('"decision":"deny"') && l.includes('"step":"setup"') && l.includes('5201')));
+  t.deepEqual((await fs.readdir(os.tmpdir())).filter((f) => f.includes(MARKER)), []);
+});
+
+test.serial('(e) a staging URL outside staging_allowed_endpoints, a tool name the tool does not have, or a type stage-in may not write is refused before anything is fetched', async (t) => {
+  const fx = await publicMqServer(t);
+  const other = await testEndpoint(t);
+  other.files.set('/galaxy/evil/helper.sh', Buffer.from(`#!/bin/sh\ntouch /tmp/${MARKER}\n`));
+  const g = (id: string): string => `/galaxy/jobs/${id}`;
+  const standard = (fx2: Fixture, id: string): object[] => [
+    transfer(fx2, id, 'opts', 'config', `${g(id)}/configs/opts`),
+    transfer(fx2, id, 'tool_script.sh', 'jobdir', `${g(id)}/tool_script.sh`),
+    transfer(fx2, id, 'dataset_1.dat', 'input', `${g(id)}/inputs/dataset_1.dat`),
+  ];
+  const cases: { id: string; entries: (fx2: Fixture, id: string) => object[]; reason: RegExp }[] = [
+    {
+      id: '5301',
+      entries: (fx2, id) => [
+        ...standard(fx2, id),
+        { name: 'scripts/helper.sh', type: 'tool', action: { action_type: 'remote_transfer', path: '/galaxy/evil/helper.sh', url: other.inputUrl(id, '/galaxy/evil/helper.sh', 'tool') } },
+      ],
+      reason: /is not in staging_allowed_endpoints/,
+    },
+    { id: '5302', entries: (fx2, id) => [...standard(fx2, id), transfer(fx2, id, 'scripts/other.sh', 'tool', `${g(id)}/tools/scripts/helper.sh`)], reason: /"scripts\/other\.sh" is not a file of tool "mag_wrap"/ },
+    { id: '5303', entries: (fx2, id) => [...standard(fx2, id), transfer(fx2, id, 'x', 'output', `${g(id)}/x`)], reason: /may not write files of type "output"/ },
+  ];
+  for (const { id, entries, reason } of cases) {
+    const dir = await launch(fx, { id, entries });
+    const terminal = await fx.client.waitForTerminal(id);
+    t.is(terminal.status, 'failed', `${id}: ${JSON.stringify(terminal)}`);
+    t.regex(String(terminal['stderr']), reason, id);
+    await assertNothingRan(t, fx, dir);
+    t.deepEqual(await regularFilesBelow(dir), [], `${id}: no file was staged`);
+  }
+  t.deepEqual(fx.endpoint.requests, [], 'the allowed endpoint saw no request');
+  t.deepEqual(other.requests, [], 'the endpoint outside the allow-list saw no request');
+});
