@@ -704,7 +704,8 @@ export class JobService {
       // A refused URL, path or action refuses the job before anything is fetched.
       const entries = await parseSetup(setup, dir, this.#stagingPolicy, this.#app.maxJobFiles);
       const arrived = entries.filter((e) => e.action.kind !== 'nothing').map((e) => ({ name: e.name, type: e.type, path: dir.computedPath(e.name, e.type) }));
-      this.#stageInThenLaunch(record, entries, clientEnv, deferred ? { ...facts, staging: { configured: true, nonInputs: facts.staging?.nonInputs ?? 0, arrived } } : undefined);
+      const staging = { configured: this.#stagingPolicy.configured, nonInputs: facts.staging?.nonInputs ?? 0, arrived };
+      this.#stageInThenLaunch(record, entries, clientEnv, deferred ? { ...facts, staging } : undefined);
       return;
     }
     await this.#prepareAndQueue(record, clientEnv);

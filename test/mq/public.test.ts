@@ -4,7 +4,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FAST_RETRY, testEndpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
+import { FAST_RETRY, heldFault, testEndpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
 import { fileBroker, mqRemoteStaging, MqClient, mqConfig } from '../helpers/mq-client.js';
 import { brokerTest } from '../helpers/rabbitmq.js';
 import { managerConfig, startTestServer, type TestServer } from '../helpers/server.js';
@@ -37,8 +37,18 @@ interface Fixture {
 async function publicMqServer(t: ExecutionContext): Promise<Fixture> {
   const endpoint = await testEndpoint(t);
   const prefix = `p${randomBytes(4).toString('hex')}`;
+  const server = await publicServer(endpoint, prefix);
+  t.teardown(async () => server.stop());
+  const client = await MqClient.connect(theBroker().url, { keyPrefix: prefix });
+  t.teardown(async () => client.close());
+  return { server, client, endpoint };
+}
+
+/** A public server in message-queue mode (key prefix `prefix`) whose staging admits `endpoint`; `root` to start again on a stopped one's files. */
+async function publicServer(endpoint: FilesEndpoint, prefix: string, root?: string): Promise<TestServer> {
   const url = theBroker().url;
-  const server = await startTestServer({
+  return startTestServer({
+    ...(root === undefined ? {} : { root }),
     app: {
       toolConfigFiles: TOOLBOXES,
       allowUnsafeEnv: false,
@@ -46,12 +56,8 @@ async function publicMqServer(t: ExecutionContext): Promise<Fixture> {
       // Public-mode defaults but for the one endpoint the administrator listed (it names 127.0.0.1).
       staging: { allowedEndpoints: [`http://127.0.0.1:${endpoint.port}/api/jobs/`], copyRoots: [], privateAddresses: false, concurrency: 4 },
     },
-    managers: (root) => [managerConfig(root, { assignIds: 'uuid', preprocessRetry: FAST_RETRY, postprocessRetry: FAST_RETRY })],
+    managers: (dir) => [managerConfig(dir, { assignIds: 'uuid', preprocessRetry: FAST_RETRY, postprocessRetry: FAST_RETRY })],
   });
-  t.teardown(async () => server.stop());
-  const client = await MqClient.connect(url, { keyPrefix: prefix });
-  t.teardown(async () => client.close());
-  return { server, client, endpoint };
 }
 
 /** Galaxy's files for one mag_wrap job, as its message-queue client stages them (every one by remote_transfer). */
@@ -242,4 +248,43 @@ test.serial('(e) a staging URL outside staging_allowed_endpoints, a tool name th
   }
   t.deepEqual(fx.endpoint.requests, [], 'the allowed endpoint saw no request');
   t.deepEqual(other.requests, [], 'the endpoint outside the allow-list saw no request');
+});
+
+test.serial('a restart during stage-in resumes the deferred checks: the tool files are judged once they arrived (a good job completes, a tampered one fails)', async (t) => {
+  const endpoint = await testEndpoint(t);
+  const prefix = `p${randomBytes(4).toString('hex')}`;
+  const first = await publicServer(endpoint, prefix);
+  let stopped = false;
+  t.teardown(async () => (stopped ? undefined : first.stop()));
+  const client = await MqClient.connect(theBroker().url, { keyPrefix: prefix });
+  t.teardown(async () => client.close());
+  const fx: Fixture = { server: first, client, endpoint };
+  const jobs = [
+    { id: '5401', helper: undefined, status: 'complete' },
+    { id: '5402', helper: `#!/bin/sh\ntouch "$PWD/${MARKER}" "$4"\n`, status: 'failed' },
+  ];
+  const held = [];
+  for (const job of jobs) {
+    // The input's transfer stops half-way until released: the server stops during stage-in.
+    const hold = heldFault(t);
+    endpoint.faults.set(`/galaxy/jobs/${job.id}/inputs/dataset_1.dat`, [hold.fault]);
+    held.push(hold);
+    await launch(fx, { id: job.id, ...(job.helper === undefined ? {} : { helper: job.helper }) });
+  }
+  await Promise.all(held.map(async (h) => h.reached));
+  await first.close();
+  stopped = true;
+  for (const h of held) h.release();
+  const second = await publicServer(endpoint, prefix, first.root);
+  t.teardown(async () => second.stop());
+  for (const job of jobs) {
+    const terminal = await client.waitForTerminal(job.id);
+    t.is(terminal.status, job.status, `${job.id}: ${JSON.stringify(terminal)}`);
+  }
+  t.is(endpoint.posted.get('/galaxy/files/dataset_2.dat')?.toString(), '1\n2\n');
+  t.regex(String(client.terminalsOf('5402')[0]?.['stderr']), /differs from the toolbox's copy/);
+  const tampered = path.join(second.staging, '5402');
+  for (const name of ['command.sh', 'pid', 'return_code']) t.false(await exists(path.join(tampered, name)), `${name}: nothing ran`);
+  t.deepEqual((await filesBelow(second.root)).filter((f) => f.includes(MARKER)), []);
+  t.true(second.logLines.some((l) => l.includes('preprocessing resumed after restart')));
 });
