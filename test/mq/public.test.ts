@@ -1,6 +1,7 @@
 import type { ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +24,7 @@ const theBroker = fileBroker(test);
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/', import.meta.url));
 const TOOLBOXES = [path.join(FIXTURES, 'public', 'toolbox.xml'), path.join(FIXTURES, 'sandbox', 'toolbox.xml')];
 const HELPER = path.join(FIXTURES, 'public', 'tools', 'mag_wrap', 'scripts', 'helper.sh');
+const PROBE = path.join(FIXTURES, 'sandbox', 'tools', 'mag_probe', 'probe.sh');
 const [IN_JOBDIR] = WRAPPER_SHAPES as [WrapperShape];
 const PREAMBLE = SCRIPT_PREAMBLES[SCRIPT_PREAMBLES.length - 1]!;
 /** What a refused job's command would create: it must exist nowhere. */
@@ -162,6 +164,7 @@ test.serial('(a) a Galaxy-shaped job whose tool file, config files, tool_script.
   t.true(audit.some((l) => l.includes('"step":"tool file"') && l.includes('scripts/helper.sh (staged)')), 'the staged tool file was hashed');
   t.true(audit.some((l) => l.includes('"step":"config file"') && l.includes('"detail":"opts"')));
   t.true(audit.some((l) => l.includes('"step":"command line"') && l.includes('Galaxy wrapper')));
+  t.regex(await fs.readFile(path.join(dir, 'command.sh'), 'utf8'), /bwrap/, 'the command runs in the job sandbox');
   await fx.client.settle(500);
   t.is(fx.client.terminalsOf(id).length, 1);
 });
@@ -287,4 +290,47 @@ test.serial('a restart during stage-in resumes the deferred checks: the tool fil
   for (const name of ['command.sh', 'pid', 'return_code']) t.false(await exists(path.join(tampered, name)), `${name}: nothing ran`);
   t.deepEqual((await filesBelow(second.root)).filter((f) => f.includes(MARKER)), []);
   t.true(second.logLines.some((l) => l.includes('preprocessing resumed after restart')));
+});
+
+test.serial('the sandbox fixture\'s probe, staged and run over the message queue as Galaxy would, finds nothing of the server\'s', async (t) => {
+  const fx = await publicMqServer(t);
+  const { server, endpoint, client } = fx;
+  const id = '5501';
+  const dir = path.join(server.staging, id);
+  const listener = net.createServer((socket) => socket.destroy());
+  let connections = 0;
+  listener.on('connection', () => connections++);
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => listener.close(() => resolve())));
+  const config = path.join(server.root, 'server.ini');
+  await fs.writeFile(config, 'private_token = not-for-jobs\n');
+  const other = path.join(server.staging, 'other', 'inputs', 'secret.txt');
+  await fs.mkdir(path.dirname(other), { recursive: true });
+  await fs.writeFile(other, "another client's data\n");
+  const hostTmp = path.join(os.tmpdir(), `${MARKER}-probe`);
+  t.teardown(() => fs.rm(hostTmp, { force: true }));
+  const args = [
+    `${dir}/outputs/report.txt`, config, server.config.app.persistenceDirectory!, other, server.staging, server.root, hostTmp,
+    String(process.pid), String((listener.address() as net.AddressInfo).port),
+  ];
+  const toolCommand = ['bash', `${dir}/tool_files/probe.sh`, ...args].map((a) => `'${a}'`).join(' ').replace(/^'bash'/, 'bash');
+  const g = `/galaxy/jobs/${id}`;
+  endpoint.files.set(`${g}/tools/probe.sh`, await fs.readFile(PROBE));
+  endpoint.files.set(`${g}/tool_script.sh`, Buffer.from(`${renderShape(PREAMBLE.segments, { jobDirectory: dir, shell: '/bin/bash' })}${toolCommand}\n`));
+  const entries = [transfer(fx, id, 'probe.sh', 'tool', `${g}/tools/probe.sh`), transfer(fx, id, 'tool_script.sh', 'jobdir', `${g}/tool_script.sh`)];
+  await client.setup(id, renderShape(IN_JOBDIR.segments, { jobDirectory: dir, shell: '/bin/bash', ecId: id }), {
+    remote_staging: mqRemoteStaging(endpoint.filesEndpoint(id), entries, ['report.txt']),
+    setup_params: { job_id: id, tool_id: 'mag_probe', tool_version: '1.0', use_metadata: true, preserve_galaxy_python_environment: null },
+  });
+  const terminal = await client.waitForTerminal(id);
+  t.is(terminal.status, 'complete', JSON.stringify(terminal));
+  const text = endpoint.posted.get('/galaxy/files/report.txt')?.toString() ?? '';
+  t.true(text.endsWith('done\n'), text);
+  const report = Object.fromEntries(text.trim().split('\n').filter((l) => l !== 'done').map((l) => l.split('=') as [string, string]));
+  t.is(Object.keys(report).length, 12, text);
+  // Writes may land in the sandbox's own view: what counts is that nothing reaches the host.
+  for (const [name, verdict] of Object.entries(report)) if (!name.startsWith('write_')) t.is(verdict, 'refused', name);
+  t.false(await exists(path.join(server.root, 'planted-by-job')));
+  t.false(await exists(hostTmp));
+  t.is(connections, 0);
 });
