@@ -224,11 +224,14 @@ export class ToolboxAuthorizer implements Authorizer {
     return (step, reason) => this.#deny(jobId, toolId, step, `tool "${toolId}": ${reason}`);
   }
 
-  /** Staging allowed at all, and the submit params: what neither a file nor the command line decides. */
-  #authorizeRequest(tool: ToolDefinition, facts: SubmitFacts, deny: (step: string, reason: string) => never): void {
+  /** Server-side staging at all: only where the administrator listed endpoints or copy roots. */
+  #authorizeStagingAllowed(facts: SubmitFacts, deny: Deny): void {
     if (facts.remoteStagingSetup > 0 && facts.staging?.configured !== true) {
       deny('remote_staging', 'server-side staging actions (remote_staging.setup) are not allowed on this server');
     }
+  }
+
+  #authorizeSubmitParams(facts: SubmitFacts, deny: Deny): void {
     for (const key of Object.keys(facts.submitParams)) {
       if (!this.#allowedSubmitParams.has(key)) deny('submit params', `submit parameter "${key}" is not allowed on this server (allowed_submit_params)`);
     }
@@ -238,7 +241,8 @@ export class ToolboxAuthorizer implements Authorizer {
     const { jobId } = facts;
     const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'remote_staging');
     const deny: Deny = this.#denier(jobId, tool.id);
-    this.#authorizeRequest(tool, facts, deny);
+    this.#authorizeStagingAllowed(facts, deny);
+    this.#authorizeSubmitParams(facts, deny);
     for (const entry of entries) {
       if (!PUBLIC_STAGED_TYPES.has(entry.type)) deny('remote_staging', `server-side staging may not write files of type "${entry.type.slice(0, 40)}" on this server`);
       // The bytes are hashed once they arrived; a name that is no file of the tool is refused now.
@@ -257,7 +261,7 @@ export class ToolboxAuthorizer implements Authorizer {
     const { jobId } = facts;
     const tool = this.#tool(jobId, facts.toolId, facts.toolVersion, 'submit');
     const deny: Deny = this.#denier(jobId, tool.id);
-    this.#authorizeRequest(tool, facts, deny);
+    this.#authorizeStagingAllowed(facts, deny);
     if (facts.remoteStagingSetup > 0) {
       const arrived = facts.staging?.arrived;
       if (arrived === undefined && (facts.staging?.nonInputs ?? 0) > 0) deny('remote_staging', 'server-side staging (remote_staging.setup) may only write inputs on this server');
@@ -266,6 +270,7 @@ export class ToolboxAuthorizer implements Authorizer {
       }
       this.#allow(jobId, tool.id, 'remote_staging', String(facts.remoteStagingSetup));
     }
+    this.#authorizeSubmitParams(facts, deny);
     // Config files: each must have its validator and satisfy it (PROTOCOL §14 item 17). What
     // cannot be read cannot be validated: the job is refused (never run unchecked).
     let names: string[];
@@ -303,7 +308,7 @@ export class ToolboxAuthorizer implements Authorizer {
    * A tool file stage-in wrote: byte-identical to the toolbox copy of that name, as an upload must
    * be. Read once, as a regular file opened without following a link.
    */
-  async #authorizeStagedToolFile(jobId: string, tool: ToolDefinition, name: string, file: string, deny: (step: string, reason: string) => never): Promise<void> {
+  async #authorizeStagedToolFile(jobId: string, tool: ToolDefinition, name: string, file: string, deny: Deny): Promise<void> {
     const expected = await this.#files.expectedDigest(tool, name);
     if (expected === undefined) deny('tool file', `"${name}" is not a file of tool "${tool.id}"`);
     const actual = await sha256OfJobFile(file).catch((error: unknown) => deny('tool file', `tool file "${name}" cannot be read (${errorCode(error)})`));
