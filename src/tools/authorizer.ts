@@ -48,6 +48,19 @@ export type SetupRoute = 'setup' | 'setup_params' | 'message_queue';
  * inputs and the rest are data the command line names), but only once it arrived.
  */
 const PUBLIC_STAGED_TYPES: ReadonlySet<string> = new Set(['input', 'unstructured', 'config', 'tool', 'jobdir', 'workdir', 'metadata']);
+/**
+ * File types that land where the tool's command runs or starts (its working directory, the job
+ * directory): on a public server only Galaxy's `tool_script.sh` may go there. Any other name could
+ * be read by an approved program as its own startup file (`.Rprofile`, `.Renviron`, `.condarc`,
+ * `pyvenv.cfg`, …) and run code no validator saw.
+ */
+const SCRIPT_ONLY_TYPES: ReadonlySet<string> = new Set(['workdir', 'jobdir']);
+
+/** Why a public server refuses a `workdir`/`jobdir` file of this name, or undefined. */
+function scriptOnlyRefusal(name: string, type: string): string | undefined {
+  if (!SCRIPT_ONLY_TYPES.has(type) || name === TOOL_SCRIPT_NAME) return undefined;
+  return `a ${type} file may only be ${TOOL_SCRIPT_NAME} on this server, not ${JSON.stringify(name.slice(0, 80))} (a file where the tool runs could be read as its startup file)`;
+}
 
 export interface UploadDecision {
   /** When set, the upload must hash (SHA-256, hex) to exactly this. */
@@ -187,6 +200,8 @@ export class ToolboxAuthorizer implements Authorizer {
   }
 
   async authorizeUpload(jobId: string, toolId: string | undefined, toolVersion: string | undefined, name: string, type: string): Promise<UploadDecision> {
+    const refusal = scriptOnlyRefusal(name, type);
+    if (refusal !== undefined) this.#deny(jobId, toolId, 'upload', `tool "${toolId}": ${refusal}`);
     if (type !== 'tool') return {};
     const tool = this.#tool(jobId, toolId, toolVersion, 'tool file');
     const digest = await this.#files.expectedDigest(tool, name);
@@ -245,6 +260,8 @@ export class ToolboxAuthorizer implements Authorizer {
     this.#authorizeSubmitParams(facts, deny);
     for (const entry of entries) {
       if (!PUBLIC_STAGED_TYPES.has(entry.type)) deny('remote_staging', `server-side staging may not write files of type "${entry.type.slice(0, 40)}" on this server`);
+      const refusal = scriptOnlyRefusal(entry.name, entry.type);
+      if (refusal !== undefined) deny('remote_staging', refusal);
       // The bytes are hashed once they arrived; a name that is no file of the tool is refused now.
       if (entry.type === 'tool' && (await this.#files.expectedDigest(tool, entry.name)) === undefined) {
         deny('tool file', `"${entry.name}" is not a file of tool "${tool.id}"`);

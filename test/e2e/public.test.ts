@@ -153,6 +153,24 @@ test('tool files must be byte-identical to the toolbox copy and belong to the to
   t.deepEqual(entries.filter((e) => !e.isDirectory()).map((e) => e.name), [], 'no file stored in tool_files (not even a partial one)');
 });
 
+test('working- and job-directory files other than tool_script.sh are refused (a startup file such as .Rprofile would run unvalidated code)', async (t) => {
+  const fx = await publicServer(t);
+  const config = await setupJob(fx, 'mag_cat');
+  for (const [name, type] of [['.Rprofile', 'workdir'], ['.Renviron', 'workdir'], ['sub/.condarc', 'workdir'], ['pyvenv.cfg', 'jobdir'], ['evil.sh', 'jobdir']] as const) {
+    const r = await upload(fx, config.job_id, name, type, `system("touch ${fx.canary}")\n`);
+    t.is(r.status, 403, `${type} ${name}: ${r.text}`);
+    t.regex(r.json().message, /may only be tool_script\.sh/);
+  }
+  const working = await fs.readdir(config.working_directory, { recursive: true });
+  t.deepEqual(working, [], 'nothing stored in the working directory (not even a partial file)');
+  await t.throwsAsync(fs.access(path.join(config.job_directory, 'pyvenv.cfg')));
+  await t.throwsAsync(fs.access(path.join(config.job_directory, 'evil.sh')));
+  // Galaxy's own script is still taken, in both places it sends it.
+  t.is((await upload(fx, config.job_id, 'tool_script.sh', 'workdir', '#!/bin/bash\ntrue\n')).status, 200);
+  t.is((await upload(fx, config.job_id, 'tool_script.sh', 'jobdir', '#!/bin/bash\ntrue\n')).status, 200);
+  await t.throwsAsync(fs.access(fx.canary));
+});
+
 test('config files are judged by their configfile_validator; a config file without one is refused', async (t) => {
   const fx = await publicServer(t);
   const helper = await fs.readFile(HELPER);
