@@ -77,6 +77,12 @@ export interface SubmitOptions {
 /** The submit request as the launch record keeps it: plus how it came (read back after a restart). */
 type KeptRequest = SubmitRequest & { readonly viaMessageQueue?: boolean };
 
+/**
+ * The clients a message-queue front door sets jobs up as (`client` of a record). Their job ids are
+ * Galaxy's own (guessable numbers), so a public server keeps those jobs off its HTTP routes.
+ */
+const MESSAGE_QUEUE_CLIENTS: ReadonlySet<string> = new Set(['amqp', 'relay']);
+
 type RecordPatch = Partial<Pick<JobRecord, 'launch' | 'externalId' | 'returnCode' | 'failureReason'>>;
 
 /** Files a failed stage-out names in the job's failure reason (the rest are counted). */
@@ -197,6 +203,25 @@ export class JobService {
   /** Every job the service knows now (a snapshot). */
   knownJobs(): JobSummary[] {
     return this.#store.records().map(({ id, state, incarnation }) => ({ id, state, incarnation }));
+  }
+
+  /**
+   * Public mode: a job set up through a message queue is not reachable over HTTP; the HTTP routes
+   * answer for it as for a job nobody set up (`unknownStatus`, 404, a no-op cancel or clean).
+   */
+  hiddenFromHttp(jobId: string): boolean {
+    if (!this.#authorizer.publicMode) return false;
+    const client = this.#store.get(jobId)?.client;
+    return client !== undefined && MESSAGE_QUEUE_CLIENTS.has(client);
+  }
+
+  /** The status document of a job nobody set up (`lost`; nothing of any job directory is read). */
+  async unknownStatus(jobId: string): Promise<string> {
+    const id = checkJobId(jobId);
+    return fullStatus(id, 'lost', undefined, this.#dir(id), this.#systemProperties, {
+      maximumStreamSize: this.manager.maximumStreamSize,
+      maxStatusSize: this.#app.maxStatusSize,
+    });
   }
 
   /** One job as the service knows it now, or undefined. */

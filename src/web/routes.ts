@@ -1,7 +1,7 @@
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import { pipeline } from 'node:stream/promises';
 import { checkCacheToken, type FileCache } from '../staging/cache.js';
-import { ManagerNotFound, NotConfigured } from '../errors.js';
+import { JobNotFound, ManagerNotFound, NotConfigured } from '../errors.js';
 import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import type { JobService } from '../jobs/service.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
@@ -34,6 +34,25 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     return found;
   };
   const jobId = (req: Request): string => (req.params as { job_id: string }).job_id;
+  // After auth: a job a public server keeps off HTTP (set up through a message queue) is answered
+  // as a job nobody set up, so its id says nothing (status `lost`; cancel and clean do nothing).
+  const visible: RequestHandler = (req, res, next) => {
+    const svc = service(req);
+    const id = jobId(req);
+    if (!svc.hiddenFromHttp(id)) {
+      next();
+      return;
+    }
+    if (req.path.endsWith('/status')) {
+      svc.unknownStatus(id).then((doc) => sendJson(res, doc), next);
+      return;
+    }
+    if (req.method === 'PUT' || req.method === 'DELETE') {
+      sendOk(res);
+      return;
+    }
+    next(new JobNotFound(`job ${id} has not been set up`));
+  };
 
   router.post('/jobs', auth, async (req, res) => {
     const svc = service(req);
@@ -41,7 +60,7 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     sendJson(res, JSON.stringify(config));
   });
 
-  router.post('/jobs/:job_id/files', auth, async (req, res) => {
+  router.post('/jobs/:job_id/files', auth, visible, async (req, res) => {
     const svc = service(req);
     const token = optional(req, 'cache_token');
     if (token === undefined) {
@@ -62,12 +81,12 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     }
   });
 
-  router.get('/jobs/:job_id/files/path', auth, async (req, res) => {
+  router.get('/jobs/:job_id/files/path', auth, visible, async (req, res) => {
     const svc = service(req);
     sendJson(res, JSON.stringify(await svc.pathFor(jobId(req), required(req, 'name'), required(req, 'type'))));
   });
 
-  router.get('/jobs/:job_id/files', auth, async (req, res) => {
+  router.get('/jobs/:job_id/files', auth, visible, async (req, res) => {
     const svc = service(req);
     const file = await svc.download(jobId(req), required(req, 'name'), optional(req, 'type'));
     res.status(200);
@@ -82,23 +101,23 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     await pipeline(file.handle.createReadStream({ highWaterMark: 1 << 20, start: 0, end: file.size - 1 }), res);
   });
 
-  router.post('/jobs/:job_id/submit', auth, async (req, res) => {
+  router.post('/jobs/:job_id/submit', auth, visible, async (req, res) => {
     const svc = service(req);
     const request = parseSubmit(req, svc.submitLimits);
     await svc.submit(jobId(req), request, clientOf(req));
     sendOk(res);
   });
 
-  router.all('/jobs/:job_id/status', auth, async (req, res) => {
+  router.all('/jobs/:job_id/status', auth, visible, async (req, res) => {
     sendJson(res, await service(req).status(jobId(req)));
   });
 
-  router.put('/jobs/:job_id/cancel', auth, async (req, res) => {
+  router.put('/jobs/:job_id/cancel', auth, visible, async (req, res) => {
     await service(req).cancel(jobId(req));
     sendOk(res);
   });
 
-  router.delete('/jobs/:job_id', auth, async (req, res) => {
+  router.delete('/jobs/:job_id', auth, visible, async (req, res) => {
     await service(req).clean(jobId(req));
     sendOk(res);
   });

@@ -5,6 +5,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { qs, request } from '../helpers/client.js';
 import { FAST_RETRY, heldFault, testEndpoint, type FilesEndpoint } from '../helpers/files-endpoint.js';
 import { fileBroker, mqRemoteStaging, MqClient, mqConfig } from '../helpers/mq-client.js';
 import { brokerTest } from '../helpers/rabbitmq.js';
@@ -167,6 +168,27 @@ test.serial('(a) a Galaxy-shaped job whose tool file, config files, tool_script.
   t.regex(await fs.readFile(path.join(dir, 'command.sh'), 'utf8'), /bwrap/, 'the command runs in the job sandbox');
   await fx.client.settle(500);
   t.is(fx.client.terminalsOf(id).length, 1);
+});
+
+test.serial('a job set up through the message queue is not reachable over HTTP on a public server (its id is Galaxy\'s, guessable): answered as unknown', async (t) => {
+  const fx = await publicMqServer(t);
+  const id = '5009';
+  const dir = await launch(fx, { id });
+  t.is((await fx.client.waitForTerminal(id)).status, 'complete');
+  const base = fx.server.url;
+  const status = await request(base, 'GET', `/jobs/${id}/status?${qs({ job_id: id })}`);
+  t.is(status.status, 200);
+  t.is(status.json().status, 'lost', 'answered as a job nobody set up');
+  t.deepEqual(status.json().stdout ?? '', '');
+  const viaExpress = await request(base, 'POST', `/jobs/${id}/status?${qs({ job_id: id })}`);
+  t.is(viaExpress.json().status, 'lost');
+  t.is((await request(base, 'GET', `/jobs/${id}/files?${qs({ job_id: id, name: 'dataset_2.dat' })}`)).status, 404);
+  t.is((await request(base, 'GET', `/jobs/${id}/files/path?${qs({ job_id: id, name: 'x', type: 'input' })}`)).status, 404);
+  t.is((await request(base, 'POST', `/jobs/${id}/files?${qs({ job_id: id, name: 'x', type: 'input' })}`, { body: 'x' })).status, 404);
+  t.is((await request(base, 'PUT', `/jobs/${id}/cancel?${qs({ job_id: id })}`)).text, 'OK');
+  t.is((await request(base, 'DELETE', `/jobs/${id}?${qs({ job_id: id })}`)).text, 'OK');
+  t.true(await exists(path.join(dir, 'outputs', 'dataset_2.dat')), 'the clean did nothing');
+  await t.throwsAsync(fs.access(path.join(dir, 'inputs', 'x')));
 });
 
 test.serial('(b) a staged tool file that differs from the toolbox copy fails the job after stage-in: nothing runs, the file stays in its job directory', async (t) => {
