@@ -4,9 +4,10 @@
  * GET of the same file from the same endpoint in the same run. Throughput is MiB/s; the ratio is
  * magnetar ÷ curl. The server's RSS is sampled during the stage-ins.
  *
- * Stage-out (postprocessing: the server POSTs outputs to the endpoint) is probed: a job whose
- * output is mapped `remote_transfer` runs, and the half reports "not available" when the server
- * pushed nothing. The measurement beside `curl` POST goes in `measureStageOut` (marked below).
+ * Stage-out (postprocessing, PROTOCOL §8.4: the server POSTs outputs to the files endpoint) is
+ * measured beside `curl -F file=@<source>` POST to the same streaming multipart sink
+ * (bench/post-sink.ts): a job copies the source into its output, mapped `remote_transfer` to the
+ * sink, and the push is timed from the job's command ending to the sink's answer.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -20,6 +21,7 @@ import type { ServerProcess } from './server-process.js';
 import type { Phase } from './status.js';
 import { MIB, log, round } from './stats.js';
 import { generateFile } from './transfer.js';
+import { startPostSink, type PostSink, type SinkPost } from './post-sink.js';
 
 const CURL = process.env['BENCH_CURL'] ?? '/usr/bin/curl';
 /**
@@ -40,12 +42,39 @@ export interface StagingRound {
   readonly server_cpu_sys_s: number;
 }
 
+export interface StageOutRound {
+  readonly curl_post_mib_s: number;
+  /** The job's command ending → the sink's answer to the server's POST. */
+  readonly stage_out_mib_s: number;
+  /** curl seconds ÷ stage-out seconds. */
+  readonly ratio: number;
+  /** The server's POST alone: the sink's first body byte → its answer. */
+  readonly post_only_mib_s: number;
+  /** From the server's own log line (`staged out (remote_transfer)`, its `ms`), when found. */
+  readonly server_logged_mib_s: number | null;
+  /** The job's command ending → the status poll that saw `complete` (polled every BENCH_STAGING_POLL_MS). */
+  readonly command_end_to_complete_s: number;
+}
+
 export interface StageOutHalf {
   readonly available: boolean;
   readonly reason?: string;
+  /** Medians over the rounds. */
   readonly curl_post_mib_s?: number;
   readonly stage_out_mib_s?: number;
+  /** median(stage_out) ÷ median(curl POST). */
   readonly ratio?: number | null;
+  readonly ratio_median_of_rounds?: number;
+  readonly each?: StageOutRound[];
+  /** Peak VmRSS sampled every 50 ms during the warm-up stage-out (the small size). */
+  readonly server_peak_rss_warmup_mib?: number;
+  /** VmRSS after the warm-up stage-out. */
+  readonly server_rss_before_mib?: number;
+  /** Peak VmRSS sampled every 50 ms over the big stage-outs (curl rounds included: the server idles then). */
+  readonly server_peak_rss_mib?: number;
+  /** Peak during the big stage-outs − VmRSS after the warm-up. */
+  readonly server_rss_growth_mib?: number;
+  readonly how?: string;
 }
 
 export interface StagingResult {
@@ -74,6 +103,7 @@ export interface StagingResult {
 }
 
 const toMiB = (b: number): number => round(b / MIB, 1);
+const wallMs = (): number => performance.timeOrigin + performance.now();
 
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -157,12 +187,12 @@ async function stagedIn(file: string, done: { failed: boolean }): Promise<bigint
   }
 }
 
-function remoteStaging(endpoint: LocalFilesEndpoint, id: string, setup: object[], outputsBy: 'transfer' | 'remote_transfer'): string {
+function remoteStaging(filesEndpoint: string, id: string, setup: object[], outputsBy: 'transfer' | 'remote_transfer'): string {
   return JSON.stringify({
     setup,
     action_mapper: {
       default_action: 'remote_transfer',
-      files_endpoint: endpoint.filesEndpoint(id),
+      files_endpoint: filesEndpoint,
       ssh_key: null, ssh_user: null, ssh_port: null, ssh_host: null,
       paths: outputsBy === 'transfer' ? [{ action: 'transfer', path_types: 'output,output_workdir,output_metadata,output_jobdir', match_type: 'path_type_only' }] : [],
     },
@@ -196,7 +226,7 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   const landed = stagedIn(path.join(config.inputs_directory, 'big.dat'), watch).then((at) => ({ at, cpu: server.cpuSeconds(), us: userSys(server.pid) }));
   try {
     await phase(`staging stage-in ${id}`, async () => {
-      await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(endpoint, id, setup, 'transfer') })}`);
+      await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(endpoint.filesEndpoint(id), id, setup, 'transfer') })}`);
       const st = await waitForJob(client, id, POLL_MS);
       if (st.status !== 'complete' || st.returncode !== 0) throw new Error(`stage-in job ${id} ended ${st.status} (returncode ${String(st.returncode)}): ${st.stderr ?? ''}`);
     });
@@ -213,37 +243,141 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   return { seconds, cpu: cpu1 - cpu0, user: us[0] - user0, sys: us[1] - sys0 };
 }
 
-/**
- * Probe stage-out: one job whose output is mapped remote_transfer. No POST reached the endpoint
- * when the job is complete → the server does not stage out (yet).
- */
-async function probeStageOut(client: Client, endpoint: LocalFilesEndpoint): Promise<StageOutHalf> {
-  const id = 'bench_stage_out_probe';
-  await client.request('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_out' })}`);
-  const before = endpoint.posts.length;
-  try {
-    await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: 'echo probe > ../outputs/out.dat', remote_staging: remoteStaging(endpoint, id, [], 'remote_transfer') })}`);
-  } catch (error) {
-    return { available: false, reason: `the server refused a submit with remote_transfer outputs: ${(error as Error).message.slice(0, 300)}` };
+// ---------------------------------------------------------------------------------------------
+// STAGE-OUT MEASUREMENT. Per round: `curl -F file=@<source>` POST to the sink (bench/post-sink.ts),
+// then a job that copies the source into outputs/out.dat (and `sync`s, untimed) with the output
+// mapped remote_transfer to the same sink; the server POSTs it when the job's command ends.
+// ---------------------------------------------------------------------------------------------
+
+/** Wait until the sink has received more than `count` POSTs (an in-process check: costs the server nothing). */
+async function sinkPosted(sink: PostSink, count: number, done: { failed: boolean }): Promise<SinkPost | undefined> {
+  for (;;) {
+    const post = sink.posts[count];
+    if (post !== undefined) return post;
+    if (done.failed) return undefined;
+    await sleep(2);
   }
-  const st = await waitForJob(client, id, 20);
-  await client.request('DELETE', `/jobs/${id}?job_id=${id}`).catch(() => undefined);
-  if (endpoint.posts.length > before) return { available: true };
-  if (st.status !== 'complete') return { available: false, reason: `the probe job ended ${st.status}: ${(st.stderr ?? '').slice(0, 300)}` };
-  return { available: false, reason: 'the server completed a job whose output is mapped remote_transfer without pushing it (no stage-out in this build)' };
 }
 
-// ---------------------------------------------------------------------------------------------
-// STAGE-OUT MEASUREMENT: not implemented yet (stage-out is being built on another branch).
-// When `probeStageOut` says available, measure here, per round: `curl -F file=@<source>` POST to
-// endpoint.inputUrl(...) (the endpoint stores the raw body under <dir>/posted), then a job that
-// `cp`s a staged/uploaded copy of the source into outputs/out.dat with the output mapped
-// remote_transfer; time from "running ended" to `complete` (or the server log's rate line), and
-// compare the bytes the endpoint received. Report curl_post_mib_s, stage_out_mib_s and ratio.
-// ---------------------------------------------------------------------------------------------
-async function measureStageOut(probe: StageOutHalf): Promise<StageOutHalf> {
-  if (!probe.available) return probe;
-  return { available: true, reason: 'the server stages out, but the stage-out measurement is not written yet (bench/staging.ts, STAGE-OUT MEASUREMENT)', ratio: null };
+/** The server's `staged out (remote_transfer)` log line for `name` after `from` (its `ms`), if logged. */
+async function loggedStageOutMs(server: ServerProcess, jobId: string): Promise<number | undefined> {
+  const text = await fs.readFile(server.logFile, 'utf8').catch(() => '');
+  let ms: number | undefined;
+  for (const line of text.split('\n')) {
+    if (!line.includes('staged out (remote_transfer)') || !line.includes(encodeURIComponent(jobId))) continue;
+    try {
+      const rec = JSON.parse(line) as { ms?: unknown };
+      if (typeof rec.ms === 'number') ms = rec.ms;
+    } catch {
+      // not a JSON line
+    }
+  }
+  return ms;
+}
+
+interface StageOutTiming {
+  /** The job's command ending (its `date` stamp) → the sink's answer to the server's POST. */
+  readonly seconds: number;
+  /** The sink's first body byte → its answer (the POST alone). */
+  readonly postSeconds: number;
+  /** The server's own per-file figure (log line `staged out (remote_transfer)`), if found. */
+  readonly loggedMs: number | undefined;
+  /** The command ending → the status poll that saw `complete`. */
+  readonly toCompleteSeconds: number;
+}
+
+/** One stage-out of `source` (size bytes, sha256 wantSha) through a fresh job, checked at the sink. */
+async function stageOutRound(server: ServerProcess, client: Client, sink: PostSink, source: string, wantSha: string, size: number, id: string, phase: Phase): Promise<StageOutTiming> {
+  const config = await client.json<{ working_directory: string }>('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_out' })}`);
+  const stamp = path.join(config.working_directory, 'command-ended');
+  // `sync` before the stamp: the copy's dirty pages are written back before the timed part.
+  const command = `cp ${source} ../outputs/out.dat && sync && date +%s%N > ${stamp}`;
+  const before = sink.posts.length;
+  const watch = { failed: false };
+  const posted = sinkPosted(sink, before, watch);
+  let st: Status;
+  let completeAt = 0;
+  try {
+    st = await phase(`staging stage-out ${id}`, async () => {
+      await client.request('POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: remoteStaging(sink.filesEndpoint(id), id, [], 'remote_transfer') })}`);
+      // Polled every POLL_MS meanwhile (not faster: the polls would compete with the push).
+      const done = await waitForJob(client, id, POLL_MS);
+      completeAt = wallMs();
+      watch.failed = true;
+      await posted;
+      return done;
+    });
+  } finally {
+    watch.failed = true;
+  }
+  const post = await posted;
+  if (st.status !== 'complete' || st.returncode !== 0) throw new Error(`stage-out job ${id} ended ${st.status} (returncode ${String(st.returncode)}): ${st.stderr ?? ''}`);
+  if (post === undefined) throw new Error(`job ${id} completed but nothing reached the sink`);
+  const ended = Number(BigInt((await fs.readFile(stamp, 'utf8')).trim()) / 1000n) / 1000;
+  await checkPost(post, size, wantSha);
+  const loggedMs = await loggedStageOutMs(server, id);
+  await client.request('DELETE', `/jobs/${id}?job_id=${id}`);
+  return { seconds: (post.answeredAt - ended) / 1000, postSeconds: (post.answeredAt - post.firstByteAt) / 1000, loggedMs, toCompleteSeconds: (completeAt - ended) / 1000 };
+}
+
+/** The sink got `size` bytes hashing to `wantSha` (checked untimed; the file is then removed). */
+async function checkPost(post: SinkPost, size: number, wantSha: string): Promise<void> {
+  try {
+    if (post.bytes !== size) throw new Error(`the sink received ${post.bytes} bytes of field "file", expected ${size}`);
+    if ((await sha256(post.file)) !== wantSha) throw new Error('the file the sink received differs from the source (sha256)');
+  } finally {
+    await fs.rm(post.file, { force: true });
+  }
+}
+
+async function measureStageOut(server: ServerProcess, client: Client, sink: PostSink, files: { source: string; sha: string; warm: string; warmSha: string }, sizeMiB: number, warmMiB: number, rounds: number, phase: Phase): Promise<StageOutHalf> {
+  const size = sizeMiB * MIB;
+  syncDisks();
+  const stopWarm = server.sampleRss(50);
+  await stageOutRound(server, client, sink, files.warm, files.warmSha, warmMiB * MIB, 'bench_stage_out_warmup', phase);
+  const warm = stopWarm();
+  syncDisks();
+  const before = server.memory().rss;
+  const stopAll = server.sampleRss(50);
+  const each: StageOutRound[] = [];
+  for (let r = 0; r < rounds; r++) {
+    syncDisks();
+    const url = sink.postUrl('bench_curl', '/galaxy/job/out.dat', 'output');
+    const count = sink.posts.length;
+    const curlS = await phase(`staging curl POST ${r}`, () => curl(['--output', '/dev/null', '-F', `file=@${files.source}`, url]));
+    const curlPost = sink.posts[count];
+    if (curlPost === undefined) throw new Error('curl POST: the sink recorded nothing');
+    await checkPost(curlPost, size, files.sha);
+    syncDisks();
+    const t = await stageOutRound(server, client, sink, files.source, files.sha, size, `bench_stage_out_${r}`, phase);
+    syncDisks();
+    const round_: StageOutRound = {
+      curl_post_mib_s: round(sizeMiB / curlS, 1),
+      stage_out_mib_s: round(sizeMiB / t.seconds, 1),
+      ratio: round(curlS / t.seconds, 3),
+      post_only_mib_s: round(sizeMiB / t.postSeconds, 1),
+      server_logged_mib_s: t.loggedMs === undefined || t.loggedMs <= 0 ? null : round(sizeMiB / (t.loggedMs / 1000), 1),
+      command_end_to_complete_s: round(t.toCompleteSeconds, 3),
+    };
+    log(`staging stage-out round ${r}: ${JSON.stringify(round_)}`);
+    each.push(round_);
+  }
+  const all = stopAll();
+  const curlMedian = median(each.map((e) => e.curl_post_mib_s));
+  const outMedian = median(each.map((e) => e.stage_out_mib_s));
+  return {
+    available: true,
+    curl_post_mib_s: round(curlMedian, 1),
+    stage_out_mib_s: round(outMedian, 1),
+    ratio: round(outMedian / curlMedian, 3),
+    ratio_median_of_rounds: round(median(each.map((e) => e.ratio)), 3),
+    each,
+    server_peak_rss_warmup_mib: toMiB(warm.peakRss),
+    server_rss_before_mib: toMiB(before),
+    server_peak_rss_mib: toMiB(all.peakRss),
+    server_rss_growth_mib: toMiB(Math.max(0, all.peakRss - before)),
+    how: `stage-out = the job's command ending (a \`date +%s%N\` stamp after \`cp\` + \`sync\` of the source into outputs/out.dat) → the sink's answer to the server's multipart POST (the sink answers once the file is written and closed); curl = ${CURL} -F file=@<source> to the same sink, spawn → exit; the sink strips the framing, streams the field to disk, and the bytes and sha256 are checked after each POST (untimed); a warm-up stage-out of ${warmMiB} MiB first (server_peak_rss_warmup_mib); medians of ${rounds} rounds`,
+  };
 }
 
 export async function runStaging(server: ServerProcess, root: string, sizeMiB: number, rounds: number, phase: Phase): Promise<StagingResult> {
@@ -262,6 +396,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
   const size = sizeMiB * MIB;
   const galaxyPath = '/galaxy/datasets/000/dataset_1.dat';
   const endpoint = await startLocalFilesEndpoint({ postDir });
+  const sink = await startPostSink(postDir);
   endpoint.serve(galaxyPath, source);
   endpoint.serve('/galaxy/datasets/000/warmup.dat', warmSource);
   const client = new Client(server.host, server.port, 2, 60_000);
@@ -298,8 +433,8 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
     const hwm = server.memory().hwm;
     const curlMedian = median(each.map((e) => e.curl_get_mib_s));
     const stageMedian = median(each.map((e) => e.stage_in_mib_s));
-    log('staging: probing stage-out');
-    const stageOut = await measureStageOut(await probeStageOut(client, endpoint));
+    log(`staging: stage-out of ${sizeMiB} MiB to a multipart sink on 127.0.0.1 beside curl POST (${rounds} rounds)`);
+    const stageOut = await measureStageOut(server, client, sink, { source, sha: wantSha, warm: warmSource, warmSha }, sizeMiB, warmMiB, rounds, phase);
     const result: StagingResult = {
       size_mib: sizeMiB,
       rounds,
@@ -321,6 +456,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
   } finally {
     client.close();
     await endpoint.close();
+    await sink.close();
     await fs.rm(source, { force: true });
     await fs.rm(warmSource, { force: true });
     await fs.rm(curlOut, { force: true });

@@ -1,15 +1,16 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ConnectionError, DeadlineError, HttpError, PulsarClient,
   type ClientTls, type JobConfig, type StatusDocument, type UploadBody,
 } from './client.js';
-import { startLocalFilesEndpoint, type LocalFilesEndpoint } from './files-endpoint.js';
+import { startLocalFilesEndpoint, type LocalFilesEndpoint, type ReceivedPost } from './files-endpoint.js';
 import { CONTENTS, TOOL_EXIT_CODE, TOOL_FAILED_CODE, toolScript } from './script.js';
 
 /**
@@ -34,7 +35,9 @@ export interface CheckRunOptions {
   /**
    * `--remote-transfer`: run a files endpoint here and send the job's files as
    * `remote_staging.setup` entries (remote_transfer; the in-memory config as `message`), so the
-   * server pulls them (server-side stage-in, PROTOCOL §8). Outputs are still downloaded.
+   * server pulls them (server-side stage-in, PROTOCOL §8); the outputs are mapped to
+   * remote_transfer too, so the server POSTs them back to that endpoint (stage-out, §8.4), where
+   * they are verified instead of downloaded.
    */
   readonly remoteTransfer?: RemoteTransferOptions | undefined;
   /** Certificate checks for an https:// server (`--ca`, `--insecure`). */
@@ -52,7 +55,14 @@ export interface RemoteTransferOptions {
   readonly port: number;
   /** Host name or address the server is told to fetch from (default: `host`). */
   readonly advertise?: string | undefined;
+  /** Largest stage-out POST body the endpoint takes (default DEFAULT_MAX_POST_BYTES). */
+  readonly maxPostBytes?: number | undefined;
 }
+
+/** Default bound of one stage-out POST (the check's largest output is about 1 MiB). */
+export const DEFAULT_MAX_POST_BYTES = 64 * 1024 * 1024;
+/** Most stage-out POSTs the check's endpoint takes (about 20 are expected; retries add some). */
+const MAX_POSTS = 256;
 
 export const EXIT_PASSED = 0;
 export const EXIT_FAILED = 1;
@@ -69,6 +79,10 @@ const POLL_RETRIES = 5;
 
 /** The dynamic output patterns Galaxy sends (matched like Python's `re.match`: anchored at the start). */
 const DYNAMIC_OUTPUTS = 'primary_.*|galaxy.json|metadata_.*|dataset_\\d+\\.dat|__instrument_.*|dataset_\\d+_files.+|outputs_populated/.*|tool_stdout|tool_stderr';
+// RegExp from the constant DYNAMIC_OUTPUTS (never client text); the check client runs it on its own files.
+const DYNAMIC = new RegExp(`^(?:${DYNAMIC_OUTPUTS})`);
+/** The job's explicit working-directory outputs: [file in the working directory, Galaxy output]. */
+const WORK_DIR_OUTPUTS: readonly (readonly [string, string])[] = [['env_test', 'dataset_77.dat'], ['tmp_dir_test', 'dataset_79.dat'], ['home_dir_test', 'dataset_80.dat']];
 const DYNAMIC_FILE_SOURCES = [{ type: 'galaxy', path: 'galaxy.json' }, { type: 'galaxy', path: 'absent_galaxy.json' }];
 const NOT_FINISHED = new Set(['preprocessing', 'queued', 'running', 'postprocessing']);
 
@@ -203,11 +217,7 @@ async function prepareLocalJob(dir: string): Promise<LocalJob> {
       working_directory: local('w'),
       metadata_directory: local('m'),
       job_directory: null,
-      work_dir_outputs: [
-        [local('w/env_test'), local('dataset_77.dat')],
-        [local('w/tmp_dir_test'), local('dataset_79.dat')],
-        [local('w/home_dir_test'), local('dataset_80.dat')],
-      ],
+      work_dir_outputs: WORK_DIR_OUTPUTS.map(([file, output]) => [local(`w/${file}`), local(output)]),
       output_files: ['dataset_1.dat', 'dataset_2.dat', 'dataset_3.dat', 'touched.dat', 'dataset_77.dat', 'dataset_79.dat', 'dataset_80.dat'].map(local),
       version_file: local('GALAXY_VERSION_1234'),
       dynamic_outputs: [DYNAMIC_OUTPUTS],
@@ -239,11 +249,12 @@ class Capture extends Writable {
   readonly hash = createHash('sha256');
   readonly #kept: Buffer[] = [];
   #keptBytes = 0;
-  readonly #file: ReturnType<typeof createWriteStream>;
+  readonly #file: ReturnType<typeof createWriteStream> | undefined;
 
-  constructor(file: string) {
+  /** `file`: where to keep the bytes (none: they are only hashed). */
+  constructor(file?: string) {
     super();
-    this.#file = createWriteStream(file);
+    this.#file = file === undefined ? undefined : createWriteStream(file);
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -252,16 +263,17 @@ class Capture extends Writable {
       this.#kept.push(chunk.subarray(0, KEEP_BYTES - this.#keptBytes));
       this.#keptBytes += Math.min(chunk.length, KEEP_BYTES - this.#keptBytes);
     }
-    if (this.#file.write(chunk)) callback();
+    if (this.#file === undefined || this.#file.write(chunk)) callback();
     else this.#file.once('drain', () => callback());
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    this.#file.end(() => callback());
+    if (this.#file === undefined) callback();
+    else this.#file.end(() => callback());
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.#file.destroy();
+    this.#file?.destroy();
     callback(error);
   }
 
@@ -298,6 +310,44 @@ function expectedDownloads(bigSha256: string): Map<string, (text: string, sha256
   ]);
 }
 
+/**
+ * The Galaxy path a server's stage-out POSTs each expected output to (keyed like
+ * expectedDownloads: `type:name`), from the job's client_outputs (PROTOCOL §8.4).
+ */
+function stageOutTargets(dir: string, keys: Iterable<string>): Map<string, string> {
+  const workDir = new Map(WORK_DIR_OUTPUTS);
+  const targets = new Map<string, string>();
+  for (const key of keys) {
+    const colon = key.indexOf(':');
+    const type = key.slice(0, colon);
+    const name = key.slice(colon + 1);
+    const rel = type === 'output' ? (name === 'COMMAND_VERSION' ? 'GALAXY_VERSION_1234' : name)
+      : type === 'output_workdir' ? workDir.get(name) ?? `w/${name}`
+      : `m/${name}`;
+    targets.set(key, path.join(dir, rel));
+  }
+  return targets;
+}
+
+/**
+ * Which POSTs the check's endpoint takes: the expected outputs (at their Galaxy path, with their
+ * file type), and the other dynamic outputs of the working and metadata directories (pushed by
+ * the server as Galaxy collects them; not compared). At most MAX_POSTS in all.
+ */
+function stageOutFilter(dir: string, targets: ReadonlyMap<string, string>): (galaxyPath: string, fileType: string | null) => boolean {
+  const expected = new Set([...targets].map(([key, galaxyPath]) => `${key.slice(0, key.indexOf(':'))}\u0000${galaxyPath}`));
+  const dynamicIn = new Map([['output_workdir', path.join(dir, 'w')], ['output_metadata', path.join(dir, 'm')]]);
+  let taken = 0;
+  return (galaxyPath, fileType) => {
+    if (taken >= MAX_POSTS || fileType === null) return false;
+    const dynamicDir = dynamicIn.get(fileType);
+    const ok = expected.has(`${fileType}\u0000${galaxyPath}`)
+      || (dynamicDir !== undefined && path.dirname(galaxyPath) === dynamicDir && DYNAMIC.test(path.basename(galaxyPath)));
+    if (ok) taken++;
+    return ok;
+  };
+}
+
 /** The names Galaxy's client would download from the final status, in its order (PROTOCOL §3.2 step 5). */
 function downloadPlan(doc: StatusDocument): { type: string; name: string }[] {
   const plan: { type: string; name: string }[] = [];
@@ -323,8 +373,7 @@ function downloadPlan(doc: StatusDocument): { type: string; name: string }[] {
   // 3. the version file
   if (outputs.includes('COMMAND_VERSION')) add('output', 'COMMAND_VERSION');
   // 4./5. dynamic outputs in the working and metadata directories, and what galaxy.json references
-  // RegExp from the constant DYNAMIC_OUTPUTS (never client text); the check client runs it on its own files.
-  const dynamic = new RegExp(`^(?:${DYNAMIC_OUTPUTS})`);
+  const dynamic = DYNAMIC;
   const referenced: string[] = [];
   for (const source of doc.realized_dynamic_file_sources ?? []) {
     try {
@@ -389,8 +438,13 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
     if (options.remoteTransfer !== undefined) {
       const rt = options.remoteTransfer;
       try {
-        // A server that stages out anyway pushes the check's outputs (about 1 MiB in all): bounded.
-        endpoint = await startLocalFilesEndpoint({ host: rt.host, port: rt.port, advertise: rt.advertise, postDir: tmp, maxPostBytes: 64 * 1024 * 1024 });
+        // The server pushes the check's outputs here (about 1 MiB in all): only those, each bounded.
+        const postDir = path.join(tmp, 'pushed');
+        await fs.mkdir(postDir);
+        endpoint = await startLocalFilesEndpoint({
+          host: rt.host, port: rt.port, advertise: rt.advertise, postDir, maxPostBytes: rt.maxPostBytes ?? DEFAULT_MAX_POST_BYTES,
+          acceptPost: stageOutFilter(tmp, stageOutTargets(tmp, expectedDownloads(localJob.bigSha256).keys())),
+        });
       } catch (error) {
         options.err(`magnetar check: cannot start the files endpoint on ${rt.host}:${rt.port} (--files-host, --files-port): ${(error as Error).message}`);
         return EXIT_USAGE;
@@ -539,34 +593,61 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
       expect(!(doc.working_directory_contents ?? []).includes('dataset_1_files'), 'working_directory_contents lists a directory');
     });
 
-    // 6. downloads, as the real client fetches them
+    // 6. downloads, as the real client fetches them; or, with --remote-transfer, what the server pushed
     const checks = expectedDownloads(localJob.bigSha256);
-    const fetched = new Set<string>();
-    let counter = 0;
-    for (const { type, name } of downloadPlan(doc)) {
-      const key = `${type}:${name}`;
-      const verify = checks.get(key);
-      await step(`download ${type} ${name}`, async () => {
-        const capture = new Capture(path.join(tmp!, 'downloads', `${counter++}`));
-        const size = await client.download(jobId, name, type, capture);
-        verify?.(capture.text, capture.hash.digest('hex'), size);
-        fetched.add(key);
-        return size;
-      }, (size) => `${size > 1024 * 1024 ? mib(size) : `${size} bytes`}${verify === undefined ? ', not compared' : ''}`);
-    }
-    if (endpoint !== undefined) {
+    if (endpoint === undefined) {
+      const fetched = new Set<string>();
+      let counter = 0;
+      for (const { type, name } of downloadPlan(doc)) {
+        const key = `${type}:${name}`;
+        const verify = checks.get(key);
+        await step(`download ${type} ${name}`, async () => {
+          const capture = new Capture(path.join(tmp!, 'downloads', `${counter++}`));
+          const size = await client.download(jobId, name, type, capture);
+          verify?.(capture.text, capture.hash.digest('hex'), size);
+          fetched.add(key);
+          return size;
+        }, (size) => `${size > 1024 * 1024 ? mib(size) : `${size} bytes`}${verify === undefined ? ', not compared' : ''}`);
+      }
+      await step('all expected outputs downloaded', async () => {
+        const missing = [...checks.keys()].filter((k) => !fetched.has(k));
+        expect(missing.length === 0, `never offered by the status document: ${missing.join(', ')}`);
+      });
+    } else {
       const e = endpoint;
+      const targets = stageOutTargets(tmp, checks.keys());
+      // The last POST to a path counts (a server retries, or pushes again after a restart).
+      const pushed = new Map<string, ReceivedPost>();
+      for (const post of e.posts) pushed.set(`${post.fileType ?? ''}\u0000${post.path}`, post);
+      const missing: string[] = [];
+      for (const [key, galaxyPath] of targets) {
+        const type = key.slice(0, key.indexOf(':'));
+        const name = key.slice(type.length + 1);
+        const post = pushed.get(`${type}\u0000${galaxyPath}`);
+        pushed.delete(`${type}\u0000${galaxyPath}`);
+        if (post === undefined) {
+          const refusal = e.refused.findLast((r) => r.path === galaxyPath);
+          missing.push(`${type} ${name}${refusal === undefined ? '' : ` (the files endpoint answered HTTP ${refusal.status}: ${refusal.reason})`}`);
+          continue;
+        }
+        await step(`stage-out ${type} ${name}`, async () => {
+          const capture = new Capture();
+          await pipeline(createReadStream(post.file), capture);
+          checks.get(key)?.(capture.text, capture.hash.digest('hex'), post.bytes);
+          return post.bytes;
+        }, (size) => `${size > 1024 * 1024 ? mib(size) : `${size} bytes`}, pushed by the server`);
+      }
+      for (const post of pushed.values()) out(`ok  stage-out ${post.fileType ?? ''} ${path.basename(post.path)} (${post.bytes} bytes, pushed by the server, not compared)`);
       await step('files endpoint', async () => {
         const fetched = (e.gets.get(200) ?? 0) + (e.gets.get(206) ?? 0);
         const wanted = (stageIn?.length ?? 1) - 1;
         expect(fetched >= wanted, `the server fetched ${fetched} files from the files endpoint, expected ${wanted}`);
         return fetched;
-      }, (fetched) => `${fetched} GETs answered, ${mib(e.bytesSent())}; ${e.posts.length} outputs pushed by the server (stage-out)`);
+      }, (fetched) => `${fetched} GETs answered, ${mib(e.bytesSent())}; ${e.posts.length} outputs pushed by the server (stage-out), ${mib(e.posts.reduce((n, p) => n + p.bytes, 0))}`);
+      await step('all expected outputs pushed', async () => {
+        expect(missing.length === 0, `never pushed to the files endpoint by the server's stage-out: ${missing.join(', ')}`);
+      }, () => `${targets.size} outputs by stage-out, none downloaded`);
     }
-    await step('all expected outputs downloaded', async () => {
-      const missing = [...checks.keys()].filter((k) => !fetched.has(k));
-      expect(missing.length === 0, `never offered by the status document: ${missing.join(', ')}`);
-    });
     await step('download of a missing output answers 404', async () => {
       try {
         await client.download(jobId, 'dataset_1.datx', 'output', new Writable({ write: (_c, _e, cb) => cb() }));
@@ -612,7 +693,7 @@ export async function runCheck(options: CheckRunOptions): Promise<number> {
       code = EXIT_USAGE;
       hint = `${message} (is the URL${options.manager === undefined ? '' : ' or --manager'} wrong?)`;
     } else if (endpoint !== undefined) {
-      hint = remoteTransferHint(error.step, reason, endpoint.base) ?? '';
+      hint = remoteTransferHint(error.step, reason, endpoint) ?? '';
     }
     if (setUp && !cleaned && !options.disableCleanup && code === EXIT_FAILED) {
       // Best effort, with its own short deadline (the main one may be what failed).
@@ -650,16 +731,16 @@ function remoteTransferStaging(base: object, filesEndpoint: string, setup: objec
       files_endpoint: filesEndpoint,
       paths: [
         ...staging.action_mapper.paths.map((rule) => ({ ...rule, action: 'remote_transfer' })),
-        // Results come back the usual way (the check downloads them).
-        { action: 'transfer', path_types: 'output,output_workdir,output_metadata,output_jobdir', match_type: 'path_type_only' },
+        // Outputs take default_action: the server POSTs them back to files_endpoint (stage-out).
       ],
     },
     client_outputs: staging.client_outputs,
   };
 }
 
-/** One line saying what to change when the server would not or could not stage in from the check's endpoint. */
-function remoteTransferHint(step: string, reason: unknown, base: string): string | undefined {
+/** One line saying what to change when the server would not or could not stage in from (or out to) the check's endpoint. */
+function remoteTransferHint(step: string, reason: unknown, endpoint: LocalFilesEndpoint): string | undefined {
+  const base = endpoint.base;
   const text = reason instanceof HttpError ? reason.body : reason instanceof Error ? reason.message : String(reason);
   const listed = `${base}/api/jobs/`;
   if (step === 'submit' && reason instanceof HttpError) {
@@ -676,7 +757,25 @@ function remoteTransferHint(step: string, reason: unknown, base: string): string
       ? `the server could not fetch the inputs from ${base}: the server must reach this machine (use --files-host/--files-advertise with an address it can connect to)`
       : `the server's stage-in from ${base} failed: see the job's stderr above`;
   }
+  if (step === 'verify status' && text.includes('stage-out')) {
+    const refusal = endpoint.refused.find((r) => r.path !== null);
+    if (refusal !== undefined) {
+      const more = endpoint.refused.length > 1 ? ` (and ${endpoint.refused.length - 1} more refused)` : '';
+      return `the files endpoint at ${base} refused the server's stage-out of ${refusal.fileType ?? 'file'} ${path.basename(refusal.path ?? '')}: HTTP ${refusal.status}, ${refusal.reason}${more}`;
+    }
+    const unreachable = /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|timed out|connect/i.test(text);
+    return unreachable
+      ? `the server could not push the outputs to ${base}: the server must reach this machine (use --files-host/--files-advertise with an address it can connect to)`
+      : `the server's stage-out to ${base} failed: ${stageOutReason(text)}`;
+  }
+  if (step === 'all expected outputs pushed') return `the server's stage-out to ${base} is incomplete: ${text}`;
   return undefined;
+}
+
+/** The first file the server's stage-out named in the job's stderr, on one line. */
+function stageOutReason(text: string): string {
+  const at = text.indexOf('stage-out');
+  return text.slice(at < 0 ? 0 : at).replace(/\s+/g, ' ').slice(0, 300);
 }
 
 function describe(text: string): string {

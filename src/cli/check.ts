@@ -1,7 +1,7 @@
 import { X509Certificate, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ClientTls } from '../check/client.js';
-import { EXIT_USAGE, runCheck, type RemoteTransferOptions } from '../check/run.js';
+import { DEFAULT_MAX_POST_BYTES, EXIT_USAGE, runCheck, type RemoteTransferOptions } from '../check/run.js';
 
 export interface CheckOptions {
   readonly url: string;
@@ -25,6 +25,11 @@ export interface CheckOptions {
   readonly filesPort?: string;
   /** Host name or address put in the URLs sent to the server (default: --files-host). */
   readonly filesAdvertise?: string;
+  /**
+   * Largest stage-out POST (bytes) the files endpoint takes (default 64 MiB, at most 4 GiB);
+   * larger ones are refused with HTTP 413, and the check fails naming the output.
+   */
+  readonly filesMaxPost?: string;
   /** PEM file of a certificate (or CA) to trust besides the usual authorities (`--ca`). */
   readonly ca?: string;
   /** Do not verify the server's TLS certificate (`--insecure`). */
@@ -42,6 +47,7 @@ const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----\r?\n[\s\S]*?-----END CERTIF
 const MAX_CA_FILE_BYTES = 1024 * 1024;
 /** A host name, IPv4 or IPv6 address (no scheme, path or port). */
 const HOST = /^[A-Za-z0-9._:%-]{1,253}$/;
+const MAX_POST_LIMIT = 4 * 1024 ** 3;
 
 /**
  * The certificates in a PEM file (a private key in the same file, as in a server's ssl_pem, is
@@ -96,7 +102,7 @@ export async function check(options: CheckOptions): Promise<number> {
     return usage('the poll interval must be between 0 and 500 ms');
   }
   let remoteTransfer: RemoteTransferOptions | undefined;
-  const filesOptions = options.filesHost !== undefined || options.filesPort !== undefined || options.filesAdvertise !== undefined;
+  const filesOptions = options.filesHost !== undefined || options.filesPort !== undefined || options.filesAdvertise !== undefined || options.filesMaxPost !== undefined;
   if (options.remoteTransfer === true) {
     if (options.cache === true) return usage('--cache and --remote-transfer exclude each other (the files either go through the cache or are pulled by the server)');
     const host = options.filesHost ?? '127.0.0.1';
@@ -104,9 +110,13 @@ export async function check(options: CheckOptions): Promise<number> {
     if (!HOST.test(host)) return usage(`--files-host "${host}" is not a host name or address`);
     if (options.filesAdvertise !== undefined && !HOST.test(options.filesAdvertise)) return usage(`--files-advertise "${options.filesAdvertise}" is not a host name or address`);
     if (!Number.isInteger(portNumber) || portNumber < 0 || portNumber > 65535) return usage(`--files-port must be a port number (0-65535), not "${options.filesPort}"`);
-    remoteTransfer = { host, port: portNumber, advertise: options.filesAdvertise };
+    const maxPost = Number(options.filesMaxPost ?? String(DEFAULT_MAX_POST_BYTES));
+    if (!/^\d{1,10}$/.test(options.filesMaxPost ?? '0') || maxPost < 1 || maxPost > MAX_POST_LIMIT) {
+      return usage(`--files-max-post must be a number of bytes from 1 to ${MAX_POST_LIMIT}, not "${options.filesMaxPost}"`);
+    }
+    remoteTransfer = { host, port: portNumber, advertise: options.filesAdvertise, maxPostBytes: maxPost };
   } else if (filesOptions) {
-    return usage('--files-host, --files-port and --files-advertise need --remote-transfer');
+    return usage('--files-host, --files-port, --files-advertise and --files-max-post need --remote-transfer');
   }
   let tls: ClientTls | undefined;
   if (options.ca !== undefined) {

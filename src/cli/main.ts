@@ -38,13 +38,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     .option('--timeout <seconds>', 'give up after this long', '120')
     .option('--disable-cleanup', 'keep the job directory on the server')
     .option('--cache', 'send the files through the server\'s file cache (/cache, cache_token), as pulsar-check --cache')
-    .option('--remote-transfer', 'serve the job\'s files from a files endpoint run here and have the server pull them (remote_staging.setup remote_transfer); the server must reach it')
+    .option('--remote-transfer', 'serve the job\'s files from a files endpoint run here, have the server pull them (remote_staging.setup remote_transfer) and push the outputs back to it; the server must reach it')
     .option('--files-host <address>', 'with --remote-transfer: address the files endpoint listens on (default 127.0.0.1)')
     .option('--files-port <port>', 'with --remote-transfer: its port (0: a free one)')
     .option('--files-advertise <host>', 'with --remote-transfer: host name or address the server is told to fetch from (default: --files-host)')
+    .option('--files-max-post <bytes>', 'with --remote-transfer: largest stage-out POST the files endpoint takes (default 64 MiB)')
     .option('--ca <file>', 'also trust the certificate(s) in this PEM file (e.g. the server\'s magnetar-selfsigned.crt)')
     .option('--insecure', 'do not verify the server\'s TLS certificate (prints a warning)')
-    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean; cache?: boolean; remoteTransfer?: boolean; filesHost?: string; filesPort?: string; filesAdvertise?: string; ca?: string; insecure?: boolean }) => {
+    .action(async (opts: { url: string; privateToken?: string; manager?: string; jobId: string; timeout: string; disableCleanup?: boolean; cache?: boolean; remoteTransfer?: boolean; filesHost?: string; filesPort?: string; filesAdvertise?: string; filesMaxPost?: string; ca?: string; insecure?: boolean }) => {
       exitCode = await check(opts);
     });
 

@@ -19,6 +19,8 @@ export const CONTROL_FILES = {
   condorSubmit: 'job.condor.submit',
   condorLog: 'job_condor.log',
   drmaaTemplate: 'jt.json',
+  /** The files stage-out pushed already (staging/stage-out.ts), kept across a restart. */
+  stageOutDone: '.upload-stage-out.done',
 } as const;
 
 /** Where the job script sends its own stdout/stderr, below `metadata/`. */

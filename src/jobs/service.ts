@@ -193,7 +193,6 @@ export class JobService {
 
   /** Tell the listeners of a state change (the caller holds the job's lock). */
   async #notify(record: JobRecord): Promise<void> {
-    if (this.#listeners.size === 0) return;
     for (const listener of [...this.#listeners]) {
       try {
         await listener(record.id, record.state, record.incarnation);
@@ -936,7 +935,7 @@ export class JobService {
     if (to !== record.state) {
       this.#uncache(record.id);
       this.#log.info({ jobId: record.id, state: to }, 'job state changed');
-      await this.#notify(next);
+      if (this.#listeners.size > 0) await this.#notify(next);
     }
     return next;
   }
@@ -950,7 +949,7 @@ export class JobService {
     if (!this.#store.putInMemory(record, ended)) return undefined;
     this.#uncache(record.id);
     this.#log.error({ jobId: record.id, state: ended.state, err: error }, 'job record not written: the job ends here');
-    await this.#notify(ended);
+    if (this.#listeners.size > 0) await this.#notify(ended);
     // Until the ending is on disk, a restart would find the job as it was before: keep trying.
     this.#inBackground(record.id, this.#recordLater(ended));
     // A job ending on purpose (failed, cancelled, lost) is stopped by whoever ended it (#fail,

@@ -21,6 +21,10 @@ import type { OutboxEntry } from './types.js';
  *   update was confirmed (written, fsync'd and renamed before that entry is unlinked). Together
  *   with the pending terminal entries it says which jobs have had their one terminal update.
  *   Markers of jobs the service no longer knows are pruned (`prune`).
+ * - `initialized`: written once the first reconciliation (the baseline, `settle`) is done. An
+ *   outbox without it is `fresh`: the jobs that finished before it existed are marked delivered
+ *   without being published (they finished before the feed was there: nobody waits for them on
+ *   the queue).
  *
  * In memory the outbox keeps a small record per pending entry (not its payload, except for small
  * payloads of entries written by this process, within `CACHE_BYTES`), so 100,000 pending entries
@@ -59,6 +63,7 @@ export interface EntryDraft {
 
 const ENTRY_NAME = /^(\d{20})-([0-9a-f]{32})\.json$/;
 const DELIVERED = 'delivered';
+const INITIALIZED = 'initialized';
 /** Files read at a time when the outbox opens. */
 const OPEN_CONCURRENCY = 16;
 /** Payloads of entries written by this process kept in memory (by JSON length) for their publish. */
@@ -87,11 +92,36 @@ export class Outbox {
   readonly #markers = new Map<string, string>();
   /** Entries set aside since the outbox opened (for tests and metrics). */
   setAside = 0;
+  /** No reconciliation has completed on this outbox yet (see `initialized` in the layout). */
+  #fresh: boolean;
 
-  private constructor(dir: string, log: Logger, nextSeq: number) {
+  private constructor(dir: string, log: Logger, nextSeq: number, fresh: boolean) {
     this.dir = dir;
     this.#log = log;
     this.#nextSeq = nextSeq;
+    this.#fresh = fresh;
+  }
+
+  get fresh(): boolean {
+    return this.#fresh;
+  }
+
+  /** Mark a job delivered without publishing anything (the baseline of a fresh outbox). */
+  async settle(jobId: string, incarnation: string): Promise<void> {
+    this.#marks.add(ledgerKey(jobId, incarnation));
+    try {
+      await writeDurably(path.join(this.dir, DELIVERED, jobId), incarnation);
+    } catch (error) {
+      this.#marks.delete(ledgerKey(jobId, incarnation));
+      throw error;
+    }
+    this.#markers.set(jobId, incarnation);
+  }
+
+  /** The first reconciliation is done: the outbox is no longer fresh. */
+  async markInitialized(): Promise<void> {
+    await writeDurably(path.join(this.dir, INITIALIZED), `${new Date().toISOString()}\n`);
+    this.#fresh = false;
   }
 
   /** Open (creating) the outbox: read every pending entry and the ledger; set aside what cannot be read. */
@@ -108,7 +138,8 @@ export class Outbox {
     // Names sort by seq (20 digits): `entries` is in seq order. A new seq is above every pending
     // one and above the clock in microseconds, so seqs are not reused across restarts either.
     const maxSeq = entries.reduce((max, e) => Math.max(max, e.seq), 0);
-    const outbox = new Outbox(dir, log, Math.max(maxSeq + 1, Date.now() * 1000));
+    const fresh = !names.includes(INITIALIZED);
+    const outbox = new Outbox(dir, log, Math.max(maxSeq + 1, Date.now() * 1000), fresh);
     outbox.setAside = names.length - entries.length - names.filter((n) => !ENTRY_NAME.test(n)).length;
     for (const entry of entries) outbox.#add(entry);
     await outbox.#loadLedger();
@@ -330,14 +361,26 @@ async function setAside(dir: string, name: string, reason: string, log: Logger):
 
 type StoredEntry = OutboxEntry & { readonly incarnation: string };
 
-/** An entry file read and checked against its name; a string says why it is unusable. */
+/**
+ * An entry file read and checked against its name; a string says why it is unusable (corrupt,
+ * partial, wrong shape, gone). Throws on a read error (EIO, EMFILE): the file may be fine.
+ */
 async function readEntry(full: string, name: string): Promise<StoredEntry | string> {
   const match = ENTRY_NAME.exec(name);
+  let text: string;
+  try {
+    text = await fs.readFile(full, 'utf8');
+  } catch (error) {
+    // A file gone is an entry lost (logged by the caller); any other read error is not the
+    // entry's fault: thrown, so the entry is kept and read again later.
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'the file is gone';
+    throw error;
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(await fs.readFile(full, 'utf8'));
+    raw = JSON.parse(text);
   } catch (error) {
-    return `unreadable: ${messageOf(error)}`;
+    return `not JSON: ${messageOf(error)}`;
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return 'not a JSON object';
   const r = raw as Record<string, unknown>;

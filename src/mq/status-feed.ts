@@ -25,6 +25,10 @@ export interface StatusFeedOptions {
 export const DEFAULT_MAX_PENDING = 100_000;
 /** Publishes in flight at once (at most one per job, so a job's updates keep their order). */
 const MAX_IN_FLIGHT = 64;
+/** Pending entries looked at to fill one batch. */
+const BATCH_SCAN = 4 * MAX_IN_FLIGHT;
+/** Markers written at once when a fresh outbox settles. */
+const SETTLE_CONCURRENCY = 16;
 /** The ledger is pruned of forgotten jobs this often (at a drain tick). */
 const PRUNE_EVERY_MS = 10 * 60_000;
 
@@ -39,15 +43,20 @@ const PRUNE_EVERY_MS = 10 * 60_000;
  *   before the transition resolves. The payload is the status document the HTTP status route
  *   returns for that state (`JobService.status`, read under the job's lock right after the record
  *   was written): the short form, or the full document for a terminal state.
- * - An entry leaves the outbox only once `publish` resolved. Entries are published in outbox
- *   order. Up to `MAX_IN_FLIGHT` publishes are in flight at once, all for different jobs: a
- *   batch stops at the first entry whose job already has one in it. When one is rejected, the
- *   confirmed ones of the batch leave, the rejected ones stay, and draining stops until the next
- *   drain interval or `kick`. So one job's updates are published in lifecycle order, always.
+ * - An entry leaves the outbox only once `publish` resolved. Entries are published in batches of
+ *   up to `MAX_IN_FLIGHT` publishes in flight at once (pipelined: the publishes of a batch are
+ *   called in outbox (seq) order before any is awaited, so a transport that keeps order on its
+ *   channel sends them in that order). A batch holds at most one entry per job, the job's oldest
+ *   pending one: a job's next entry is published only after its previous one was confirmed.
+ *   When a publish is rejected, the confirmed ones of the batch leave, the rejected ones stay,
+ *   and draining stops until the next drain interval or `kick`. So one job's updates are
+ *   published in lifecycle order, always, even across failures; different jobs' updates may
+ *   overtake one another (FIFO by seq holds per job, and across jobs while nothing fails).
  * - At most one unsolicited terminal update per job (incarnation), across restarts: the outbox's
  *   ledger (pending terminal entries, then `delivered/` markers) says which jobs had theirs. After
  *   a crash between the job record's write and the outbox's, `open` (once the service has
- *   started) writes the terminal update of every finished job the ledger does not have.
+ *   started) writes the terminal update of every finished job the ledger does not have (except
+ *   on the outbox's first open: jobs that finished before the feed existed are not published).
  * - A status request (`requestStatus`) queues the job's current document, marked `requested`:
  *   for a finished job that is the terminal document again. That answers a question and does not
  *   count as the job's terminal update.
@@ -79,6 +88,8 @@ export class StatusFeed {
   /** Unsolicited terminal entries that could not be written (or were set aside): retried every tick. */
   readonly #unwritten = new Map<string, { readonly jobId: string; readonly incarnation: string }>();
   #retrying = false;
+  /** Jobs whose changes the feed heard while its outbox was fresh (see `#settle`). */
+  readonly #heard = new Set<string>();
   #full = false;
   /** Entries not written because the outbox was full (since it opened). */
   dropped = 0;
@@ -105,8 +116,16 @@ export class StatusFeed {
     feed.#timer = setInterval(() => feed.#tick(), feed.#drainIntervalMs);
     feed.#timer.unref();
     log.info({ dir: options.dir, pending: outbox.size, delivered: outbox.marked, setAside: outbox.setAside }, 'status outbox opened');
-    if (service.hasStarted) await feed.#reconcile();
-    else feed.#track(feed.#reconcileWhenStarted());
+    if (!service.hasStarted) {
+      feed.#track(feed.#reconcileWhenStarted());
+      return feed;
+    }
+    try {
+      await feed.#reconcile();
+    } catch (error) {
+      await feed.close();
+      throw error;
+    }
     return feed;
   }
 
@@ -171,6 +190,7 @@ export class StatusFeed {
   // ---------------------------------------------------------------- writing
 
   async #changed(jobId: string, state: JobState, incarnation: string): Promise<void> {
+    if (this.#outbox.fresh) this.#heard.add(jobId);
     if (isTerminal(state)) {
       await this.#writeTerminal(jobId, incarnation);
       return;
@@ -242,8 +262,18 @@ export class StatusFeed {
     if (await Promise.race([this.#service.started.then(() => true), closed])) await this.#reconcile();
   }
 
-  /** Write the terminal update of every finished job the ledger does not have; then prune the ledger. */
+  /**
+   * Write the terminal update of every finished job the ledger does not have; then prune the
+   * ledger. On a fresh outbox (never reconciled: the feed is new to this server), the jobs that
+   * finished before it existed are marked delivered instead: nobody waits for them on the queue.
+   */
   async #reconcile(): Promise<void> {
+    if (this.#outbox.fresh) {
+      await this.#settle();
+      await this.#prune();
+      this.#reconciled = true;
+      return;
+    }
     let written = 0;
     for (const job of this.#service.knownJobs()) {
       if (this.#closed) return;
@@ -253,6 +283,32 @@ export class StatusFeed {
     if (written > 0) this.#log.warn({ written }, 'terminal status updates written after a restart: the server had stopped before it wrote them');
     await this.#prune();
     this.#reconciled = true;
+  }
+
+  /** The baseline of a fresh outbox: every finished job the ledger does not have is marked, not published. */
+  async #settle(): Promise<void> {
+    const jobs = this.#service.knownJobs().filter((job) => isTerminal(job.state));
+    let next = 0;
+    let settled = 0;
+    const worker = async (): Promise<void> => {
+      for (let i = next++; i < jobs.length && !this.#closed; i = next++) {
+        const job = jobs[i]!;
+        await this.#locks.run(job.id, async () => {
+          // A job the listener has heard of since the feed opened finished now: its update is
+          // the listener's to write. The record is in memory a few microtasks before the
+          // listener is called: let those run first.
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          if (this.#heard.has(job.id) || this.#outbox.isMarked(job.id, job.incarnation)) return;
+          await this.#outbox.settle(job.id, job.incarnation);
+          settled++;
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SETTLE_CONCURRENCY, jobs.length) }, worker));
+    if (this.#closed) return;
+    await this.#outbox.markInitialized();
+    this.#heard.clear();
+    this.#log.info({ jobs: settled }, 'new status outbox: jobs that finished before it existed are marked delivered, not published');
   }
 
   async #prune(): Promise<void> {
@@ -334,12 +390,17 @@ export class StatusFeed {
     }
   }
 
-  /** The next entries to publish together: outbox order, at most one per job. */
+  /**
+   * The next entries to publish together: in outbox order, the first pending entry of each job
+   * among the first `BATCH_SCAN` (a job's later entries wait for its earlier one's confirm).
+   */
   #nextBatch(): PendingEntry[] {
     const batch: PendingEntry[] = [];
     const jobs = new Set<string>();
+    let scanned = 0;
     for (const pending of this.#outbox.entries()) {
-      if (batch.length >= MAX_IN_FLIGHT || jobs.has(pending.jobId)) break;
+      if (batch.length >= MAX_IN_FLIGHT || scanned++ >= BATCH_SCAN) break;
+      if (jobs.has(pending.jobId)) continue;
       jobs.add(pending.jobId);
       batch.push(pending);
     }

@@ -4,8 +4,8 @@
  * to. Rules are tried in order and the first match wins; no match gives `default_action` for the
  * default path types and `none` for `unstructured`.
  *
- * Client text never becomes a JS RegExp: `regex` rules and `dynamic_outputs` (Python syntax,
- * `re.match` semantics) and `glob` rules (fnmatch: `*` crosses `/`) are compiled to the linear-time
+ * Client text never becomes a JS RegExp: `regex` rules, `dynamic_outputs` and the patterns of
+ * `dataset_collector_descriptions` (Python syntax, `re.match` semantics) and `glob` rules (fnmatch: `*` crosses `/`) are compiled to the linear-time
  * automaton of `tools/automaton.ts`. What that engine cannot express (backreferences, lookaround,
  * a trailing `$` under a top-level `|`) is refused with the reason.
  */
@@ -279,4 +279,89 @@ export function mapAction(mapper: ActionMapper, galaxyPath: string, pathType: st
 export function transferUrl(filesEndpoint: string, galaxyPath: string, fileType: string): string {
   const query = new URLSearchParams({ path: galaxyPath, file_type: fileType }).toString();
   return `${filesEndpoint}${filesEndpoint.includes('?') ? '&' : '?'}${query}`;
+}
+
+/**
+ * Galaxy's named "discover datasets" patterns (`NAMED_PATTERNS` of
+ * `galaxy/tool_util/parser/output_collection_def.py`), Python syntax.
+ */
+export const NAMED_COLLECTOR_PATTERNS: Readonly<Record<string, string>> = {
+  __default__: 'primary_DATASET_ID_(?P<designation>[^_]+)_(?P<visible>[^_]+)_(?P<ext>[^_]+)(_(?P<dbkey>[^_]+))?',
+  __name__: '(?P<name>.*)',
+  __designation__: '(?P<designation>.*)',
+  __name_and_ext__: '(?P<name>.*)\\.(?P<ext>[^\\.]+)?',
+  __designation_and_ext__: '(?P<designation>.*)\\.(?P<ext>[^\\._]+)?',
+};
+/** Galaxy replaces this token with the dataset id, or with `\d+` when it has none (as here). */
+const DATASET_ID_TOKEN = 'DATASET_ID';
+const TRUTHY: ReadonlySet<string> = new Set(['true', 'yes', 'on', 'y', 't', '1']);
+const FALSY: ReadonlySet<string> = new Set(['false', 'no', 'off', 'n', 'f', '0', '']);
+
+/** `galaxy.util.asbool`: a bool, a number, or one of the true/false words. */
+function asBool(value: unknown, what: string): boolean {
+  if (value === undefined || value === null) return false;
+  if (typeof value === 'boolean') return value;
+  if (typeof value === 'number') return value !== 0;
+  if (typeof value === 'string') {
+    const word = value.trim().toLowerCase();
+    if (TRUTHY.has(word)) return true;
+    if (FALSY.has(word)) return false;
+  }
+  throw new BadRequest(`${what} must be true or false`);
+}
+
+export interface CollectorMatchers {
+  /** One matcher per `pattern` description, over a name relative to the directory listed. */
+  readonly matchers: readonly Matcher[];
+  /** Descriptions that match nothing, with the reason (a directory outside the working directory). */
+  readonly ignored: readonly string[];
+}
+
+/**
+ * `client_outputs.dataset_collector_descriptions` (Galaxy's discover_datasets dicts) as matchers
+ * for names relative to a listed directory (`sub/x.txt`). A name matches a description when it
+ * lies below its `directory` (if any) and the pattern (`re.match`) accepts
+ *  - the path below that directory, as Pulsar's `ClientOutputs.dynamic_match` tries it, or
+ *  - with `recurse` and without `match_relative_path`, the file's own name, as Galaxy's discovery
+ *    walk tries it for a file in a sub-directory (Pulsar misses those files).
+ * `tool_provided_metadata` descriptions have no pattern (galaxy.json names those files).
+ */
+export function parseCollectorDescriptions(raw: unknown): CollectorMatchers {
+  if (raw === undefined || raw === null) return { matchers: [], ignored: [] };
+  if (!Array.isArray(raw) || raw.length > MAX_RULES) throw new BadRequest(`client_outputs.dataset_collector_descriptions must be a list of at most ${MAX_RULES} descriptions`);
+  const matchers: Matcher[] = [];
+  const ignored: string[] = [];
+  raw.forEach((description: unknown, index) => {
+    const what = `client_outputs.dataset_collector_descriptions[${index}]`;
+    if (!isRecord(description)) throw new BadRequest(`${what} must be an object`);
+    const via = description['discover_via'] ?? (asBool(description['from_provided_metadata'], `${what}.from_provided_metadata`) ? 'tool_provided_metadata' : 'pattern');
+    if (via === 'tool_provided_metadata') return;
+    if (via !== 'pattern') throw new BadRequest(`${what}: discover_via must be "pattern" or "tool_provided_metadata"`);
+    const source = description['pattern'] ?? '__default__';
+    if (typeof source !== 'string') throw new BadRequest(`${what}.pattern must be a string`);
+    const expanded = NAMED_COLLECTOR_PATTERNS[source] ?? source;
+    const matches = pythonMatcher(expanded.split(DATASET_ID_TOKEN).join('\\d+'), `${what}.pattern`);
+    const recurse = asBool(description['recurse'], `${what}.recurse`);
+    const relativePath = asBool(description['match_relative_path'], `${what}.match_relative_path`);
+    const rawDirectory = description['directory'];
+    let directory = '';
+    if (rawDirectory !== undefined && rawDirectory !== null && rawDirectory !== '') {
+      if (typeof rawDirectory !== 'string' || rawDirectory.length > MAX_PATTERN_LENGTH || rawDirectory.includes('\0')) throw new BadRequest(`${what}.directory must be a short relative path`);
+      const normalized = path.posix.normalize(rawDirectory).replace(/\/+$/, '');
+      if (normalized.startsWith('/') || normalized === '..' || normalized.startsWith('../')) {
+        // Galaxy refuses it ("outside working directory"); Pulsar's dynamic_match matches nothing.
+        ignored.push(`${what}: directory "${short(rawDirectory)}" is outside the working directory`);
+        return;
+      }
+      if (normalized !== '.') directory = `${normalized}/`;
+    }
+    matchers.push((name) => {
+      if (!name.startsWith(directory)) return false;
+      const below = name.slice(directory.length);
+      if (matches(below)) return true;
+      const slash = below.lastIndexOf('/');
+      return slash >= 0 && recurse && !relativePath && matches(below.slice(slash + 1));
+    });
+  });
+  return { matchers, ignored };
 }

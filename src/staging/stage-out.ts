@@ -16,11 +16,14 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { RetryConfig } from '../config/types.js';
 import { BadRequest } from '../errors.js';
 import type { JobDirectory } from '../jobs/directory.js';
 import type { Logger } from '../log.js';
-import { fnmatchMatcher, mapAction, parseActionMapper, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
+import { CONTROL_FILES, RESERVED_JOBDIR_NAMES } from '../jobs/layout.js';
+import { isInside } from '../jobs/paths.js';
+import { fnmatchMatcher, mapAction, parseActionMapper, parseCollectorDescriptions, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
 import { checkedLookup } from './http-get.js';
 import { loggableUrl, type StagingPolicy } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
@@ -53,7 +56,7 @@ export interface StageOutContext {
 }
 
 /** The job-directory file that lists the files already pushed (hidden from directory listings). */
-export const DONE_FILE = '.upload-stage-out.done';
+export const DONE_FILE = CONTROL_FILES.stageOutDone;
 const COPY_SUFFIX = '.stage-out.part';
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const SERVER_SIDE_UNSUPPORTED: ReadonlySet<string> = new Set(['remote_rsync_transfer', 'remote_scp_transfer', 'remote_object_store_copy', 'remote_transfer_tus']);
@@ -112,11 +115,12 @@ export async function planStageOut(
   const rawDynamic = co['dynamic_outputs'] ?? [];
   if (!Array.isArray(rawDynamic) || rawDynamic.length > MAX_RULES) throw new BadRequest(`client_outputs.dynamic_outputs must be a list of at most ${MAX_RULES} patterns`);
   const dynamic: Matcher[] = rawDynamic.map((p, i) => pythonMatcher(p, `client_outputs.dynamic_outputs[${i}]`));
-  const collectors = co['dataset_collector_descriptions'];
-  if (Array.isArray(collectors) && collectors.length > 0) log.info({ collectors: collectors.length }, 'stage-out: dataset_collector_descriptions are not applied (dynamic_outputs patterns are)');
+  const collectors = parseCollectorDescriptions(co['dataset_collector_descriptions']);
+  for (const reason of collectors.ignored) log.warn(`stage-out: ${reason}; that description matches nothing (as upstream)`);
   const references = await realizedReferences(dir, dynamicFileSources, log);
+  // As upstream's ClientOutputs.dynamic_match: the collector descriptions, then the patterns.
   const dynamicMatch = (name: string): boolean =>
-    dynamic.some((m) => m(name)) || references.filenames.has(name) || references.extraFiles.some((prefix) => name.startsWith(prefix));
+    collectors.matchers.some((m) => m(name)) || dynamic.some((m) => m(name)) || references.filenames.has(name) || references.extraFiles.some((prefix) => name.startsWith(prefix));
 
   const [working, outputs, metadata, topNames] = await Promise.all([dir.contents('working'), dir.contents('outputs'), dir.contents('metadata'), dir.topLevelNames()]);
   const outputSet = new Set(outputs);
@@ -188,23 +192,63 @@ export async function planStageOut(
   if (versionFile !== undefined && outputSet.has(COMMAND_VERSION)) await add('output', versionFile, COMMAND_VERSION);
   // 4-6. Dynamic outputs in the working, metadata and job directories (public mode: declared outputs only).
   if (policy.publicMode) {
-    if (dynamic.length > 0) log.info('stage-out: dynamic outputs are not pushed by a public server (declared outputs only)');
+    if (dynamic.length > 0 || collectors.matchers.length > 0) log.info('stage-out: dynamic outputs are not pushed by a public server (declared outputs only)');
     return { entries, failures };
   }
+  // The listings are bounded (depth and count, JobDirectory.contents) and never descend through a
+  // symlinked directory; a matched symlink to a file outside its directory is left out here (and
+  // would be refused when opened anyway).
   if (workingDirectory !== undefined) {
-    for (const name of working) if (!collected.has(name) && dynamicMatch(name)) await add('output_workdir', path.join(workingDirectory, name), name);
+    for (const name of await dynamicMatches(working, dynamicMatch, dir.working, log)) {
+      if (!collected.has(name)) await add('output_workdir', path.join(workingDirectory, name), name);
+    }
   }
   if (metadataDirectory !== undefined) {
-    for (const name of metadata) if (dynamicMatch(name)) await add('output_metadata', path.join(metadataDirectory, name), name);
+    for (const name of await dynamicMatches(metadata, dynamicMatch, dir.metadata, log)) await add('output_metadata', path.join(metadataDirectory, name), name);
   }
   if (jobDirectory !== undefined) {
-    for (const name of topNames) {
-      if (!dynamicMatch(name)) continue;
+    // The server's own files there (command.sh, return_code, …) are never served: not pushed either.
+    const clientNames = topNames.filter((name) => !RESERVED_JOBDIR_NAMES.has(name));
+    for (const name of await dynamicMatches(clientNames, dynamicMatch, undefined, log)) {
       const st = await fs.lstat(path.join(dir.root, name)).catch(() => undefined);
       if (st?.isFile() === true) await add('output_jobdir', path.join(jobDirectory, name), name);
     }
   }
   return { entries, failures };
+}
+
+/** Names matched between two turns of the event loop (client patterns over a long listing). */
+const MATCHES_PER_TURN = 64;
+
+/**
+ * The names of a listing that `matches` accepts, letting other work in every MATCHES_PER_TURN
+ * names; with a `base`, a name that is a symlink resolving outside `base` is left out (logged).
+ */
+async function dynamicMatches(names: readonly string[], matches: Matcher, base: string | undefined, log: Logger): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < names.length; i++) {
+    if (i > 0 && i % MATCHES_PER_TURN === 0) await yieldToEventLoop();
+    const name = names[i]!;
+    if (!matches(name)) continue;
+    if (base !== undefined && !(await staysInside(base, name))) {
+      log.warn({ name: short(name) }, 'stage-out: a matched symlink leads out of its directory (not pushed)');
+      continue;
+    }
+    out.push(name);
+  }
+  return out;
+}
+
+/** Is `base/name` a regular file, or a symlink whose target lies inside `base`'s real path? */
+async function staysInside(base: string, name: string): Promise<boolean> {
+  const target = path.join(base, name);
+  try {
+    if (!(await fs.lstat(target)).isSymbolicLink()) return true;
+    const [real, realBase] = await Promise.all([fs.realpath(target), fs.realpath(base)]);
+    return isInside(realBase, real) && real !== realBase;
+  } catch {
+    return false;
+  }
 }
 
 /** Largest realized dynamic file source (galaxy.json) read for references. */
@@ -281,65 +325,132 @@ async function postOnce(url: URL, handle: fs.FileHandle, size: number, filename:
     signal: ctx.signal,
   });
   req.setTimeout(DEFAULT_IDLE_TIMEOUT_MS, () => req.destroy(new Error('the files endpoint answered nothing for too long')));
+  // An endpoint may refuse (413, 403) before it has read the body, then stop reading or close:
+  // that answer ends the request at once, and it is the error.
+  let early: http.IncomingMessage | undefined;
   const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.on('response', resolve);
+    req.on('response', (res) => {
+      early = res;
+      const status = res.statusCode ?? 0;
+      if (status >= 200 && status <= 299) {
+        resolve(res);
+        return;
+      }
+      res.resume();
+      reject(new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`));
+      req.destroy();
+    });
     req.on('error', reject);
   });
   const sent = (async () => {
     req.write(head);
-    const stream = handle.createReadStream({ start: 0, end: size > 0 ? size - 1 : 0, autoClose: false, highWaterMark: 1 << 20 });
-    let sentBytes = 0;
-    if (size > 0) {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        sentBytes += chunk.length;
-        if (!req.write(chunk)) {
-          await new Promise<void>((resolve, reject) => {
-            const onDrain = (): void => {
-              req.off('error', onError);
-              resolve();
-            };
-            const onError = (e: Error): void => {
-              req.off('drain', onDrain);
-              reject(e);
-            };
-            req.once('drain', onDrain);
-            req.once('error', onError);
-          });
-        }
-      }
-    }
+    const sentBytes = await sendBody(req, handle, size);
     if (sentBytes !== size) throw new PermanentError(`the file changed size while it was sent (${sentBytes} of ${size} bytes)`);
     req.end(tail);
   })();
   // Whichever fails first is the error; a response ends the wait for the body only when sent.
-  const [res] = await Promise.all([answered, sent.catch((error: unknown) => {
-    req.destroy(error instanceof Error ? error : new Error(String(error)));
+  let res: http.IncomingMessage;
+  try {
+    [res] = await Promise.all([answered, sent.catch((error: unknown) => {
+      req.destroy(error instanceof Error ? error : new Error(String(error)));
+      throw error;
+    })]);
+  } catch (error) {
+    const status = early?.statusCode;
+    if (status !== undefined && (status < 200 || status > 299)) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
     throw error;
-  })]);
+  }
   res.resume();
   const status = res.statusCode ?? 0;
   if (status < 200 || status > 299) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
 }
 
+/** A POST's read buffers, reused: a fresh 1 MiB buffer per read made the server's GC run a mark-compact every ~20 MiB. */
+const POST_BUFFERS = 4;
+const POST_BUFFER_SIZE = 256 * 1024;
+
+/** Send `size` bytes of `handle` as the request body through reused buffers; resolves with the bytes read. */
+async function sendBody(req: http.ClientRequest, handle: fs.FileHandle, size: number): Promise<number> {
+  // A destroyed request may never call its write callbacks: its close ends every wait.
+  const closed = new Promise<never>((_, reject) => {
+    req.once('close', () => reject(new Error('the files endpoint closed the connection')));
+  });
+  closed.catch(() => undefined);
+  const buffers = Array.from({ length: POST_BUFFERS }, () => Buffer.allocUnsafe(POST_BUFFER_SIZE));
+  const flushed: Promise<void>[] = [];
+  let sent = 0;
+  for (let i = 0; sent < size; i++) {
+    const slot = i % POST_BUFFERS;
+    const buffer = buffers[slot] as Buffer;
+    // The buffer is refilled only once the socket has taken what it held.
+    const pending = flushed[slot];
+    if (pending !== undefined) await Promise.race([pending, closed]);
+    const { bytesRead } = await handle.read(buffer, 0, Math.min(POST_BUFFER_SIZE, size - sent), sent);
+    if (bytesRead === 0) break;
+    const chunk = buffer.subarray(0, bytesRead);
+    const done = new Promise<void>((resolve, reject) => {
+      req.write(chunk, (error) => (error ? reject(error) : resolve()));
+    });
+    done.catch(() => undefined);
+    flushed[slot] = done;
+    sent += bytesRead;
+    if (req.writableNeedDrain) await drained(req);
+  }
+  await Promise.race([Promise.all(flushed), closed]);
+  return sent;
+}
+
+/** Wait until a request takes more body, or fail when it errs or closes (a closed request never drains). */
+async function drained(req: http.ClientRequest): Promise<void> {
+  if (req.destroyed) throw new Error('the files endpoint closed the connection');
+  await new Promise<void>((resolve, reject) => {
+    const settle = (error?: Error): void => {
+      req.off('drain', onDrain);
+      req.off('error', onError);
+      req.off('close', onClose);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onDrain = (): void => settle();
+    const onError = (e: Error): void => settle(e);
+    const onClose = (): void => settle(new Error('the files endpoint closed the connection'));
+    req.once('drain', onDrain);
+    req.once('error', onError);
+    req.once('close', onClose);
+  });
+}
+
+/** errno codes of a local copy that may pass: busy or interrupted devices, NFS hiccups, fd exhaustion. */
+const TRANSIENT_COPY_CODES: ReadonlySet<string> = new Set(['EAGAIN', 'EWOULDBLOCK', 'EBUSY', 'EIO', 'EINTR', 'ETIMEDOUT', 'ESTALE', 'EMFILE', 'ENFILE']);
+
+/** Is a `remote_copy` failure worth a retry? (ENOENT, EACCES, ENOSPC, a refused destination are not.) */
+export function isTransientCopyError(error: unknown): boolean {
+  const code = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
+  return typeof code === 'string' && TRANSIENT_COPY_CODES.has(code);
+}
+
 async function copyOut(entry: StageOutEntry, dest: string, ctx: StageOutContext): Promise<number> {
   const { handle, size } = await ctx.dir.openDownload(entry.name, entry.type);
-  await fs.mkdir(path.dirname(dest), { recursive: true });
-  // The parent may have been made (or replaced) through a link: check where it really is.
-  const realParent = await fs.realpath(path.dirname(dest));
-  await ctx.policy.checkCopyDestination(path.join(realParent, path.basename(dest)));
-  const partial = path.join(realParent, `.${path.basename(dest)}.${randomBytes(6).toString('hex')}${COPY_SUFFIX}`);
   try {
-    const out = await fs.open(partial, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+    await fs.mkdir(path.dirname(dest), { recursive: true });
+    // The parent may have been made (or replaced) through a link: check where it really is.
+    const realParent = await fs.realpath(path.dirname(dest));
+    await ctx.policy.checkCopyDestination(path.join(realParent, path.basename(dest)));
+    const partial = path.join(realParent, `.${path.basename(dest)}.${randomBytes(6).toString('hex')}${COPY_SUFFIX}`);
     try {
-      await pipeline(handle.createReadStream({ autoClose: false, highWaterMark: 1 << 20 }), out.createWriteStream({ highWaterMark: 1 << 20 }), { signal: ctx.signal });
-    } finally {
-      await out.close().catch(() => undefined);
+      const out = await fs.open(partial, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+      try {
+        await pipeline(handle.createReadStream({ autoClose: false, highWaterMark: 1 << 20 }), out.createWriteStream({ highWaterMark: 1 << 20 }), { signal: ctx.signal });
+      } finally {
+        await out.close().catch(() => undefined);
+      }
+      await fs.rename(partial, path.join(realParent, path.basename(dest)));
+    } catch (error) {
+      await fs.rm(partial, { force: true });
+      throw error;
     }
-    await fs.rename(partial, path.join(realParent, path.basename(dest)));
-  } catch (error) {
-    await fs.rm(partial, { force: true });
-    throw error;
   } finally {
+    // Closed whatever failed (making the parents, the destination check, the copy).
     await handle.close().catch(() => undefined);
   }
   return size;
@@ -348,14 +459,30 @@ async function copyOut(entry: StageOutEntry, dest: string, ctx: StageOutContext)
 async function runOne(entry: StageOutEntry, ctx: StageOutContext): Promise<void> {
   const began = Date.now();
   const action = entry.action;
-  if (action.kind === 'remote_copy') {
-    const bytes = await copyOut(entry, action.dest, ctx);
-    const ms = Date.now() - began;
-    ctx.log.info({ name: entry.name, type: entry.type, bytes, ms, rate: rate(bytes, ms) }, 'staged out (remote_copy)');
-    return;
-  }
   let attempts = 0;
   let bytes = 0;
+  if (action.kind === 'remote_copy') {
+    await withRetries(
+      ctx.retry,
+      ctx.signal,
+      async () => {
+        attempts++;
+        try {
+          bytes = await copyOut(entry, action.dest, ctx);
+        } catch (error) {
+          // Only a transient I/O error is worth another try (a missing file, a refusal is not).
+          if (isTransientCopyError(error)) throw error;
+          throw new PermanentError(error instanceof Error ? error.message : String(error), { cause: error });
+        }
+      },
+      (error, wait) => {
+        ctx.log.warn({ name: entry.name, err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-out copy failed; retrying');
+      },
+    );
+    const ms = Date.now() - began;
+    ctx.log.info({ name: entry.name, type: entry.type, bytes, ms, rate: rate(bytes, ms), attempts }, 'staged out (remote_copy)');
+    return;
+  }
   await withRetries(
     ctx.retry,
     ctx.signal,

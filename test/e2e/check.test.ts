@@ -158,9 +158,10 @@ test('check times out (exit 1) when the job never finishes, and removes the job'
   // A manager that never starts a job: the job stays queued.
   const server = await startTestServer({ managers: (root) => [managerConfig(root, { numConcurrentJobs: 0 })] });
   t.teardown(() => server.stop());
-  const run = await runCheck({ url: server.url, timeout: '4', jobId: 'stuck' });
+  // Long enough for the uploads before the status polls even when the other check tests load both cores.
+  const run = await runCheck({ url: server.url, timeout: '10', jobId: 'stuck' });
   t.is(run.code, 1, report(run));
-  t.true(run.lines.some((l) => /^FAIL status: the job is still queued after 4 s/.test(l)), report(run));
+  t.true(run.lines.some((l) => /^FAIL status: the job is still queued after 10 s/.test(l)), report(run));
   t.true(run.lines.some((l) => l.startsWith('..  removed job stuck')), report(run));
   t.regex(run.lines[run.lines.length - 1]!, /^check failed: status: /);
   t.deepEqual(await fs.readdir(server.staging), []);

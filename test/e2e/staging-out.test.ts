@@ -17,6 +17,8 @@ interface JobSpec {
   readonly paths?: object[];
   readonly dynamic?: string[];
   readonly workDirOutputs?: [string, string][];
+  readonly collectors?: object[];
+  readonly jobDirectory?: string;
 }
 
 function remoteStaging(e: FilesEndpoint, id: string, spec: JobSpec): string {
@@ -26,13 +28,13 @@ function remoteStaging(e: FilesEndpoint, id: string, spec: JobSpec): string {
     client_outputs: {
       working_directory: '/galaxy/jobs/w',
       metadata_directory: '/galaxy/jobs/m',
-      job_directory: null,
+      job_directory: spec.jobDirectory ?? null,
       work_dir_outputs: spec.workDirOutputs ?? [],
       output_files: spec.outputs.map((o) => `${GALAXY}/${o}`),
       version_file: null,
       dynamic_outputs: spec.dynamic ?? [],
       dynamic_file_sources: [],
-      dataset_collector_descriptions: [],
+      dataset_collector_descriptions: spec.collectors ?? [],
     },
   });
 }
@@ -135,6 +137,20 @@ test('stage-out: a 500 then a 200 is retried; a 403 is tolerated', async (t) => 
   t.is(e.posted.get(`${GALAXY}/a.dat`)?.toString(), 'a');
   t.deepEqual(posts(e, `${GALAXY}/b.dat`).map((r) => r.status), [403]);
   t.regex(server.logLines.join('\n'), /403 \(tolerated/);
+});
+
+test('stage-out: an endpoint that answers 413 (or 403) before the body and closes is heard, not waited on', async (t) => {
+  const e = await endpoint(t);
+  e.faults.set(`${GALAXY}/big.dat`, [{ kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }, { kind: 'refuse-early', status: 413 }]);
+  e.faults.set(`${GALAXY}/also.dat`, [{ kind: 'refuse-early', status: 403 }]);
+  const server = await serverWith(t);
+  // 32 MiB each: far more than the socket buffers take before the endpoint's answer.
+  await submit(server.url, e, 'early', 'head -c 33554432 /dev/zero > ../outputs/big.dat; head -c 33554432 /dev/zero > ../outputs/also.dat', { outputs: ['big.dat', 'also.dat'] });
+  const doc = await waitForJob(server.url, 'early');
+  t.is(doc.status, 'failed');
+  t.regex(doc.stderr, /HTTP 413/);
+  t.notRegex(doc.stderr, /also\.dat/);
+  t.is(e.posted.get(`${GALAXY}/big.dat`), undefined);
 });
 
 test('stage-out: a missing output fails the job naming it, without a retry; the others still arrive', async (t) => {
@@ -282,4 +298,116 @@ test('stage-out: files named by a realized galaxy.json (filename, extra_files) a
   t.is(e.posted.get('/galaxy/jobs/w/extra_dir/x')?.toString(), 'x');
   t.false(e.posted.has('/galaxy/jobs/w/other.txt'));
   t.false(e.posted.has('/galaxy/jobs/w/galaxy.json'));
+});
+
+const WORK = '/galaxy/jobs/w';
+
+test('stage-out: a __designation_and_ext__ collector with directory and recurse pushes the files below it, byte-compared', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  const scratch = await makeRoot();
+  t.teardown(async () => fs.rm(scratch, { recursive: true, force: true }));
+  const big = randomBytes(2 * 1024 * 1024 + 7);
+  await fs.writeFile(path.join(scratch, 'big'), big);
+  const command = [
+    'mkdir -p results/sub/deeper other',
+    `cp ${path.join(scratch, 'big')} results/sub/a.txt`,
+    'printf b > results/b.tsv',
+    'printf c > results/sub/deeper/c.fa',
+    'printf n > results/noext',
+    'printf o > other/x.txt',
+    'printf t > top.txt',
+    'printf o > ../outputs/o.dat',
+  ].join(' && ');
+  await submit(server.url, e, 'coll', command, {
+    outputs: ['o.dat'],
+    dynamic: ['tool_stdout'],
+    collectors: [{ discover_via: 'pattern', pattern: '__designation_and_ext__', directory: 'results', recurse: true, match_relative_path: false, format: 'txt', sort_by: 'filename' }],
+  });
+  const doc = await waitForJob(server.url, 'coll');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.true(e.posted.get(`${WORK}/results/sub/a.txt`)?.equals(big));
+  t.is(e.posted.get(`${WORK}/results/b.tsv`)?.toString(), 'b');
+  t.is(e.posted.get(`${WORK}/results/sub/deeper/c.fa`)?.toString(), 'c');
+  t.deepEqual(posts(e, `${WORK}/results/sub/a.txt`).map((r) => [r.fileType, r.status]), [['output_workdir', 200]]);
+  // No extension, outside the directory, or at the top of the working directory: not collected.
+  for (const name of ['results/noext', 'other/x.txt', 'top.txt']) t.false(e.posted.has(`${WORK}/${name}`), name);
+  t.deepEqual([...e.posted.keys()].sort(), [`${GALAXY}/o.dat`, `${WORK}/results/b.tsv`, `${WORK}/results/sub/a.txt`, `${WORK}/results/sub/deeper/c.fa`]);
+});
+
+test('stage-out: a pathological collector pattern is matched in linear time (no backtracking) and the job completes', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  const as = 'a'.repeat(200);
+  // A backtracking engine would not finish (a+)+$ against 200 a's and a "!" (nor (x+x+)+y against 250 x's).
+  await submit(server.url, e, 'redos', `printf yes > ${as}; printf no > '${as}!'; printf no > ${'x'.repeat(250)}; printf o > ../outputs/o.dat`, {
+    outputs: ['o.dat'],
+    collectors: [{ pattern: '(a+)+$' }, { pattern: '(?P<name>(x+x+)+y)' }],
+  });
+  const doc = await waitForJob(server.url, 'redos');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get(`${WORK}/${as}`)?.toString(), 'yes');
+  t.false(e.posted.has(`${WORK}/${as}!`));
+  t.false(e.posted.has(`${WORK}/${'x'.repeat(250)}`));
+});
+
+test('stage-out: a collector-matched symlink out of the job directory is not pushed (nor anything below a symlinked directory)', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  const outside = await makeRoot();
+  t.teardown(async () => fs.rm(outside, { recursive: true, force: true }));
+  await fs.writeFile(path.join(outside, 'secret.txt'), 'SECRET');
+  const command = [
+    'mkdir -p out/sub',
+    'printf in > out/in.txt',
+    `ln -s ${path.join(outside, 'secret.txt')} out/leak.txt`,
+    `ln -s ${path.join(outside, 'secret.txt')} out/sub/leak2.txt`,
+    `ln -s ${path.join(outside, 'missing')} out/sub/dangling.txt`,
+    `ln -s ${outside} out/linkdir`,
+    'ln -s ../in.txt out/sub/inside.txt',
+    'printf o > ../outputs/o.dat',
+  ].join(' && ');
+  await submit(server.url, e, 'links', command, { outputs: ['o.dat'], collectors: [{ pattern: '__name__', directory: 'out', recurse: 'true' }] });
+  const doc = await waitForJob(server.url, 'links');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get(`${WORK}/out/in.txt`)?.toString(), 'in');
+  // A symlink that stays inside the working directory is pushed (its target's bytes).
+  t.is(e.posted.get(`${WORK}/out/sub/inside.txt`)?.toString(), 'in');
+  for (const name of ['out/leak.txt', 'out/sub/leak2.txt', 'out/sub/dangling.txt', 'out/linkdir/secret.txt']) t.false(e.posted.has(`${WORK}/${name}`), name);
+  t.false([...e.posted.values()].some((body) => body.toString().includes('SECRET')));
+  t.false(e.requests.some((r) => r.path?.includes('leak') === true || r.path?.includes('linkdir') === true));
+  t.regex(server.logLines.join('\n'), /symlink leads out of its directory/);
+});
+
+test('stage-out: a remote_copy that fails for good (the parent is a file) is not retried and fails the job', async (t) => {
+  const e = await endpoint(t);
+  const copyRoot = await makeRoot();
+  t.teardown(async () => fs.rm(copyRoot, { recursive: true, force: true }));
+  const server = await serverWith(t, { staging: { allowedEndpoints: [], copyRoots: [copyRoot], privateAddresses: true, concurrency: 2 } });
+  await fs.writeFile(path.join(copyRoot, 'blocker'), 'a file, not a directory');
+  const rs = JSON.stringify({
+    action_mapper: { default_action: 'remote_copy', files_endpoint: e.filesEndpoint('rcx'), paths: [] },
+    client_outputs: { working_directory: '/w', metadata_directory: '/m', output_files: [path.join(copyRoot, 'blocker', 'out.dat'), path.join(copyRoot, 'ok', 'fine.dat')] },
+  });
+  await request(server.url, 'POST', `/jobs?${qs({ job_id: 'rcx' })}`);
+  const r = await request(server.url, 'POST', `/jobs/rcx/submit?${qs({ job_id: 'rcx', command_line: 'printf x > ../outputs/out.dat; printf f > ../outputs/fine.dat', remote_staging: rs })}`);
+  t.is(r.text, 'OK');
+  const doc = await waitForJob(server.url, 'rcx');
+  t.is(doc.status, 'failed');
+  t.regex(doc.stderr, /out\.dat.*remote_copy/);
+  t.is(await fs.readFile(path.join(copyRoot, 'ok', 'fine.dat'), 'utf8'), 'f');
+  t.is(await fs.readFile(path.join(copyRoot, 'blocker'), 'utf8'), 'a file, not a directory');
+  const logged = server.logLines.join('\n');
+  t.false(logged.includes('stage-out copy failed; retrying'));
+});
+
+test('stage-out: a catch-all collector over the job directory pushes the job\'s own files there, never the server\'s control files', async (t) => {
+  const e = await endpoint(t);
+  const server = await serverWith(t);
+  await submit(server.url, e, 'jd', 'printf note > ../extra_note.txt; printf o > ../outputs/o.dat', { outputs: ['o.dat'], jobDirectory: '/galaxy/jobs/j', collectors: [{ pattern: '__name__' }] });
+  const doc = await waitForJob(server.url, 'jd');
+  t.is(doc.status, 'complete', doc.stderr);
+  t.is(e.posted.get('/galaxy/jobs/j/extra_note.txt')?.toString(), 'note');
+  t.is(posts(e, '/galaxy/jobs/j/extra_note.txt')[0]?.fileType, 'output_jobdir');
+  for (const name of ['command.sh', 'return_code', 'launch_config', 'tool_id', '.upload-stage-out.done']) t.false(e.posted.has(`/galaxy/jobs/j/${name}`), name);
 });

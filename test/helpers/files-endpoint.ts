@@ -14,6 +14,8 @@ export type Fault =
   | { readonly kind: 'die-mid' }
   /** Answer this status with a short body. */
   | { readonly kind: 'status'; readonly status: number }
+  /** Answer this status as soon as a POST's headers arrive and stop reading its body (as a proxy refusing a large body does). */
+  | { readonly kind: 'refuse-early'; readonly status: number }
   /** Answer 302 to this location. */
   | { readonly kind: 'redirect'; readonly location: string }
   /** Send the headers and half the body, then wait for `release()` before the rest. */
@@ -92,6 +94,15 @@ export async function startFilesEndpoint(): Promise<FilesEndpoint> {
     const fault = faults.get(galaxyPath)?.shift();
     if (req.method === 'POST') {
       const chunks: Buffer[] = [];
+      if (fault?.kind === 'refuse-early') {
+        record(fault.status);
+        // The answer is sent and never ended: node's server would otherwise close the socket over the
+        // unread body, and the client could meet a reset before it reads the answer.
+        req.pause();
+        res.writeHead(fault.status, { 'content-type': 'application/json' });
+        res.write('{"err_msg": "refused early"}');
+        return;
+      }
       let reached = false;
       req.on('data', (c: Buffer) => {
         chunks.push(c);
