@@ -195,3 +195,20 @@ test.serial('429 and 5xx on polls and publishes back off and recover; nothing is
   const publishStatuses = fake.requests.filter((r) => r.route === 'publish').map((r) => r.status);
   t.true(publishStatuses.includes(503) && publishStatuses.includes(429), publishStatuses.join(','));
 });
+
+test.serial('the since race: a setup published between the relay’s storage read and its waiter registration is taken by the next poll', async (t) => {
+  let sneak: (() => void) | undefined;
+  const fake = await relayFake(t, { betweenSinceReadAndWait: () => sneak?.() });
+  await relayServer(t, fake, { longPollTimeout: 1 });
+  const galaxy = new Galaxy(fake);
+  await within('the first poll', fake.whenWaiting(USER, 'job_setup'));
+  await settle(1200);
+  let hit = false;
+  sneak = () => {
+    sneak = undefined;
+    hit = true;
+    galaxy.setup('3010', 'true');
+  };
+  t.is((await within('complete', galaxy.whenTerminal('3010')))['status'], 'complete');
+  t.true(hit, 'the race was hit');
+});
