@@ -16,11 +16,12 @@ import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type
 import { ServerProcess } from './server-process.js';
 import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSection } from './status.js';
 import { MIB, log, round } from './stats.js';
+import { runRelay, type RelayBenchResult } from './relay.js';
 import { runSoak, type SoakResult } from './soak.js';
 import { runStaging, type StagingResult } from './staging.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 
-const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak'] as const;
+const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'relay'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -415,6 +416,18 @@ async function main(): Promise<number> {
       soak = await withServer(ctx, 'soak', async (server) => runSoak(server, soakMs, startDecoy));
       if (isFailed(soak)) failures++;
       out['soak'] = soak;
+    }
+
+    if (only.has('relay')) {
+      log('== relay: setup-to-complete latency through the relay fake, and requests per idle minute');
+      let relay: RelayBenchResult | Failed;
+      try {
+        relay = await runRelay(root, ctx.serverLogLevel);
+      } catch (error) {
+        relay = { error: message(error) };
+        failures++;
+      }
+      out['relay'] = relay;
     }
   } finally {
     if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);
