@@ -57,6 +57,8 @@ const CALL_TIMEOUT_MS = 30_000;
 const BUSY_DELAY_MS = 5000;
 /** How long a message that failed on the server's side waits before its one retry. */
 const RETRY_DELAY_MS = 1000;
+/** Publish answers that say the message itself will never be taken (malformed, too large). */
+const NEVER_TAKEN: ReadonlySet<number> = new Set([400, 413, 422]);
 /** Fields of a status document cut (their head) when it is too large for the relay. */
 const CUTTABLE = ['stdout', 'stderr', 'job_stdout', 'job_stderr'] as const;
 
@@ -478,8 +480,9 @@ class RelayFrontDoor implements StatusPublisher {
       });
       this.#o.mode.publishSucceeded();
     } catch (error) {
-      if (error instanceof RelayHttpError && !error.transient && error.status !== 401) {
-        // The relay will never take this one (413, 422): keeping it would hold the job's later updates forever.
+      if (error instanceof RelayHttpError && NEVER_TAKEN.has(error.status)) {
+        // The relay will never take this one: keeping it would hold the job's later updates forever.
+        // (A 403 — a relay user without `write` — is kept: fixing the user at the relay delivers it.)
         this.#log.error({ jobId: entry.jobId, status: entry.status, reason: error.message }, 'status update refused by the relay: dropped');
         return;
       }
@@ -509,7 +512,7 @@ class RelayFrontDoor implements StatusPublisher {
         return;
       } catch (error) {
         if (stopping.aborted) return;
-        if (error instanceof RelayHttpError && !error.transient && error.status !== 401) {
+        if (error instanceof RelayHttpError && NEVER_TAKEN.has(error.status)) {
           this.#log.error({ topic, reason: error.message }, 'pulsar_capabilities refused by the relay: not published');
           return;
         }

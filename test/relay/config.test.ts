@@ -6,10 +6,11 @@ import { loadConfig } from '../../src/config/index.js';
 import { ConfigError } from '../../src/errors.js';
 import { relayTopic } from '../../src/mq/relay.js';
 
-async function load(t: ExecutionContext, yaml: string, env: Record<string, string> = {}) {
+async function load(t: ExecutionContext, yaml: string, env: Record<string, string> = {}, files: Record<string, string> = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'magnetar-relayconfig-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   await writeFile(path.join(dir, 'app.yml'), yaml);
+  for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, name), text);
   return { dir, result: loadConfig({ cwd: dir, env, configFile: 'app.yml' }) };
 }
 
@@ -73,6 +74,12 @@ test('refused: plain http to another host without PULSAR_RELAY_ALLOW_INSECURE, n
     t.is((await (await load(t, `message_queue_url: "${url}"\n${auth}`)).result).config.app.relay?.url, url.replace(/\/$/, ''));
   }
   t.is((await (await load(t, `message_queue_url: http://relay.example.org\n${auth}`, { PULSAR_RELAY_ALLOW_INSECURE: '1' })).result).config.app.relay?.url, 'http://relay.example.org');
+});
+
+test('public mode over the relay is refused with the reason, as over AMQP', async (t) => {
+  const yaml = 'message_queue_url: https://relay.example.org\nmessage_queue_username: u\nmessage_queue_password: p\ntool_config_files: tools.xml\n';
+  const error = await t.throwsAsync((await load(t, yaml, {}, { 'tools.xml': '<toolbox/>' })).result, { instanceOf: ConfigError });
+  t.regex(error?.message ?? '', /public mode/);
 });
 
 test('topic names: prefix and manager suffix as upstream (none for _default_)', (t) => {

@@ -9,8 +9,9 @@ import * as path from 'node:path';
 import { request } from '../helpers/client.js';
 import { JOB_KEY, testEndpoint } from '../helpers/files-endpoint.js';
 import { mqRemoteStaging } from '../helpers/mq-client.js';
+import { managerConfig, startTestServer } from '../helpers/server.js';
 import { waitUntil } from '../helpers/wait.js';
-import { Galaxy, PASSWORD, relayFake, relayServer, settle, USER, within } from './helpers.js';
+import { Galaxy, PASSWORD, relayConfig, relayFake, relayServer, settle, USER, within } from './helpers.js';
 
 const GALAXY = '/galaxy/files';
 
@@ -211,4 +212,39 @@ test.serial('the since race: a setup published between the relay’s storage rea
   };
   t.is((await within('complete', galaxy.whenTerminal('3010')))['status'], 'complete');
   t.true(hit, 'the race was hit');
+});
+
+test.serial('a relay down at startup is waited for (the server starts; /healthz says disconnected), then used', async (t) => {
+  const fake = await relayFake(t);
+  const restarting = fake.restart({ downMs: 3000 });
+  await settle(300);
+  const server = await relayServer(t, fake, { longPollTimeout: 2 });
+  t.not((await health(server.url)).state, 'connected');
+  await restarting;
+  const galaxy = new Galaxy(fake);
+  await within('a poll once the relay is up', fake.whenWaiting(USER, 'job_setup'));
+  galaxy.setup('3011', 'true');
+  t.is((await within('complete', galaxy.whenTerminal('3011')))['status'], 'complete');
+  await waitUntil('connected', async () => (await health(server.url)).state === 'connected', 10_000);
+});
+
+test.serial('two managers: topics with the prefix and the _<manager> suffix, one loop each, one login for the server', async (t) => {
+  const fake = await relayFake(t);
+  const server = await startTestServer({
+    app: { relay: relayConfig(fake, { topicPrefix: 'site' }) },
+    managers: (r) => [managerConfig(r), managerConfig(r, { name: 'gpu', stagingDirectory: path.join(r, 'staging-gpu') })],
+  });
+  t.teardown(async () => server.stop());
+  const main = new Galaxy(fake, 'site');
+  const gpu = new Galaxy(fake, 'site', 'gpu');
+  await within('both loops', Promise.all([fake.whenWaiting(USER, 'site_job_setup'), fake.whenWaiting(USER, 'site_job_setup_gpu')]));
+  main.setup('3012', 'true');
+  gpu.setup('3013', 'true');
+  t.is((await within('main', main.whenTerminal('3012')))['status'], 'complete');
+  t.is((await within('gpu', gpu.whenTerminal('3013')))['status'], 'complete');
+  t.deepEqual(main.updates('3013'), []);
+  t.deepEqual(gpu.updates('3012'), []);
+  t.deepEqual(fake.messages(USER, 'site_pulsar_capabilities_gpu').map((m) => m.payload['manager_name']), ['gpu']);
+  t.is(fake.requests.filter((r) => r.route === 'login').length, 1);
+  t.is((await health(server.url)).polling, 2);
 });
