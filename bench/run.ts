@@ -20,8 +20,9 @@ import { runRelay, type RelayBenchResult } from './relay.js';
 import { runSoak, type SoakResult } from './soak.js';
 import { runStaging, type StagingResult } from './staging.js';
 import { runTransfer, type TransferResult } from './transfer.js';
+import { runMq } from './mq.js';
 
-const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'relay'] as const;
+const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'mq', 'relay'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -300,6 +301,7 @@ async function main(): Promise<number> {
   let status: StatusSection | Failed | undefined;
   let scale: Record<string, ScaleResult> | undefined;
   let soak: SoakResult | Failed | undefined;
+  let mq: Awaited<ReturnType<typeof runMq>> | undefined;
   let failures = 0;
   try {
     if (only.has('lifecycle')) {
@@ -416,6 +418,33 @@ async function main(): Promise<number> {
       soak = await withServer(ctx, 'soak', async (server) => runSoak(server, soakMs, startDecoy));
       if (isFailed(soak)) failures++;
       out['soak'] = soak;
+    }
+
+    if (only.has('mq')) {
+      const producers = (process.env['BENCH_MQ_PRODUCERS'] ?? '1,8').split(',').map((p) => Number(p.trim()));
+      if (producers.some((p) => !Number.isInteger(p) || p < 1)) throw new Error('BENCH_MQ_PRODUCERS must be a comma list of positive integers');
+      const acks = (process.env['BENCH_MQ_ACK'] ?? 'off,on').split(',').map((a) => a.trim());
+      if (acks.some((a) => a !== 'off' && a !== 'on')) throw new Error('BENCH_MQ_ACK must be a comma list of off/on');
+      const jobs = envInt('BENCH_MQ_JOBS', 200);
+      log(`== mq: a private RabbitMQ, ${jobs} jobs per phase at ${producers.join(', ')} producer(s), amqp_acknowledge ${acks.join(', ')}`);
+      mq = await runMq({
+        dir: path.join(root, 'mq'),
+        jobs,
+        producers,
+        statusRequests: envInt('BENCH_MQ_STATUS_REQUESTS', 200),
+        acknowledge: acks.map((a) => a === 'on'),
+        commandLine: process.env['BENCH_MQ_COMMAND'] || 'true',
+        entry: ctx.serverEntry,
+        keep: process.env['BENCH_KEEP'] === '1',
+        cpuProfDir: ctx.cpuProfDir,
+        profiles: ctx.profiles,
+        track: (server) => {
+          ctx.current = server;
+          if (server !== undefined) ctx.servers.push({ label: 'mq', pid: server.pid, rss_at_start_mib: round(server.memory().rss / MIB, 1), num_concurrent_jobs: 16 });
+        },
+      });
+      if (isFailed(mq) || ('variants' in mq && Object.values(mq.variants).some((v) => isFailed(v)))) failures++;
+      out['mq'] = mq;
     }
 
     if (only.has('relay')) {

@@ -3,8 +3,8 @@
  * same JobService calls as HTTP, and publishes the status feed's updates.
  *
  * - Topology: exchange `pulsar` (direct), queues `<prefix>_setup`, `_kill`, `_status`,
- *   `_status_update` (and with the ack protocol `_status_update_ack`, `_setup_ack`, `_kill_ack`,
- *   `_status_ack`), each bound under its own name; durable unless `amqp_durable` is false.
+ *   `_status_update` (and with the ack protocol `_status_update_ack`, `_setup_ack`, `_kill_ack`),
+ *   each bound under its own name; durable unless `amqp_durable` is false.
  *   The server declares `_status_update` too, so updates wait there until Galaxy consumes.
  * - A setup message is acknowledged (AMQP) only once `service.submit` resolved: the job is
  *   recorded. A duplicate is ignored by the service (and by the consume store, with acks).
@@ -111,7 +111,9 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
     });
     await confirm.assertExchange(EXCHANGE, 'direct', { durable });
     const names = ['setup', 'kill', 'status', 'status_update'];
-    if (this.#mq.acknowledge) names.push('status_update_ack', 'setup_ack', 'kill_ack', 'status_ack');
+    // Replies to the client's setup and kill wait in their queues; a reply to a status-queue message
+    // (no client consumes `status_ack`) is not kept: nobody would ever drain that queue.
+    if (this.#mq.acknowledge) names.push('status_update_ack', 'setup_ack', 'kill_ack');
     for (const name of names) {
       const queue = this.#queue(name);
       await confirm.assertQueue(queue, { durable });
@@ -119,7 +121,7 @@ export class AmqpFrontDoor implements LinkUser, StatusPublisher {
     }
     this.#confirm = confirm;
     const consumed: ConsumedQueue[] = [];
-    if (this.#mq.consume) consumed.push('setup', 'kill', 'status');
+    if (this.#mq.consume && !this.#closing) consumed.push('setup', 'kill', 'status');
     if (this.#mq.acknowledge && this.#mq.publish) consumed.push('status_update_ack');
     if (consumed.length > 0) {
       const channel = await connection.createChannel();

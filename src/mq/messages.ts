@@ -10,9 +10,6 @@ import { BadRequest, LimitExceeded } from '../errors.js';
 import type { SubmitRequest } from '../jobs/submit-request.js';
 import { boundedValue, checkJsonDepth, submitRequestOf, type SubmitLimits } from '../web/params.js';
 
-/** The queues of one manager, by their unprefixed names (upstream's `name` in `<prefix>_<name>`). */
-export type QueueName = 'setup' | 'kill' | 'status' | 'status_update' | 'status_update_ack' | 'setup_ack' | 'kill_ack' | 'status_ack';
-
 /** The suffix of an ack queue (`setup` → `setup_ack`). */
 export const ACK_QUEUE_SUFFIX = '_ack';
 

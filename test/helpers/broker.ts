@@ -1,10 +1,13 @@
 /**
- * A private RabbitMQ broker for the message-queue tests and benchmarks (no ava here: the bench
- * imports it): Debian's `rabbitmq-server`, started by the
+ * A private RabbitMQ broker for the message-queue tests: Debian's `rabbitmq-server`, started by the
  * test on 127.0.0.1 with its own data directory, node name, epmd and ports, and stopped by PID. The
  * broker keeps its data directory across `restart()` and `kill9()` + `start()`, so durable queues
  * and persistent messages survive as they would on a real site.
+ *
+ * No `ava` here: the bench (bench/mq.ts) starts its broker with this class too. `brokerTest` is in
+ * test/helpers/rabbitmq.ts.
  */
+import * as amqp from 'amqplib';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -20,6 +23,17 @@ const EPMD = process.env['MAGNETAR_TEST_EPMD'] ?? findEpmd();
 function findEpmd(): string {
   for (const candidate of ['/usr/bin/epmd', '/usr/lib/erlang/bin/epmd']) if (existsSync(candidate)) return candidate;
   return 'epmd';
+}
+
+/** Does the broker take an AMQP login yet? (Its port opens before it does.) */
+async function accepts(url: string): Promise<boolean> {
+  try {
+    const connection = await amqp.connect(url);
+    await connection.close();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function portOpen(port: number): Promise<boolean> {
@@ -63,7 +77,11 @@ export class Broker {
     this.#distPort = distPort;
     this.#epmdPort = epmdPort;
     this.#config = config;
+    // A test or bench that dies before its teardown must not leave a broker behind.
+    process.once('exit', this.#onExit);
   }
+
+  readonly #onExit = (): void => this.killNow();
 
   /** Create and start a broker; resolves once it accepts AMQP connections. */
   static async start(options: BrokerOptions = {}): Promise<Broker> {
@@ -130,8 +148,8 @@ export class Broker {
       });
       failed.catch(() => undefined);
       const deadline = Date.now() + 60_000;
-      while (!(await portOpen(this.port))) {
-        if (Date.now() > deadline) throw new Error(`rabbitmq-server did not listen on 127.0.0.1:${this.port} within 60 s`);
+      while (!(await portOpen(this.port)) || !(await accepts(this.url))) {
+        if (Date.now() > deadline) throw new Error(`rabbitmq-server did not take a login on 127.0.0.1:${this.port} within 60 s`);
         await Promise.race([sleep(100), failed]);
       }
     } catch (error) {
@@ -140,6 +158,11 @@ export class Broker {
     } finally {
       await out.close();
     }
+  }
+
+  /** SIGKILL the broker and its epmd now, synchronously (a SIGINT or exit handler); `close` still removes the directory. */
+  killNow(): void {
+    for (const child of [this.#server, this.#epmd]) if (child !== undefined && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }
 
   /** Stop the broker gracefully (its data is kept). */
@@ -166,21 +189,22 @@ export class Broker {
     await this.start();
   }
 
-  /** Stop the broker and its epmd; remove the data directory. */
-  async close(): Promise<void> {
+  /** Stop the broker and its epmd; remove the data directory unless `remove` is false. */
+  async close(remove = true): Promise<void> {
+    process.removeListener('exit', this.#onExit);
     await this.kill9();
     const epmd = this.#epmd;
     if (epmd !== undefined && epmd.exitCode === null) {
       epmd.kill('SIGKILL');
       await exited(epmd, 5_000);
     }
-    await fs.rm(this.dir, { recursive: true, force: true });
+    if (remove) await fs.rm(this.dir, { recursive: true, force: true });
   }
 }
+
 
 /** Why a broker cannot be started here, or undefined when it can. */
 export function brokerUnavailable(): string | undefined {
   if (!existsSync(RABBITMQ_SERVER)) return `${RABBITMQ_SERVER} is missing (Debian package rabbitmq-server; .ci/run installs it)`;
   return undefined;
 }
-

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestFn } from 'ava';
 import type { MessageQueueConfig } from '../../src/config/index.js';
-import { Broker } from './broker.js';
+import { Broker } from './rabbitmq.js';
 
 export interface StatusUpdate {
   readonly job_id: string;
@@ -93,6 +93,11 @@ export class MqClient {
 
   #notify(): void {
     for (const w of [...this.#waiters]) w();
+  }
+
+  /** Messages waiting in `<prefix>_<name>`. */
+  async queuedMessages(name: string): Promise<number> {
+    return (await this.#channel.checkQueue(this.queue(name))).messageCount;
   }
 
   /** Publish a raw body to `<prefix>_<name>` and wait for the broker's confirm. */

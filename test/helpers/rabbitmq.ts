@@ -1,7 +1,4 @@
-/**
- * The message-queue tests' broker (test/helpers/broker.ts) and `brokerTest`, which registers tests
- * only where a broker can run.
- */
+/** `brokerTest`: the message-queue tests' gate. The broker itself is test/helpers/broker.ts. */
 import test, { type TestFn } from 'ava';
 import { brokerUnavailable } from './broker.js';
 

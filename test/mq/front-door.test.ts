@@ -176,3 +176,25 @@ test.serial('without the ack protocol: no acknowledge keys; a duplicate setup (r
   t.true(client.updatesOf(id).every((u) => u.acknowledge_uuid === undefined));
   t.is(await fs.readFile(path.join(server.staging, id, 'outputs', 'count'), 'utf8'), 'x\n');
 });
+
+test.serial('message_queue_publish = false: jobs run, nothing is published; message_queue_consume = false: setups stay queued', async (t) => {
+  const quiet = await mqServer(t, { publish: false });
+  await quiet.client.setup('4101', 'true');
+  let status = '';
+  for (let i = 0; i < 400 && status !== 'complete'; i++) {
+    await quiet.client.settle(25);
+    const r = await request(quiet.server.url, 'GET', '/jobs/4101/status?job_id=4101');
+    if (r.status === 200) status = (r.json() as { status: string }).status;
+  }
+  t.is(status, 'complete');
+  await quiet.client.settle();
+  t.deepEqual(quiet.client.updates, []);
+
+  const deaf = await mqServer(t, { consume: false });
+  await deaf.client.setup('4102', 'true');
+  await deaf.client.settle();
+  t.false(await exists(path.join(deaf.server.staging, '4102')));
+  const probe = await MqClient.connect(brokerUrl(), { keyPrefix: deaf.prefix });
+  t.teardown(async () => probe.close());
+  t.is(await probe.queuedMessages('setup'), 1);
+});
