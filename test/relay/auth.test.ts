@@ -120,3 +120,15 @@ test.serial('wrong password at startup: the server refuses to start with the rea
   t.regex(error?.message ?? '', /login .* refused .*401/);
   t.false((error?.message ?? '').includes('not-the-password'));
 });
+
+test.serial('a credentials file readable by others is used but warned about (0600 expected); its token is not logged', async (t) => {
+  const fake = await relayFake(t);
+  const { file, token } = await credentialsFile(t, fake);
+  await fs.chmod(file, 0o644);
+  const server = await relayServer(t, fake, { username: undefined, password: undefined, credentialsFile: file });
+  await within('the first poll', fake.whenWaiting(USER, 'job_setup'));
+  t.true(server.logLines.some((l) => l.includes('readable by others')));
+  // Rewritten at the rotation: 0600 from then on.
+  t.is((await fs.stat(file)).mode & 0o777, 0o600);
+  t.false(server.logLines.join('\n').includes(token));
+});

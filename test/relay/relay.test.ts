@@ -5,6 +5,8 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { request } from '../helpers/client.js';
 import { JOB_KEY, testEndpoint } from '../helpers/files-endpoint.js';
@@ -247,4 +249,25 @@ test.serial('two managers: topics with the prefix and the _<manager> suffix, one
   t.deepEqual(fake.messages(USER, 'site_pulsar_capabilities_gpu').map((m) => m.payload['manager_name']), ['gpu']);
   t.is(fake.requests.filter((r) => r.route === 'login').length, 1);
   t.is((await health(server.url)).polling, 2);
+});
+
+test.serial('a relay answer redirecting elsewhere is not followed: the bearer never leaves for another origin; polling carries on', async (t) => {
+  const seen: string[] = [];
+  const elsewhere = http.createServer((req, res) => {
+    seen.push(`${req.method ?? ''} ${req.url ?? ''} ${req.headers.authorization ?? ''}`);
+    res.end('{}');
+  });
+  await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => elsewhere.close(() => resolve())));
+  const target = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/steal`;
+  const fake = await relayFake(t);
+  fake.inject('poll', { status: 307, headers: { location: target }, body: {}, times: 2 });
+  const server = await relayServer(t, fake, { longPollTimeout: 1 });
+  const galaxy = new Galaxy(fake);
+  await within('a poll after the redirects', fake.whenWaiting(USER, 'job_setup'));
+  galaxy.setup('3014', 'true');
+  t.is((await within('complete', galaxy.whenTerminal('3014')))['status'], 'complete');
+  t.deepEqual(seen, []);
+  t.true(fake.requests.filter((r) => r.route === 'poll' && r.status === 307).length === 2);
+  t.true(server.logLines.some((l) => l.includes('relay poll failed')));
 });
