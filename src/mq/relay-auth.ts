@@ -64,12 +64,49 @@ export class RelayAuth implements BearerSource {
   #lastFailure: Error | undefined;
   #notBefore = 0;
   readonly #backoff = new Backoff(1000, 60_000);
+  #lockFile: string | undefined;
   /** Logins and refreshes sent (health, tests). */
   attempts = 0;
 
   constructor(config: RelayConfig, log: Logger) {
     this.#config = config;
     this.#log = log.child({ component: 'relay-auth' });
+  }
+
+  /**
+   * With a credentials file: take `<file>.lock` (this process's pid), so a second magnetar process
+   * on this machine cannot refresh the same single-use token (the relay would revoke the chain).
+   * A lock whose process is gone is taken over. Throws `RelayAuthRefused` when a live process holds it.
+   */
+  async lock(): Promise<void> {
+    const file = this.#config.credentialsFile;
+    if (file === undefined || this.#lockFile !== undefined) return;
+    const lockFile = `${file}.lock`;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await fs.writeFile(lockFile, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+        this.#lockFile = lockFile;
+        return;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new RelayAuthRefused(`message_queue_credentials_file ${file}: cannot create ${lockFile} (${(error as NodeJS.ErrnoException).code ?? messageOf(error)}): magnetar needs to write next to the file`);
+        }
+      }
+      const holder = Number((await fs.readFile(lockFile, 'utf8').catch(() => '')).trim());
+      if (Number.isSafeInteger(holder) && holder > 0 && isAlive(holder)) {
+        throw new RelayAuthRefused(`message_queue_credentials_file ${file} is in use by process ${holder} (${lockFile}): two processes refreshing one single-use token make the relay revoke it; give each server its own credentials file`);
+      }
+      this.#log.warn({ lockFile, holder }, 'taking over the lock of message_queue_credentials_file left by a process that is gone');
+      await fs.unlink(lockFile).catch(() => undefined);
+    }
+    throw new RelayAuthRefused(`message_queue_credentials_file ${file}: could not take ${lockFile}`);
+  }
+
+  /** Release the credentials file's lock (at shutdown). */
+  async unlock(): Promise<void> {
+    const lockFile = this.#lockFile;
+    this.#lockFile = undefined;
+    if (lockFile !== undefined) await fs.unlink(lockFile).catch(() => undefined);
   }
 
   get method(): 'password' | 'credentials_file' {
@@ -248,6 +285,15 @@ export class RelayAuth implements BearerSource {
       throw new Error(`message_queue_credentials_file ${file}: the rotated refresh token could not be written`);
     }
     this.#unwritten = undefined;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

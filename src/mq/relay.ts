@@ -144,6 +144,7 @@ export class RelayMode {
    */
   async start(): Promise<void> {
     try {
+      await this.#auth.lock();
       await this.#auth.bearer(this.#stopping.signal);
       this.#client.succeeded();
     } catch (error) {
@@ -189,6 +190,7 @@ export class RelayMode {
     const results = await Promise.allSettled(this.#feeds.map(async (f) => f.close()));
     for (const r of results) if (r.status === 'rejected') this.#log.error({ err: r.reason as unknown }, 'closing a status feed failed');
     this.#client.close();
+    await this.#auth.unlock();
   }
 
   // ---------------------------------------------------------------- publishing (shared by the managers)

@@ -4,6 +4,7 @@
  * chain): a clear error, no loop of requests, recovery once the file holds a fresh token.
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { request } from '../helpers/client.js';
@@ -131,4 +132,23 @@ test.serial('a credentials file readable by others is used but warned about (060
   // Rewritten at the rotation: 0600 from then on.
   t.is((await fs.stat(file)).mode & 0o777, 0o600);
   t.false(server.logLines.join('\n').includes(token));
+});
+
+test.serial('one refresher per credentials file: a second server on the same file refuses to start, sending nothing; a lock left by a dead process is taken over', async (t) => {
+  const fake = await relayFake(t);
+  const { file } = await credentialsFile(t, fake);
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  await fs.writeFile(`${file}.lock`, `${dead.stdout}\n`);
+  const first = await relayServer(t, fake, { username: undefined, password: undefined, credentialsFile: file });
+  t.true(first.logLines.some((l) => l.includes('taking over the lock')));
+  t.is((await fs.readFile(`${file}.lock`, 'utf8')).trim(), String(process.pid));
+  const root = await makeRoot();
+  t.teardown(async () => fs.rm(root, { recursive: true, force: true }));
+  const error = await t.throwsAsync(startTestServer({ root, app: { relay: relayConfig(fake, { username: undefined, password: undefined, credentialsFile: file }) } }));
+  t.regex(error?.message ?? '', /is in use by process \d+/);
+  t.is(refreshes(fake), 1, 'only the first server refreshed');
+  // The first one is unaffected, and its lock goes when it stops.
+  t.true(await fs.access(`${file}.lock`).then(() => true, () => false));
+  await first.stop();
+  t.false(await fs.access(`${file}.lock`).then(() => true, () => false));
 });
