@@ -53,6 +53,8 @@ const MAX_PAYLOAD_BYTES = 2 * RELAY_MAX_BODY;
 /** A poll answer: at most 100 messages per topic of ≤ 1 MiB each. */
 const MAX_POLL_ANSWER = 128 * 1024 * 1024;
 const CALL_TIMEOUT_MS = 30_000;
+/** The most messages the relay answers per topic in one poll. */
+const PER_TOPIC_ANSWER = 100;
 /** How long a setup refused for `max_live_jobs` waits before it is polled (and tried) again. */
 const BUSY_DELAY_MS = 5000;
 /** How long a message that failed on the server's side waits before its one retry. */
@@ -243,6 +245,12 @@ interface PolledMessage {
   readonly payload: unknown;
 }
 
+interface Polled {
+  readonly messages: readonly PolledMessage[];
+  /** The relay held more than it answered (100 per topic). */
+  readonly hasMore: boolean;
+}
+
 /** One manager's relay front door: its poll loop, its message handling, its status publisher. */
 class RelayFrontDoor implements StatusPublisher {
   readonly #o: DoorOptions;
@@ -250,6 +258,7 @@ class RelayFrontDoor implements StatusPublisher {
   readonly #log: Logger;
   readonly #topics: ReadonlyMap<string, ConsumedTopic>;
   readonly #updateTopic: string;
+  readonly #setupTopic: string;
   readonly #limits: MessageLimits;
   /** Messages that failed once on the server's side: the next failure gives up on them. */
   readonly #failedOnce = new Set<string>();
@@ -264,6 +273,7 @@ class RelayFrontDoor implements StatusPublisher {
     const { topicPrefix } = options.config;
     this.#topics = new Map(CONSUMED.map((base) => [relayTopic(topicPrefix, base, this.#manager), base]));
     this.#updateTopic = relayTopic(topicPrefix, 'job_status_update', this.#manager);
+    this.#setupTopic = relayTopic(topicPrefix, 'job_setup', this.#manager);
     this.#limits = { ...options.service.submitLimits, maxMessageSize: MAX_PAYLOAD_BYTES };
   }
 
@@ -324,7 +334,7 @@ class RelayFrontDoor implements StatusPublisher {
     this.#log.info({ cursor: this.#o.cursor.file, topicsWithHistory: skipped }, 'relay cursor started at the newest messages: messages published before this server’s first start are not acted on');
   }
 
-  async #poll(signal: AbortSignal): Promise<PolledMessage[]> {
+  async #poll(signal: AbortSignal): Promise<Polled> {
     const { longPollTimeout } = this.#o.config;
     try {
       const answer = await this.#o.client.call({
@@ -340,13 +350,14 @@ class RelayFrontDoor implements StatusPublisher {
       return this.#messagesOf(answer.json);
     } catch (error) {
       // A read timeout is "no messages" (as upstream's client treats it).
-      if (error instanceof RelayUnreachable && error.timedOut) return [];
+      if (error instanceof RelayUnreachable && error.timedOut) return { messages: [], hasMore: false };
       throw error;
     }
   }
 
-  #messagesOf(json: unknown): PolledMessage[] {
+  #messagesOf(json: unknown): Polled {
     const list = (json as { messages?: unknown } | undefined)?.messages;
+    const hasMore = (json as { has_more?: unknown } | undefined)?.has_more === true;
     if (!Array.isArray(list)) throw new RelayHttpError(200, 'poll', 'the answer has no messages list', undefined);
     const messages: PolledMessage[] = [];
     for (const item of list as unknown[]) {
@@ -358,7 +369,7 @@ class RelayFrontDoor implements StatusPublisher {
       }
       messages.push({ topic: m.topic, id: m.message_id, payload: m.payload });
     }
-    return messages;
+    return { messages, hasMore };
   }
 
   /**
@@ -367,13 +378,19 @@ class RelayFrontDoor implements StatusPublisher {
    * for this round: it and those after it come again with the next poll. Returns the pause
    * before the next poll.
    */
-  async #handleAll(messages: readonly PolledMessage[], stopping: AbortSignal): Promise<number> {
+  async #handleAll({ messages, hasMore }: Polled, stopping: AbortSignal): Promise<number> {
     const deferred = new Set<string>();
     let delay = 0;
     let advanced = false;
+    // The relay answers at most 100 messages per topic: with that many setups, more may wait.
+    const setupsCut = hasMore && messages.filter((m) => m.topic === this.#setupTopic).length >= PER_TOPIC_ANSWER;
     for (const message of messages) {
       if (deferred.has(message.topic)) continue;
-      const outcome = stopping.aborted ? ({ kind: 'stop' } as const) : await this.#handle(message);
+      // Setups come first (the poll's topic order). While some wait (back-pressure, a retry, more
+      // than one answer holds), a kill or status request for a job not known yet may be about one
+      // of them: it waits too, instead of cancelling nothing or answering `lost`.
+      const setupsPending = setupsCut || deferred.has(this.#setupTopic);
+      const outcome = stopping.aborted ? ({ kind: 'stop' } as const) : await this.#handle(message, setupsPending);
       if (outcome.kind === 'stop') break;
       if (outcome.kind === 'defer') {
         deferred.add(message.topic);
@@ -389,7 +406,7 @@ class RelayFrontDoor implements StatusPublisher {
     return delay;
   }
 
-  async #handle(polled: PolledMessage): Promise<Outcome> {
+  async #handle(polled: PolledMessage, setupsPending: boolean): Promise<Outcome> {
     const base = this.#topics.get(polled.topic);
     if (base === undefined) return DONE;
     let message: InboundMessage;
@@ -405,6 +422,9 @@ class RelayFrontDoor implements StatusPublisher {
       return DONE;
     }
     if (message.kind === 'ack') return DONE;
+    if (setupsPending && message.kind !== 'setup' && this.#o.service.knownJob(message.jobId) === undefined) {
+      return { kind: 'defer', ms: RETRY_DELAY_MS };
+    }
     return this.#act(polled, message);
   }
 

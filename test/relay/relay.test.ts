@@ -271,3 +271,20 @@ test.serial('a relay answer redirecting elsewhere is not followed: the bearer ne
   t.true(fake.requests.filter((r) => r.route === 'poll' && r.status === 307).length === 2);
   t.true(server.logLines.some((l) => l.includes('relay poll failed')));
 });
+
+test.serial('back-pressure (max_live_jobs): a setup waits on the relay, and a status request for it waits too instead of answering lost', async (t) => {
+  const fake = await relayFake(t);
+  const server = await startTestServer({ app: { relay: relayConfig(fake, { longPollTimeout: 1 }), maxLiveJobs: 1 }, managers: (r) => [managerConfig(r)] });
+  t.teardown(async () => server.stop());
+  const galaxy = new Galaxy(fake);
+  await within('the first poll', fake.whenWaiting(USER, 'job_setup'));
+  galaxy.setup('3015', 'sleep 2');
+  await within('running', galaxy.whenStatus('3015', 'running'));
+  galaxy.setup('3016', 'true');
+  galaxy.requestStatus('3016');
+  t.is((await within('the first job', galaxy.whenTerminal('3015')))['status'], 'complete');
+  t.is((await within('the waiting job', galaxy.whenTerminal('3016')))['status'], 'complete');
+  await waitUntil('the status answer', async () => galaxy.updates('3016').filter((u) => u['status'] === 'complete').length >= 2 || galaxy.statuses('3016').length >= 3, 30_000);
+  t.false(galaxy.statuses('3016').includes('lost'), galaxy.statuses('3016').join(','));
+  t.true(server.logLines.some((l) => l.includes('job_setup deferred: too many unfinished jobs')));
+});
