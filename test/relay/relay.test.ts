@@ -288,3 +288,21 @@ test.serial('back-pressure (max_live_jobs): a setup waits on the relay, and a st
   t.false(galaxy.statuses('3016').includes('lost'), galaxy.statuses('3016').join(','));
   t.true(server.logLines.some((l) => l.includes('job_setup deferred: too many unfinished jobs')));
 });
+
+test.serial('more than a poll answer holds (100 per topic): every setup published while the server was stopped runs once; a status request behind them is not answered lost', async (t) => {
+  const fake = await relayFake(t);
+  const galaxy = new Galaxy(fake);
+  const first = await relayServer(t, fake, { longPollTimeout: 1 });
+  await within('the first poll', fake.whenWaiting(USER, 'job_setup'));
+  const root = first.root;
+  await first.close();
+  const ids = Array.from({ length: 130 }, (_, i) => String(8000 + i));
+  for (const id of ids) galaxy.setup(id, 'true');
+  galaxy.requestStatus(ids.at(-1) ?? '');
+  const second = await relayServer(t, fake, { longPollTimeout: 1 }, root);
+  await within('every job', waitUntil('terminals', async () => ids.every((id) => galaxy.terminals(id).length > 0), 110_000), 115_000);
+  for (const id of ids) t.is(galaxy.terminals(id)[0]?.['status'], 'complete', id);
+  t.false(galaxy.statuses(ids.at(-1) ?? '').includes('lost'));
+  t.true(fake.requests.some((r) => r.route === 'poll' && r.status === 200));
+  await second.stop();
+});
