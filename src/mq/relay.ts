@@ -95,6 +95,8 @@ export class RelayMode {
   readonly #publishBackoff = new Backoff(1000, 60_000);
   #publishBlockedUntil = 0;
   #publishTimer: NodeJS.Timeout | undefined;
+  /** Publishing waits for `start` (the credentials file's lock is taken there). */
+  #started = false;
 
   private constructor(config: RelayConfig, auth: RelayAuth, client: RelayClient, log: Logger) {
     this.#config = config;
@@ -157,14 +159,12 @@ export class RelayMode {
       this.#client.failed(error);
       this.#log.warn({ reason: messageOf(error) }, 'the relay is not reachable yet: retrying in the background (status updates wait in the outbox)');
     }
+    this.#started = true;
+    this.#kickFeeds();
     for (const door of this.#doors) {
       if (this.#config.consume) this.#track(door.run(this.#stopping.signal));
       if (this.#config.publishCapabilities) this.#track(door.publishCapabilities(this.#stopping.signal));
     }
-  }
-
-  get client(): RelayClient {
-    return this.#client;
   }
 
   /** For `/healthz`: the link, the auth, the loops, the outboxes. */
@@ -198,7 +198,7 @@ export class RelayMode {
   // ---------------------------------------------------------------- publishing (shared by the managers)
 
   get canPublish(): boolean {
-    return Date.now() >= this.#publishBlockedUntil && !this.#auth.refused;
+    return this.#started && Date.now() >= this.#publishBlockedUntil && !this.#auth.refused;
   }
 
   /** A publish met 429, 5xx or no answer: every manager's publishing pauses (capped, jittered), then resumes. */
