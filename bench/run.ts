@@ -16,12 +16,13 @@ import { findProfile, formatSummary, summariseProfile, type ProfileSummary, type
 import { ServerProcess } from './server-process.js';
 import { runCalibration, runStatus, type Phase, type StatusResult, type StatusSection } from './status.js';
 import { MIB, log, round } from './stats.js';
+import { runRelay, type RelayBenchResult } from './relay.js';
 import { runSoak, type SoakResult } from './soak.js';
 import { runStaging, type StagingResult } from './staging.js';
 import { runTransfer, type TransferResult } from './transfer.js';
 import { runMq } from './mq.js';
 
-const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'mq'] as const;
+const SECTIONS = ['lifecycle', 'sandbox', 'transfer', 'staging', 'status', 'validator', 'scale', 'soak', 'mq', 'relay'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function envInt(name: string, fallback: number): number {
@@ -444,6 +445,18 @@ async function main(): Promise<number> {
       });
       if (isFailed(mq) || ('variants' in mq && Object.values(mq.variants).some((v) => isFailed(v)))) failures++;
       out['mq'] = mq;
+    }
+
+    if (only.has('relay')) {
+      log('== relay: setup-to-complete latency through the relay fake, and requests per idle minute');
+      let relay: RelayBenchResult | Failed;
+      try {
+        relay = await runRelay(root, ctx.serverLogLevel);
+      } catch (error) {
+        relay = { error: message(error) };
+        failures++;
+      }
+      out['relay'] = relay;
     }
   } finally {
     if (process.env['BENCH_KEEP'] === '1' || failures > 0) log(`kept ${root} (server logs of failed measurements)`);

@@ -11,7 +11,7 @@ import { jobEnvironment } from './jobs/launch.js';
 import { JobService } from './jobs/service.js';
 import type { Logger } from './log.js';
 import { createBackend } from './managers/index.js';
-import { MessageQueueMode } from './mq/index.js';
+import { MessageQueueMode, RelayMode } from './mq/index.js';
 import { createAuthorizer } from './tools/index.js';
 import { createApp } from './web/app.js';
 import { errorAnswer } from './web/errors.js';
@@ -56,6 +56,7 @@ export async function startServer(configured: Config, options: StartOptions): Pr
   const services = new Map<string, JobService>();
   let limits: RateLimits | undefined;
   let mq: MessageQueueMode | undefined;
+  let relay: RelayMode | undefined;
   try {
     const backendContext = { log, serverEnv: options.env, configFile: config.configFile ?? 'configuration' };
     for (const manager of config.app.managers) {
@@ -67,9 +68,19 @@ export async function startServer(configured: Config, options: StartOptions): Pr
     if (mqConfig !== undefined && config.app.persistenceDirectory !== undefined) {
       mq = await MessageQueueMode.open(mqConfig, services, config.app.persistenceDirectory, log);
     }
+    const relayConfig = config.app.relay;
+    if (relayConfig !== undefined && config.app.persistenceDirectory !== undefined) {
+      relay = await RelayMode.open(relayConfig, services, { persistenceDirectory: config.app.persistenceDirectory, toolDependencyDir: config.app.toolDependencyDir, log });
+    }
     for (const service of services.values()) await service.start();
     await mq?.start();
+    await relay?.start();
     const messageQueue = mq;
+    const relayMode = relay;
+    const health =
+      messageQueue === undefined && relayMode === undefined
+        ? undefined
+        : () => ({ ...(messageQueue === undefined ? {} : { message_queue: messageQueue.health() }), ...(relayMode === undefined ? {} : { relay: relayMode.health() }) });
 
     const cache =
       config.app.fileCacheDir === undefined
@@ -77,7 +88,7 @@ export async function startServer(configured: Config, options: StartOptions): Pr
         : await FileCache.open({ dir: config.app.fileCacheDir, maxBytes: config.app.fileCacheSize, maxEntryBytes: config.app.maxUploadSize, log });
     const started = rateLimits(config.app, queryOf, log);
     limits = started;
-    const server = createHttpServer(config, services, log, started, tls, cache, messageQueue === undefined ? undefined : () => ({ message_queue: messageQueue.health() }));
+    const server = createHttpServer(config, services, log, started, tls, cache, health);
     await listen(server, options.port ?? config.server.port, config.server.host);
     const address = server.address() as AddressInfo;
     const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -90,9 +101,11 @@ export async function startServer(configured: Config, options: StartOptions): Pr
       async close() {
         try {
           await messageQueue?.stopConsuming();
+          await relayMode?.stopConsuming();
           await shutdown(services, log);
         } finally {
           await messageQueue?.close();
+          await relayMode?.close();
           started.close();
           await new Promise<void>((resolve) => {
             server.close(() => resolve());
@@ -104,8 +117,10 @@ export async function startServer(configured: Config, options: StartOptions): Pr
   } catch (error) {
     limits?.close();
     await mq?.stopConsuming();
+    await relay?.stopConsuming();
     await shutdown(services, log).catch(() => undefined); // each failure is logged; the startup error is the one to report
     await mq?.close();
+    await relay?.close();
     throw error;
   }
 }

@@ -412,14 +412,14 @@ test('unsupported and unknown manager types are refused', async (t) => {
 test('not-yet-supported options load with one warning each', async (t) => {
   const { warnings } = await load(
     t,
-    { 'app.yml': 'message_queue_url: https://relay.example.org\namqp_future_option: true\nobject_store_store_by: uuid\nsentry_dsn: x\nprivate_token: t\n' },
+    { 'app.yml': 'relay_future_option: 1\namqp_future_option: true\nobject_store_store_by: uuid\nsentry_dsn: x\nprivate_token: t\n' },
     'app.yml',
   );
   t.deepEqual(warnings, [
+    'app.yml: relay_future_option is not yet supported and is ignored',
     'app.yml: amqp_future_option is not yet supported and is ignored',
     'app.yml: object_store_store_by is not yet supported and is ignored',
     'app.yml: sentry_dsn is not yet supported and is ignored',
-    'app.yml: message_queue_url: relay mode (http(s)://) is not yet supported and is ignored',
   ]);
 });
 

@@ -17,6 +17,7 @@ import {
   appOptionsSchema,
   type AppOptions,
 } from './schema.js';
+import { isRelayUrl, relayConfig } from './relay.js';
 import { ENVIRONMENT, fileModeWarning, parseOrThrow, type LoadContext, type Setting } from './setting.js';
 import { describeIoError } from './sources.js';
 import type { AppSection, MessageQueueConfig, SandboxConfig } from './types.js';
@@ -33,7 +34,8 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
   const managers = await buildManagers(options, settings, configDir, managerDefaults(options, settings, publicMode, ctx), ctx);
   const persistence = options.persistence_directory;
   const mq = messageQueue(options, settings, configDir, ctx);
-  if (mq !== undefined) {
+  const relay = options.message_queue_url !== undefined && isRelayUrl(options.message_queue_url) ? relayConfig(options, settings, configDir, ctx) : undefined;
+  if (mq !== undefined || relay !== undefined) {
     const where = settings.get('message_queue_url');
     const fail = (message: string): ConfigError => new ConfigError(where?.file ?? ENVIRONMENT, where?.key ?? 'message_queue_url', message);
     if (persistence === PERSISTENCE_DISABLED) throw fail('message-queue mode keeps its status outbox (and ack stores) under persistence_directory, which is __none__');
@@ -87,12 +89,13 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
       concurrency: options.staging_concurrency,
     },
     messageQueue: mq,
+    ...(relay === undefined ? {} : { relay }),
   };
 }
 
 /**
- * `message_queue_url`: amqp(s) → the AMQP front door's settings; http(s) (relay mode) is not yet
- * supported (a warning). The URL holds credentials: messages name the key, never the value.
+ * `message_queue_url`: amqp(s) → the AMQP front door's settings; http(s) is relay mode
+ * (config/relay.ts), undefined here. The URL holds credentials: messages name the key, never the value.
  */
 function messageQueue(options: AppOptions, settings: ReadonlyMap<string, Setting>, configDir: string, ctx: LoadContext): MessageQueueConfig | undefined {
   const url = options.message_queue_url;
@@ -100,10 +103,7 @@ function messageQueue(options: AppOptions, settings: ReadonlyMap<string, Setting
   if (url === undefined) return undefined;
   const fail = (message: string): ConfigError => new ConfigError(setting?.file ?? ENVIRONMENT, setting?.key ?? 'message_queue_url', message);
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url.trim())?.[1]?.toLowerCase();
-  if (scheme === 'http' || scheme === 'https') {
-    ctx.warnings.push(`${setting?.file ?? ENVIRONMENT}: ${setting?.key ?? 'message_queue_url'}: relay mode (http(s)://) is not yet supported and is ignored`);
-    return undefined;
-  }
+  if (scheme === 'http' || scheme === 'https') return undefined;
   if (scheme !== 'amqp' && scheme !== 'amqps') throw fail('expected an amqp:// or amqps:// URL (the value is not shown: it may hold a password)');
   let parsed: URL;
   try {

@@ -38,10 +38,6 @@ export const UNSUPPORTED_MANAGER_TYPES: readonly string[] = ['queued_drmaa_xsede
 
 /** Upstream app options accepted so existing files load; they have no effect yet (one warning each). */
 export const NOT_YET_SUPPORTED_APP_OPTIONS: ReadonlySet<string> = new Set([
-  'message_queue_publish_capabilities',
-  'message_queue_credentials_file',
-  'message_queue_username',
-  'message_queue_password',
   'dependency_resolvers_config_file',
   'dependency_resolution',
   'job_metrics_config_file',
@@ -334,6 +330,10 @@ export const asRetryCount: Coerce<number> = (value) => {
 export const asEndpointList = asList('URLs like https://galaxy.example.org/api/jobs/', /^https?:\/\/[^\s/?#@]+(?:\/[^\s?#]*)?$/i);
 
 /** `cert_required` (also `CERT_REQUIRED`, `required`, `2`), `cert_optional`, `cert_none`. */
+/** Relay topic names are `[A-Za-z0-9_-]{1,255}`: the prefix may only hold those characters. */
+export const asRelayTopicPrefix: Coerce<string> = (value) =>
+  typeof value === 'string' && /^[A-Za-z0-9_-]{0,200}$/.test(value.trim()) ? value.trim() : invalid('letters, digits, _ and - (at most 200; relay topic names allow nothing else)', value);
+
 export const asCertReqs: Coerce<CertReqs> = (value) => {
   const word = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.trim().toLowerCase().replace(/^(?:ssl\.)?cert_/, '') : '';
   if (word === 'required' || word === '2') return 'cert_required';
@@ -476,6 +476,14 @@ export const appOptionsSchema = z
     // Most seconds between reconnection attempts (the wait doubles from 1 s up to this).
     amqp_reconnect_max_delay: optionOr(asPositiveNumber, 30),
     status_outbox_drain_interval: optionOr(asPositiveNumber, 5),
+    // Relay mode (message_queue_url = http(s)://…, mq/relay.ts; RELAY.md). Secrets: never echoed.
+    message_queue_username: option(asOptionalText),
+    message_queue_password: option(asOptionalText),
+    message_queue_credentials_file: option(asOptionalPath),
+    message_queue_publish_capabilities: optionOr(asBoolean, true),
+    relay_topic_prefix: optionOr(asRelayTopicPrefix, ''),
+    // The relay refuses anything but whole seconds from 1 to 60 (422 on every poll).
+    relay_long_poll_timeout: optionOr(asInteger(1, 60, 'whole seconds from 1 to 60'), 30),
   })
   .strict();
 

@@ -212,6 +212,8 @@ export interface AppSection {
   readonly staging: StagingConfig;
   /** Message-queue mode (`message_queue_url = amqp(s)://…`, PROTOCOL §11); undefined = HTTP only. */
   readonly messageQueue: MessageQueueConfig | undefined;
+  /** Relay mode (`message_queue_url = http(s)://…`, RELAY.md); undefined = no relay. */
+  readonly relay?: RelayConfig;
 }
 
 /** `amqp_connect_ssl_*`: TLS towards the broker (amqps). Paths absolute. */
@@ -252,6 +254,27 @@ export interface MessageQueueConfig {
   readonly publishRetry: PublishRetryConfig | undefined;
   readonly reconnectMaxDelay: number;
   readonly tls: AmqpTlsConfig;
+  /** Seconds between outbox drains (`status_outbox_drain_interval`). */
+  readonly outboxDrainInterval: number;
+}
+
+/** Relay mode's settings (`message_queue_url = http(s)://…`, `message_queue_*`, `relay_*`). */
+export interface RelayConfig {
+  /** The relay's origin (`http(s)://host[:port]`, no trailing slash). */
+  readonly url: string;
+  /** Password login; undefined when a credentials file is used. Never log the password. */
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+  /** `message_queue_credentials_file` (absolute): `{relay_url, refresh_token, issued_at}`, rewritten after every rotation. */
+  readonly credentialsFile: string | undefined;
+  /** `relay_topic_prefix` ('' = none). */
+  readonly topicPrefix: string;
+  /** `relay_long_poll_timeout`: whole seconds, 1–60. */
+  readonly longPollTimeout: number;
+  /** `message_queue_publish_capabilities`: post `pulsar_capabilities` once at start. */
+  readonly publishCapabilities: boolean;
+  readonly consume: boolean;
+  readonly publish: boolean;
   /** Seconds between outbox drains (`status_outbox_drain_interval`). */
   readonly outboxDrainInterval: number;
 }

@@ -80,3 +80,6 @@ export class MessageQueueMode {
     await this.#link.close();
   }
 }
+
+/** Relay mode (`message_queue_url = http(s)://…`): the same feeds, a long-poll front door per manager (mq/relay.ts). */
+export { RelayMode, RelayStartupError } from './relay.js';

@@ -58,10 +58,10 @@ test('amqp_* options: retry policy, TLS files relative to the config directory, 
   t.is(mq?.outboxDrainInterval, 0.5);
 });
 
-test('relay URLs are warned about and ignored; a bad scheme or URL is refused without echoing it', async (t) => {
-  const relay = await (await load(t, 'message_queue_url: https://relay.example.org\nmessage_queue_username: u\n')).result;
+test('relay URLs select relay mode, not AMQP (test/relay/config.test.ts); a bad scheme or URL is refused without echoing it', async (t) => {
+  const relay = await (await load(t, 'message_queue_url: https://relay.example.org\nmessage_queue_username: u\nmessage_queue_password: p\n')).result;
   t.is(relay.config.app.messageQueue, undefined);
-  t.true(relay.warnings.some((w) => /message_queue_url: relay mode .* not yet supported/.test(w)));
+  t.is(relay.config.app.relay?.url, 'https://relay.example.org');
   for (const url of ['redis://u:s3cret@x/', 'amqp://u:s3cret@[bad/', 'amqp:///no-host']) {
     const error = await t.throwsAsync((await load(t, `message_queue_url: "${url}"\n`)).result, { instanceOf: ConfigError });
     t.regex(error?.message ?? '', /message_queue_url/);
