@@ -10,7 +10,7 @@ import type { RetryConfig } from '../config/types.js';
 import { BadRequest, JobRefused, PathDenied } from '../errors.js';
 import type { JobDirectory, FileType } from '../jobs/directory.js';
 import type { Logger } from '../log.js';
-import { downloadToFile, partialPathFor } from './http-get.js';
+import { downloadInWorker, partialPathFor } from './http-get.js';
 import { loggableUrl, type StagingPolicy } from './policy.js';
 import { HttpStatusError } from './retry.js';
 
@@ -133,7 +133,7 @@ async function runOne(entry: StageInEntry, ctx: StageInContext): Promise<void> {
   const began = Date.now();
   switch (action.kind) {
     case 'remote_transfer': {
-      const result = await downloadToFile(action.url.href, dest, {
+      const result = await downloadInWorker(action.url.href, dest, {
         policy: ctx.policy,
         retry: ctx.retry,
         signal: ctx.signal,

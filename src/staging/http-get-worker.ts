@@ -1,0 +1,79 @@
+/**
+ * Stage-in transfers in a worker thread (taken from the pool of `downloadInWorker` in
+ * http-get.ts), one at a time. A transfer's socket buffers live in this thread's small heap, where
+ * V8 reclaims them with cheap scavenges; in the server's main heap they set off a mark-compact
+ * every 15–20 MiB received. The staging policy stays in the main thread: each URL and each
+ * resolved address is sent there to be checked (`check` messages), and the answer comes back
+ * before the connection is made.
+ */
+import { parentPort } from 'node:worker_threads';
+import { downloadToFile, type UrlGate, type ToWorker, type FromWorker, type TransferOrder, serializeError, deserializeError } from './http-get.js';
+
+const port = parentPort;
+if (port === null) throw new Error('http-get-worker.js runs only as a worker thread');
+const pending = new Map<number, { resolve: (value: URL) => void; reject: (error: Error) => void }>();
+let nextId = 0;
+let current: AbortController | undefined;
+
+function send(message: FromWorker): void {
+  port?.postMessage(message);
+}
+
+function ask(message: { kind: 'url'; text: string } | { kind: 'address'; url: string; address: string }): Promise<URL> {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    send({ t: 'check', id, ...message });
+  });
+}
+
+const gate: UrlGate = {
+  checkUrl: (text) => ask({ kind: 'url', text: typeof text === 'string' ? text : '' }),
+  checkAddress: async (url, address) => {
+    await ask({ kind: 'address', url: url.href, address });
+  },
+};
+
+async function run(order: TransferOrder, controller: AbortController): Promise<void> {
+  try {
+    const result = await downloadToFile(order.url, order.dest, {
+      policy: gate,
+      retry: order.retry,
+      signal: controller.signal,
+      maxBytes: order.maxBytes,
+      ...(order.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: order.idleTimeoutMs }),
+      log: {
+        warn: (obj) => {
+          send({ t: 'retry', err: String(obj['err']), wait: Number(obj['retryInSeconds']) });
+        },
+      },
+    });
+    send({ t: 'done', result });
+  } catch (error) {
+    send({ t: 'fail', error: serializeError(error) });
+  } finally {
+    if (current === controller) current = undefined;
+  }
+}
+
+port.on('message', (message: ToWorker) => {
+  switch (message.t) {
+    case 'start': {
+      const controller = new AbortController();
+      current = controller;
+      void run(message.order, controller);
+      return;
+    }
+    case 'abort':
+      current?.abort();
+      return;
+    case 'checked': {
+      const waiting = pending.get(message.id);
+      if (waiting === undefined) return;
+      pending.delete(message.id);
+      if (message.error === undefined) waiting.resolve(new URL(message.url ?? 'about:blank'));
+      else waiting.reject(deserializeError(message.error));
+      return;
+    }
+  }
+});
