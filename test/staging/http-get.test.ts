@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/log.js';
-import { downloadToFile, partialPathFor, type GetOptions } from '../../src/staging/http-get.js';
+import { downloadInWorker, downloadToFile, partialPathFor, type GetOptions } from '../../src/staging/http-get.js';
 import { StagingPolicy } from '../../src/staging/policy.js';
 import { startFilesEndpoint, JOB_KEY } from '../helpers/files-endpoint.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -80,20 +80,55 @@ test('a connection refused is retried, then fails', async (t) => {
   await t.throwsAsync(downloadToFile(url, path.join(dir, 'x'), options()), { message: /ECONNREFUSED/ });
 });
 
-test('an abort stops the transfer and keeps the partial file for a later resume', async (t) => {
-  const { e, dir, options } = await fixture(t);
-  e.files.set('/g/x', randomBytes(256 * 1024));
-  let reached!: () => void;
-  const reachedP = new Promise<void>((r) => { reached = r; });
-  e.faults.set('/g/x', [{ kind: 'slow', reached, released: new Promise(() => undefined) }]);
-  const controller = new AbortController();
+for (const [where, get] of [['', downloadToFile], ['in a worker: ', downloadInWorker]] as const) {
+  test(`${where}an abort stops the transfer (AbortError) and keeps the partial file for a later resume`, async (t) => {
+    const { e, dir, options } = await fixture(t);
+    e.files.set('/g/x', randomBytes(256 * 1024));
+    let reached!: () => void;
+    const reachedP = new Promise<void>((r) => { reached = r; });
+    e.faults.set('/g/x', [{ kind: 'slow', reached, released: new Promise(() => undefined) }]);
+    const controller = new AbortController();
+    const dest = path.join(dir, 'x');
+    const transfer = get(e.inputUrl('1', '/g/x'), dest, options({ signal: controller.signal }));
+    await reachedP;
+    await waitUntil('bytes on disk', async () => ((await fs.stat(partialPathFor(dest)).catch(() => undefined))?.size ?? 0) > 0, 10_000);
+    controller.abort();
+    const error: unknown = await transfer.then(() => undefined, (err: unknown) => err);
+    t.is((error as { name?: string }).name, 'AbortError');
+    await t.throwsAsync(fs.access(dest));
+    t.true((await fs.stat(partialPathFor(dest))).size > 0, 'what arrived is kept for a resume');
+  });
+}
+
+// The same transfers through the worker pool (stage-in's path): results, errors and aborts cross the
+// thread boundary as themselves, and the policy (held by the main thread) still decides.
+
+test('in a worker: a file arrives byte for byte; a 403 keeps its message; maxBytes refuses without retry; no job key in the log', async (t) => {
+  const { e, dir, options, lines } = await fixture(t);
+  const body = randomBytes(300_000);
+  e.files.set('/g/x', body);
   const dest = path.join(dir, 'x');
-  const transfer = downloadToFile(e.inputUrl('1', '/g/x'), dest, options({ signal: controller.signal }));
-  await reachedP;
-  await waitUntil('bytes on disk', async () => ((await fs.stat(partialPathFor(dest)).catch(() => undefined))?.size ?? 0) > 0, 10_000);
-  controller.abort();
-  const error: unknown = await transfer.then(() => undefined, (e: unknown) => e);
-  t.is((error as { name?: string }).name, 'AbortError');
+  const result = await downloadInWorker(e.inputUrl('1', '/g/x').replace('127.0.0.1', 'localhost'), dest, options());
+  t.is(result.bytes, body.length);
+  t.true((await fs.readFile(dest)).equals(body));
+  const wrongKey = e.inputUrl('1', '/g/x').replace(JOB_KEY, 'wrong');
+  await t.throwsAsync(downloadInWorker(wrongKey, path.join(dir, 'y'), options()), { message: /HTTP 403 from files endpoint http:\/\/127\.0\.0\.1:\d+\/api\/jobs\/1\/files$/ });
+  await t.throwsAsync(downloadInWorker(e.inputUrl('1', '/g/x'), path.join(dir, 'z'), options({ maxBytes: 4096 })), { message: /larger than the 4096 bytes/ });
+  e.faults.set('/g/r', [{ kind: 'status', status: 502 }]);
+  e.files.set('/g/r', Buffer.from('r'));
+  await downloadInWorker(e.inputUrl('1', '/g/r'), path.join(dir, 'r'), options());
+  t.is(lines.filter((l) => l.includes('retrying')).length, 1, 'the retry is logged by the main thread');
+  t.false(lines.join('').includes(JOB_KEY));
+});
+
+test('in a worker: a host resolving to loopback is refused when private addresses are off, before anything is fetched', async (t) => {
+  const { e, dir, options } = await fixture(t);
+  e.files.set('/g/x', Buffer.from('x'));
+  const policy = new StagingPolicy({ allowedEndpoints: [], copyRoots: [], privateAddresses: false, concurrency: 4 }, false);
+  const dest = path.join(dir, 'x');
+  const error: unknown = await downloadInWorker(e.inputUrl('1', '/g/x').replace('127.0.0.1', 'localhost'), dest, options({ policy })).then(() => undefined, (err: unknown) => err);
+  t.truthy(error);
+  t.regex(String((error as Error).message), /address|private|loopback/i);
+  t.is(e.requests.length, 0, 'the endpoint saw no request');
   await t.throwsAsync(fs.access(dest));
-  t.true((await fs.stat(partialPathFor(dest))).size > 0, 'what arrived is kept for a resume');
 });
