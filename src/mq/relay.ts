@@ -42,6 +42,8 @@ export class RelayStartupError extends Error {
 }
 
 export type ConsumedTopic = 'job_setup' | 'job_status_request' | 'job_kill';
+/** Non-terminal states published to the relay (Galaxy's relay handler acts on no other). */
+const RELAYED_STATES: ReadonlySet<string> = new Set(['running']);
 const CONSUMED: readonly ConsumedTopic[] = ['job_setup', 'job_status_request', 'job_kill'];
 const PARSER_OF: Readonly<Record<ConsumedTopic, keyof typeof PARSERS>> = { job_setup: 'setup', job_status_request: 'status', job_kill: 'kill' };
 
@@ -490,6 +492,10 @@ class RelayFrontDoor implements StatusPublisher {
 
   /** Publish one status update; resolves on the relay's 201. `Idempotency-Key` = the entry's id. */
   async publish(entry: OutboxEntry): Promise<void> {
+    // Galaxy acts on `running` and the terminal states only, and the relay counts every publish
+    // against a per-address limit (120 a minute by default): the other states are confirmed here
+    // without a call. An answer to a status request is always sent.
+    if (!entry.terminal && entry.requested !== true && !RELAYED_STATES.has(entry.status)) return;
     const payload = fitted(entry.payload, this.#updateTopic);
     try {
       await this.#o.client.call({
