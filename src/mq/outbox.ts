@@ -1,10 +1,11 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { messageOf } from '../errors.js';
 import { isValidJobId } from '../jobs/ids.js';
 import type { Logger } from '../log.js';
 import type { OutboxEntry } from './types.js';
+import { writeFileDurably } from '../durable-file.js';
 
 /**
  * The persisted status outbox of one manager (PROTOCOL §11.4) and its ledger of delivered
@@ -110,7 +111,7 @@ export class Outbox {
   async settle(jobId: string, incarnation: string): Promise<void> {
     this.#marks.add(ledgerKey(jobId, incarnation));
     try {
-      await writeDurably(path.join(this.dir, DELIVERED, jobId), incarnation);
+      await writeFileDurably(path.join(this.dir, DELIVERED, jobId), incarnation);
     } catch (error) {
       this.#marks.delete(ledgerKey(jobId, incarnation));
       throw error;
@@ -120,7 +121,7 @@ export class Outbox {
 
   /** The first reconciliation is done: the outbox is no longer fresh. */
   async markInitialized(): Promise<void> {
-    await writeDurably(path.join(this.dir, INITIALIZED), `${new Date().toISOString()}\n`);
+    await writeFileDurably(path.join(this.dir, INITIALIZED), `${new Date().toISOString()}\n`);
     this.#fresh = false;
   }
 
@@ -249,7 +250,7 @@ export class Outbox {
     const head = { id, seq, jobId: draft.jobId, incarnation: draft.incarnation, status: draft.status, terminal: draft.terminal, ...(draft.requested ? { requested: true } : {}), ts };
     // The payload is JSON text already: spliced in rather than parsed and written again.
     const text = `${JSON.stringify(head).slice(0, -1)},"payload":${draft.payload}}`;
-    await writeDurably(path.join(this.dir, file), text);
+    await writeFileDurably(path.join(this.dir, file), text);
     const cacheable = draft.payload.length <= CACHE_ENTRY_BYTES && this.#cachedBytes + draft.payload.length <= CACHE_BYTES;
     const entry: PendingEntry = {
       seq,
@@ -289,7 +290,7 @@ export class Outbox {
   async remove(entry: PendingEntry): Promise<void> {
     if (!this.#pending.has(entry.seq)) return;
     if (entry.terminal && !entry.requested) {
-      await writeDurably(path.join(this.dir, DELIVERED, entry.jobId), entry.incarnation);
+      await writeFileDurably(path.join(this.dir, DELIVERED, entry.jobId), entry.incarnation);
       this.#markers.set(entry.jobId, entry.incarnation);
     }
     await fs.rm(path.join(this.dir, entry.file), { force: true });
@@ -302,24 +303,6 @@ export class Outbox {
     entry.cachedLength = 0;
     entry.cached = undefined;
     if (entry.terminal && !entry.requested) this.#pendingTerminal.delete(ledgerKey(entry.jobId, entry.incarnation));
-  }
-}
-
-/** Write `text` to `target` so that a crash leaves either the old file or the whole new one. */
-async function writeDurably(target: string, text: string): Promise<void> {
-  const tmp = `${target}.${randomBytes(4).toString('hex')}.tmp`;
-  try {
-    const handle = await fs.open(tmp, 'w', 0o600);
-    try {
-      await handle.writeFile(text, 'utf8');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fs.rename(tmp, target);
-  } catch (error) {
-    await fs.rm(tmp, { force: true }).catch(() => undefined);
-    throw error;
   }
 }
 

@@ -17,10 +17,9 @@
  *
  * Tokens, the password and the file's content are never logged.
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
-import * as path from 'node:path';
 import type { RelayConfig } from '../config/types.js';
+import { writeFileDurably } from '../durable-file.js';
 import { messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Backoff, RelayHttpError, relayFetch, type BearerSource } from './relay-client.js';
@@ -262,25 +261,10 @@ export class RelayAuth implements BearerSource {
 
   /** Write `{relay_url, refresh_token, issued_at}` atomically (0600), as upstream's client does. */
   async #persist(file: string, refreshToken: string): Promise<void> {
-    const temp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
     const text = `${JSON.stringify({ relay_url: this.#config.url, refresh_token: refreshToken, issued_at: new Date().toISOString() })}\n`;
     try {
-      const handle = await fs.open(temp, 'wx', 0o600);
-      try {
-        await handle.writeFile(text);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await fs.rename(temp, file);
-      const dir = await fs.open(path.dirname(file), 'r');
-      try {
-        await dir.sync();
-      } finally {
-        await dir.close();
-      }
+      await writeFileDurably(file, text, { syncDirectory: true });
     } catch (error) {
-      await fs.unlink(temp).catch(() => undefined);
       this.#log.error({ file, reason: (error as NodeJS.ErrnoException).code ?? messageOf(error) }, 'the rotated refresh token could not be written to message_queue_credentials_file: kept in memory, written again before the next request');
       throw new Error(`message_queue_credentials_file ${file}: the rotated refresh token could not be written`);
     }

@@ -12,9 +12,9 @@
  * - when every topic was empty at the baseline, one topic carries `EMPTY_TOPIC` (an id the relay
  *   does not know: read from the oldest, as observed), so the map is never empty.
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import { writeFileDurably } from '../durable-file.js';
 
 /** Not a relay message id (`msg_<12 hex>`): a topic that held nothing at the baseline. */
 export const EMPTY_TOPIC = 'magnetar-empty-topic';
@@ -88,20 +88,7 @@ export class RelayCursor {
   async save(): Promise<void> {
     const content: Record<string, string> = {};
     for (const [topic, id] of this.#ids) content[topic] = id;
-    const temp = `${this.file}.${randomBytes(6).toString('hex')}.tmp`;
-    const handle = await fs.open(temp, 'wx', 0o600);
-    try {
-      await handle.writeFile(`${JSON.stringify(content)}\n`);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    try {
-      await fs.rename(temp, this.file);
-    } catch (error) {
-      await fs.unlink(temp).catch(() => undefined);
-      throw error;
-    }
+    await writeFileDurably(this.file, `${JSON.stringify(content)}\n`);
     this.#exists = true;
   }
 

@@ -22,6 +22,7 @@ import { BadRequest } from '../errors.js';
 import type { JobDirectory } from '../jobs/directory.js';
 import type { Logger } from '../log.js';
 import { CONTROL_FILES, RESERVED_JOBDIR_NAMES } from '../jobs/layout.js';
+import { writeFileDurably } from '../durable-file.js';
 import { isInside } from '../jobs/paths.js';
 import { fnmatchMatcher, mapAction, parseActionMapper, parseCollectorDescriptions, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
 import { checkedLookup } from './http-get.js';
@@ -514,16 +515,7 @@ async function readDone(dir: JobDirectory): Promise<Set<string>> {
 }
 
 async function writeDone(dir: JobDirectory, done: ReadonlySet<string>): Promise<void> {
-  const file = path.join(dir.root, DONE_FILE);
-  const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-  const handle = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-  try {
-    await handle.writeFile(JSON.stringify([...done]));
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await fs.rename(tmp, file);
+  await writeFileDurably(path.join(dir.root, DONE_FILE), JSON.stringify([...done]));
 }
 
 /**
