@@ -207,7 +207,7 @@ export class JobService {
 
   /**
    * Public mode: a job set up through a message queue is not reachable over HTTP; the HTTP routes
-   * answer for it as for a job nobody set up (`unknownStatus`, 404, a no-op cancel or clean).
+   * answer for it as for a job nobody set up (`statusOverHttp`, 404, a no-op cancel or clean).
    */
   hiddenFromHttp(jobId: string): boolean {
     if (!this.#authorizer.publicMode) return false;
@@ -215,8 +215,9 @@ export class JobService {
     return client !== undefined && MESSAGE_QUEUE_CLIENTS.has(client);
   }
 
-  /** The status document of a job nobody set up (`lost`; nothing of any job directory is read). */
-  async unknownStatus(jobId: string): Promise<string> {
+  /** The status document an HTTP client gets: a job kept off HTTP (`hiddenFromHttp`) reads as one nobody set up (`lost`, nothing read). */
+  async statusOverHttp(jobId: string): Promise<string> {
+    if (!this.hiddenFromHttp(jobId)) return this.status(jobId);
     const id = checkJobId(jobId);
     return fullStatus(id, 'lost', undefined, this.#dir(id), this.#systemProperties, {
       maximumStreamSize: this.manager.maximumStreamSize,

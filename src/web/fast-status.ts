@@ -69,7 +69,7 @@ export function fastStatus(
         log.info({ method: req.method, url: loggableUrl(url), status, ms: Number(process.hrtime.bigint() - start) / 1e6 }, 'request');
       }
     };
-    (service.hiddenFromHttp(jobId) ? service.unknownStatus(jobId) : service.status(jobId)).then(
+    service.statusOverHttp(jobId).then(
       (body) => answer(200, body),
       (error: unknown) => {
         // As the express route would answer it (web/errors.ts).

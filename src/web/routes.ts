@@ -35,16 +35,13 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
   };
   const jobId = (req: Request): string => (req.params as { job_id: string }).job_id;
   // After auth: a job a public server keeps off HTTP (set up through a message queue) is answered
-  // as a job nobody set up, so its id says nothing (status `lost`; cancel and clean do nothing).
+  // as a job nobody set up, so its id says nothing (cancel and clean do nothing; the status route
+  // asks the service for `statusOverHttp`).
   const visible: RequestHandler = (req, res, next) => {
     const svc = service(req);
     const id = jobId(req);
     if (!svc.hiddenFromHttp(id)) {
       next();
-      return;
-    }
-    if (req.path.endsWith('/status')) {
-      svc.unknownStatus(id).then((doc) => sendJson(res, doc), next);
       return;
     }
     if (req.method === 'PUT' || req.method === 'DELETE') {
@@ -108,8 +105,8 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
     sendOk(res);
   });
 
-  router.all('/jobs/:job_id/status', auth, visible, async (req, res) => {
-    sendJson(res, await service(req).status(jobId(req)));
+  router.all('/jobs/:job_id/status', auth, async (req, res) => {
+    sendJson(res, await service(req).statusOverHttp(jobId(req)));
   });
 
   router.put('/jobs/:job_id/cancel', auth, visible, async (req, res) => {

@@ -46,7 +46,7 @@ test('a status that fails answers the same on both paths: catalog errors as them
     new JobStateConflict('job x is running'),
   ];
   let next: unknown;
-  const failing = { status: async () => Promise.reject(next), hiddenFromHttp: () => false } as unknown as JobService;
+  const failing = { statusOverHttp: async () => Promise.reject(next) } as unknown as JobService;
   const services = new Map([[DEFAULT_MANAGER_NAME, failing]]);
   const logged: string[] = [];
   const log = createLogger({ destination: new Writable({ write: (chunk: Buffer, _enc, cb) => { logged.push(chunk.toString()); cb(); } }) });
