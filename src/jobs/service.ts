@@ -745,10 +745,7 @@ export class JobService {
    */
   #stageInThenLaunch(record: JobRecord, entries: readonly StageInEntry[], clientEnv: readonly string[], judgeAfter: SubmitFacts | undefined): void {
     const { id, incarnation } = record;
-    this.#stageIns.get(id)?.abort();
-    const controller = new AbortController();
-    this.#stageIns.set(id, controller);
-    const signal = AbortSignal.any([controller.signal, this.#stopping.signal]);
+    const { controller, signal } = this.#beginTransfers(this.#stageIns, id);
     const log = this.#log.child({ jobId: id });
     const task = async (): Promise<void> => {
       log.info({ entries: entries.length }, 'stage-in started');
@@ -919,12 +916,20 @@ export class JobService {
     this.#stageOutThenComplete(record, remoteStaging);
   }
 
+  /**
+   * Register a job's stage-in or stage-out (in `running`, replacing and aborting any earlier one):
+   * its controller, and the signal that also ends it at shutdown.
+   */
+  #beginTransfers(running: Map<string, AbortController>, id: string): { controller: AbortController; signal: AbortSignal } {
+    running.get(id)?.abort();
+    const controller = new AbortController();
+    running.set(id, controller);
+    return { controller, signal: AbortSignal.any([controller.signal, this.#stopping.signal]) };
+  }
+
   #stageOutThenComplete(record: JobRecord, remoteStaging: Readonly<Record<string, unknown>>): void {
     const { id, incarnation } = record;
-    this.#stageOuts.get(id)?.abort();
-    const controller = new AbortController();
-    this.#stageOuts.set(id, controller);
-    const signal = AbortSignal.any([controller.signal, this.#stopping.signal]);
+    const { controller, signal } = this.#beginTransfers(this.#stageOuts, id);
     const log = this.#log.child({ jobId: id });
     const task = async (): Promise<void> => {
       let failures: string[];
