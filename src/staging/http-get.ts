@@ -9,7 +9,7 @@
  * host name resolves to is checked and is the one connected to (a custom `lookup`).
  */
 import * as dns from 'node:dns';
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, writeSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { RetryConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
+import { Http1Get } from './http1.js';
 import { MAX_REDIRECTS, loggableUrl } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
 
@@ -116,22 +117,76 @@ export function checkedLookup(url: URL, policy: UrlGate): LookupFunction {
   };
 }
 
-function get(url: URL, offset: number, opts: GetOptions): Promise<http.IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { 'user-agent': 'magnetar-staging', 'accept-encoding': 'identity' };
-    if (offset > 0) headers['range'] = `bytes=${offset}-`;
-    const requestOptions: http.RequestOptions = {
-      method: 'GET',
-      headers,
-      agent: false,
-      lookup: checkedLookup(url, opts.policy),
-      signal: opts.signal,
+/** A files endpoint's answer to one GET: its status and headers, then its body or nothing. */
+interface Reply {
+  readonly status: number;
+  header(name: 'location' | 'content-range' | 'content-length'): string | undefined;
+  /** Stream the body into `handle` (closed at the end), checking `maxBytes` past `start`. */
+  writeBody(handle: fs.FileHandle, start: number, maxBytes: number): Promise<{ received: number; complete: boolean }>;
+  /** Drop the body (and the connection). */
+  discard(): void;
+}
+
+function requestHeaders(offset: number): Record<string, string> {
+  const headers: Record<string, string> = { 'user-agent': 'magnetar-staging', 'accept-encoding': 'identity' };
+  if (offset > 0) headers['range'] = `bytes=${offset}-`;
+  return headers;
+}
+
+/**
+ * GET `url` from byte `offset`. Plain http goes through Http1Get (one fixed read buffer, the body
+ * written synchronously: this blocks the thread while it writes, so production runs it in a
+ * stage-in worker); https through node:https.
+ */
+async function get(url: URL, offset: number, opts: GetOptions): Promise<Reply> {
+  const lookup = checkedLookup(url, opts.policy);
+  const idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  if (url.protocol === 'http:') {
+    const request = new Http1Get(url, { lookup, signal: opts.signal, idleTimeoutMs, headers: requestHeaders(offset) });
+    const response = await request.response;
+    return {
+      status: response.status,
+      header: (name) => response.headers.get(name),
+      writeBody: (handle, start, maxBytes) => writeBodySync(request, handle, start, maxBytes),
+      discard: () => request.discard(),
     };
-    const req = (url.protocol === 'https:' ? https : http).request(url, requestOptions, resolve);
-    req.setTimeout(opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS, () => req.destroy(new Error('the files endpoint sent nothing for too long')));
+  }
+  const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+    const req = https.request(url, { method: 'GET', headers: requestHeaders(offset), agent: false, lookup, signal: opts.signal }, resolve);
+    req.setTimeout(idleTimeoutMs, () => req.destroy(new Error('the files endpoint sent nothing for too long')));
     req.on('error', reject);
     req.end();
   });
+  return {
+    status: res.statusCode ?? 0,
+    header: (name) => {
+      const value = res.headers[name];
+      return Array.isArray(value) ? value.join(', ') : value;
+    },
+    writeBody: async (handle, start, maxBytes) => {
+      const received = await writeBody(res, handle, start, maxBytes);
+      return { received, complete: res.complete };
+    },
+    discard: () => res.resume(),
+  };
+}
+
+/** Http1Get's body into `handle` with a `writeSync` per read (closed at the end); what arrived before an error is on disk. */
+async function writeBodySync(request: Http1Get, handle: fs.FileHandle, start: number, maxBytes: number): Promise<{ received: number; complete: boolean }> {
+  let received = 0;
+  try {
+    return await request.readBody((chunk) => {
+      if (maxBytes > 0 && start + received + chunk.length > maxBytes) throw new PermanentError(`the file is larger than the ${maxBytes} bytes allowed (max_upload_size)`);
+      for (let written = 0; written < chunk.length; ) {
+        const n = writeSync(handle.fd, chunk, written, chunk.length - written);
+        if (n <= 0) throw new PermanentError(`short write to the job directory (${written} of ${chunk.length} bytes)`);
+        written += n;
+      }
+      received += chunk.length;
+    });
+  } finally {
+    await handle.close();
+  }
 }
 
 /** `Content-Range: bytes a-b/total` → a and total (total undefined for `*`). */
@@ -207,10 +262,10 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
   for (let redirects = 0; ; ) {
     const offset = await sizeOf(partial);
     const res = await get(url, offset, opts);
-    const status = res.statusCode ?? 0;
+    const status = res.status;
     if ([301, 302, 303, 307, 308].includes(status)) {
-      res.resume();
-      const location = res.headers.location;
+      res.discard();
+      const location = res.header('location');
       if (location === undefined) throw new PermanentError(`HTTP ${status} without a Location from ${loggableUrl(url)}`);
       if (++redirects > MAX_REDIRECTS) throw new PermanentError(`more than ${MAX_REDIRECTS} redirects from ${loggableUrl(first)}`);
       let next: URL;
@@ -223,37 +278,37 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
       continue;
     }
     if (status === 416 && offset > 0) {
-      res.resume();
+      res.discard();
       // The partial file may already be whole (a restart right before the rename).
-      if (contentRange(res.headers['content-range']).total === offset) return offset;
+      if (contentRange(res.header('content-range')).total === offset) return offset;
       await fs.truncate(partial, 0);
       continue;
     }
     if (status !== 200 && status !== 206) {
-      res.resume();
+      res.discard();
       throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
     }
     let start = 0;
     if (status === 206) {
-      const range = contentRange(res.headers['content-range']);
+      const range = contentRange(res.header('content-range'));
       if (range.start !== offset) {
-        res.resume();
+        res.discard();
         throw new PermanentError(`the files endpoint answered a range that does not start at byte ${offset}`);
       }
       start = offset;
     }
-    const lengthHeader = res.headers['content-length'];
+    const lengthHeader = res.header('content-length');
     const expected = lengthHeader !== undefined && /^\d{1,18}$/.test(lengthHeader) ? Number(lengthHeader) : undefined;
     if (opts.maxBytes > 0 && expected !== undefined && start + expected > opts.maxBytes) {
-      res.resume();
+      res.discard();
       throw new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`);
     }
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | (start > 0 ? fsc.O_APPEND : fsc.O_TRUNC);
-    const received = await writeBody(res, await fs.open(partial, flags, 0o644), start, opts.maxBytes);
+    const { received, complete } = await res.writeBody(await fs.open(partial, flags, 0o644), start, opts.maxBytes);
     if (expected !== undefined && received !== expected) {
       throw new Error(`the files endpoint closed the transfer after ${received} of ${expected} bytes`);
     }
-    if (!res.complete) throw new Error('the files endpoint closed the transfer before its end');
+    if (!complete) throw new Error('the files endpoint closed the transfer before its end');
     return start + received;
   }
 }
