@@ -153,6 +153,34 @@ function syncDisks(): void {
   spawnSync('sync', { stdio: 'ignore' });
 }
 
+/**
+ * Memory touched and freed right before each timed transfer (untimed), curl's and magnetar's alike:
+ * `BENCH_STAGING_PREFAULT_MIB` (default twice the file size, at least 256; 0 = off). On a VM whose
+ * balloon reports free pages to the host (virtio-balloon free page reporting, as on the
+ * development VM), pages freed for more than ~2 s go back to the host, and whoever touches them
+ * next — curl, the server, the sink writing the POSTed file, the page cache of the job's copy —
+ * pays a host page fault per page: the same stage-out ran at ~1,040 MiB/s right after the
+ * previous round and at ~300–530 MiB/s after a 4 s pause. Touching a fresh allocation first and
+ * freeing it leaves warm pages in the guest's free lists for the transfer that follows.
+ */
+let prefaultMiB = 0;
+
+/** The command that touches `prefaultMiB` MiB (256 MiB pieces, all held until the end) and exits. */
+function prefaultArgs(): string[] {
+  return ['-e', `const a=[];for(let m=${prefaultMiB};m>0;m-=256)a.push(Buffer.alloc(Math.min(m,256)*1048576,1));`];
+}
+
+function prefault(): void {
+  if (prefaultMiB > 0) spawnSync(process.execPath, prefaultArgs(), { stdio: 'ignore' });
+}
+
+/** `prefault` as a shell command for a job (empty when off). */
+function prefaultCommand(): string {
+  if (prefaultMiB <= 0) return '';
+  const [flag, script] = prefaultArgs();
+  return ` && '${process.execPath}' ${flag as string} '${script as string}'`;
+}
+
 interface Status {
   complete: string;
   status: string;
@@ -220,6 +248,7 @@ async function stageInRound(server: ServerProcess, client: Client, endpoint: Loc
   }];
   const command = 'stat -c %s ../inputs/big.dat > ../outputs/out.dat && sha256sum ../inputs/big.dat | cut -c1-64 >> ../outputs/out.dat';
   const watch = { failed: false };
+  prefault();
   const cpu0 = server.cpuSeconds();
   const [user0, sys0] = userSys(server.pid);
   const t0 = process.hrtime.bigint();
@@ -290,8 +319,8 @@ interface StageOutTiming {
 async function stageOutRound(server: ServerProcess, client: Client, sink: PostSink, source: string, wantSha: string, size: number, id: string, phase: Phase): Promise<StageOutTiming> {
   const config = await client.json<{ working_directory: string }>('POST', `/jobs?${qs({ job_id: id, tool_id: 'bench_stage_out' })}`);
   const stamp = path.join(config.working_directory, 'command-ended');
-  // `sync` before the stamp: the copy's dirty pages are written back before the timed part.
-  const command = `cp ${source} ../outputs/out.dat && sync && date +%s%N > ${stamp}`;
+  // `sync` (and the prefault) before the stamp: the copy's dirty pages are written back before the timed part.
+  const command = `cp ${source} ../outputs/out.dat && sync${prefaultCommand()} && date +%s%N > ${stamp}`;
   const before = sink.posts.length;
   const watch = { failed: false };
   const posted = sinkPosted(sink, before, watch);
@@ -344,6 +373,7 @@ async function measureStageOut(server: ServerProcess, client: Client, sink: Post
     syncDisks();
     const url = sink.postUrl('bench_curl', '/galaxy/job/out.dat', 'output');
     const count = sink.posts.length;
+    prefault();
     const curlS = await phase(`staging curl POST ${r}`, () => curl(['--output', '/dev/null', '-F', `file=@${files.source}`, url]));
     const curlPost = sink.posts[count];
     if (curlPost === undefined) throw new Error('curl POST: the sink recorded nothing');
@@ -376,11 +406,13 @@ async function measureStageOut(server: ServerProcess, client: Client, sink: Post
     server_rss_before_mib: toMiB(before),
     server_peak_rss_mib: toMiB(all.peakRss),
     server_rss_growth_mib: toMiB(Math.max(0, all.peakRss - before)),
-    how: `stage-out = the job's command ending (a \`date +%s%N\` stamp after \`cp\` + \`sync\` of the source into outputs/out.dat) → the sink's answer to the server's multipart POST (the sink answers once the file is written and closed); curl = ${CURL} -F file=@<source> to the same sink, spawn → exit; the sink strips the framing, streams the field to disk, and the bytes and sha256 are checked after each POST (untimed); a warm-up stage-out of ${warmMiB} MiB first (server_peak_rss_warmup_mib); medians of ${rounds} rounds`,
+    how: `stage-out = the job's command ending (a \`date +%s%N\` stamp after \`cp\` + \`sync\` of the source into outputs/out.dat) → the sink's answer to the server's multipart POST (the sink answers once the file is written and closed); curl = ${CURL} -F file=@<source> to the same sink, spawn → exit; the sink strips the framing, streams the field to disk, and the bytes and sha256 are checked after each POST (untimed); a warm-up stage-out of ${warmMiB} MiB first (server_peak_rss_warmup_mib); ${prefaultMiB} MiB touched and freed right before each timed transfer, curl's and the server's (BENCH_STAGING_PREFAULT_MIB); medians of ${rounds} rounds`,
   };
 }
 
 export async function runStaging(server: ServerProcess, root: string, sizeMiB: number, rounds: number, phase: Phase): Promise<StagingResult> {
+  const prefaultEnv = process.env['BENCH_STAGING_PREFAULT_MIB'];
+  prefaultMiB = prefaultEnv === undefined || prefaultEnv === '' ? Math.max(256, 2 * sizeMiB) : Math.max(0, Math.floor(Number(prefaultEnv)) || 0);
   await fs.mkdir(root, { recursive: true });
   const source = path.join(root, 'staging-source.dat');
   const curlOut = path.join(root, 'curl-get.dat');
@@ -409,6 +441,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
     const each: StagingRound[] = [];
     for (let r = 0; r < rounds; r++) {
       // curl GET: the same URL the server is given, to a file on the same filesystem as the staging directory.
+      prefault();
       const curlS = await phase(`staging curl GET ${r}`, () => curl(['--output', curlOut, endpoint.inputUrl('bench_curl', galaxyPath, 'input')]));
       const got = (await fs.stat(curlOut)).size;
       if (got !== size) throw new Error(`curl wrote ${got} bytes, expected ${size}`);
@@ -449,7 +482,7 @@ export async function runStaging(server: ServerProcess, root: string, sizeMiB: n
       server_vmhwm_mib: toMiB(hwm),
       server_rss_growth_mib: toMiB(Math.max(0, Math.max(hwm, all.peakRss) - before)),
       stage_out: stageOut,
-      how: `stage-in = submit sent → the staged file appearing under its real name in the job's inputs/ (stat every 2 ms; the status is polled every ${POLL_MS} ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); \`sync\` after each phase; a warm-up stage-in of ${warmMiB} MiB first; medians of ${rounds} rounds`,
+      how: `stage-in = submit sent → the staged file appearing under its real name in the job's inputs/ (stat every 2 ms; the status is polled every ${POLL_MS} ms), the job then checks size and sha256; curl = ${CURL} GET of the same URL to a file on the staging directory's filesystem (both removed unsynced after each round); \`sync\` after each phase; a warm-up stage-in of ${warmMiB} MiB first; ${prefaultMiB} MiB touched and freed right before each timed transfer (BENCH_STAGING_PREFAULT_MIB); medians of ${rounds} rounds`,
     };
     log(`staging: ${JSON.stringify(result)}`);
     return result;
