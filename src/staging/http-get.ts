@@ -15,12 +15,12 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import type { RetryConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
 import { Http1Get } from './http1.js';
 import { MAX_REDIRECTS, loggableUrl } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
+import { runInWorker } from './transfer-pool.js';
 
 /** A connection that sends nothing for this long is dropped (and retried like any connection error). */
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
@@ -339,175 +339,21 @@ export async function downloadToFile(urlText: string, dest: string, opts: GetOpt
   return { bytes, ms: Date.now() - began, resumedFrom, attempts };
 }
 
-/** One transfer given to a worker thread (http-get-worker.ts). */
-export interface TransferOrder {
-  readonly url: string;
-  readonly dest: string;
-  readonly retry: RetryConfig;
-  readonly maxBytes: number;
-  readonly idleTimeoutMs: number | undefined;
-}
-
-export interface SerializedError {
-  readonly name: string;
-  readonly message: string;
-  readonly status?: number;
-  readonly code?: string;
-}
-
-/** Main thread → worker: a transfer to run, the answer to a policy check, or abort. */
-export type ToWorker =
-  | { readonly t: 'start'; readonly order: TransferOrder }
-  | { readonly t: 'abort' }
-  | { readonly t: 'checked'; readonly id: number; readonly url?: string; readonly error?: SerializedError };
-
-/** Worker → main thread. */
-export type FromWorker =
-  | { readonly t: 'check'; readonly id: number; readonly kind: 'url'; readonly text: string }
-  | { readonly t: 'check'; readonly id: number; readonly kind: 'address'; readonly url: string; readonly address: string }
-  | { readonly t: 'retry'; readonly err: string; readonly wait: number }
-  | { readonly t: 'done'; readonly result: TransferResult }
-  | { readonly t: 'fail'; readonly error: SerializedError };
-
-/** An error as it crosses between threads: its class (the ones staging tells apart), message, status and code. */
-export function serializeError(error: unknown): SerializedError {
-  if (!(error instanceof Error)) return { name: 'Error', message: String(error) };
-  const status = error instanceof HttpStatusError ? error.status : undefined;
-  const code = (error as NodeJS.ErrnoException).code;
-  return { name: error.name, message: error.message, ...(status === undefined ? {} : { status }), ...(typeof code === 'string' ? { code } : {}) };
-}
-
-export function deserializeError(e: SerializedError): Error {
-  switch (e.name) {
-    case 'JobRefused':
-      return new JobRefused(e.message);
-    case 'PermanentError':
-      return new PermanentError(e.message);
-    case 'HttpStatusError':
-      return new HttpStatusError(e.status ?? 0, e.message);
-    default: {
-      const error: Error & { code?: string } = new Error(e.message);
-      error.name = e.name;
-      if (e.code !== undefined) error.code = e.code;
-      return error;
-    }
-  }
-}
-
-/** After an abort, how long a worker may take to stop before it is terminated. */
-const WORKER_STOP_GRACE_MS = 10_000;
-/** Idle workers kept for the next transfers (a worker takes ~37 ms to start), and for how long. */
-const IDLE_WORKERS_KEPT = 4;
-const IDLE_WORKER_MS = 30_000;
-
-const idleWorkers: { worker: Worker; timer: NodeJS.Timeout }[] = [];
-
-function takeWorker(): Worker {
-  const idle = idleWorkers.pop();
-  if (idle !== undefined) {
-    clearTimeout(idle.timer);
-    idle.worker.ref();
-    return idle.worker;
-  }
-  return new Worker(new URL('./http-get-worker.js', import.meta.url));
-}
-
-function giveBack(worker: Worker): void {
-  worker.removeAllListeners('message');
-  worker.removeAllListeners('error');
-  worker.removeAllListeners('exit');
-  if (idleWorkers.length >= IDLE_WORKERS_KEPT) {
-    void worker.terminate();
-    return;
-  }
-  worker.unref();
-  const entry = {
-    worker,
-    timer: setTimeout(() => {
-      const i = idleWorkers.indexOf(entry);
-      if (i >= 0) idleWorkers.splice(i, 1);
-      void worker.terminate();
-    }, IDLE_WORKER_MS),
-  };
-  entry.timer.unref();
-  // A worker that dies while idle is dropped from the pool.
-  worker.once('exit', () => {
-    const i = idleWorkers.indexOf(entry);
-    if (i >= 0) idleWorkers.splice(i, 1);
-    clearTimeout(entry.timer);
-  });
-  idleWorkers.push(entry);
-}
-
 /**
- * `downloadToFile` in a worker thread (from a small pool, one transfer per worker at a time), with
- * the same behaviour (policy checks on the main thread's `opts.policy`, retries, Range resume,
- * partial file and rename, max bytes, abort) and the same error classes and messages. The
- * transfer's buffers then never enter the main heap (there they set off a mark-compact every
- * 15–20 MiB received; in the worker's small heap they go with scavenges).
+ * `downloadToFile` in a transfer worker thread (transfer-pool.ts), with the same behaviour (policy
+ * checks on the main thread's `opts.policy`, retries, Range resume, partial file and rename, max
+ * bytes, abort) and the same error classes and messages. The transfer's buffers never enter the
+ * main heap, and its synchronous writes block only the worker.
  */
 export async function downloadInWorker(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
   const url = await opts.policy.checkUrl(urlText);
   opts.signal.throwIfAborted();
-  const order: TransferOrder = { url: url.href, dest, retry: opts.retry, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs };
-  const worker = takeWorker();
-  const send = (message: ToWorker): void => worker.postMessage(message);
-  let reusable = true;
-  let killer: NodeJS.Timeout | undefined;
-  const onAbort = (): void => {
-    reusable = false;
-    send({ t: 'abort' });
-    killer = setTimeout(() => void worker.terminate(), WORKER_STOP_GRACE_MS);
-    killer.unref();
-  };
-  opts.signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    return await new Promise<TransferResult>((resolve, reject) => {
-      let settled = false;
-      worker.on('message', (message: FromWorker) => {
-        switch (message.t) {
-          case 'check':
-            void (async () => {
-              try {
-                if (message.kind === 'url') send({ t: 'checked', id: message.id, url: (await opts.policy.checkUrl(message.text)).href });
-                else {
-                  await opts.policy.checkAddress(new URL(message.url), message.address);
-                  send({ t: 'checked', id: message.id });
-                }
-              } catch (error) {
-                send({ t: 'checked', id: message.id, error: serializeError(error) });
-              }
-            })();
-            return;
-          case 'retry':
-            opts.log.warn({ url: loggableUrl(url), err: message.err, retryInSeconds: message.wait }, 'stage-in transfer failed; retrying');
-            return;
-          case 'done':
-            settled = true;
-            resolve(message.result);
-            return;
-          case 'fail':
-            settled = true;
-            reject(deserializeError(message.error));
-            return;
-        }
-      });
-      worker.on('error', (error) => {
-        reusable = false;
-        settled = true;
-        reject(error);
-      });
-      worker.on('exit', (code) => {
-        reusable = false;
-        if (settled) return;
-        reject(opts.signal.aborted ? opts.signal.reason : new Error(`the stage-in worker stopped (exit code ${code})`));
-      });
-      send({ t: 'start', order });
-    });
-  } finally {
-    opts.signal.removeEventListener('abort', onAbort);
-    if (killer !== undefined) clearTimeout(killer);
-    if (reusable) giveBack(worker);
-    else await worker.terminate();
-  }
+  const result = await runInWorker(
+    { kind: 'get', url: url.href, dest, retry: opts.retry, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs },
+    opts.policy,
+    opts.signal,
+    (err, wait) => opts.log.warn({ url: loggableUrl(url), err, retryInSeconds: wait }, 'stage-in transfer failed; retrying'),
+  );
+  if (result === null) throw new Error('the transfer worker answered a GET without its result');
+  return result;
 }

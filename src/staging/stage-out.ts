@@ -12,8 +12,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import * as fs from 'node:fs/promises';
-import * as http from 'node:http';
-import * as https from 'node:https';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
@@ -25,9 +23,9 @@ import { CONTROL_FILES, RESERVED_JOBDIR_NAMES } from '../jobs/layout.js';
 import { writeFileDurably } from '../durable-file.js';
 import { isInside } from '../jobs/paths.js';
 import { fnmatchMatcher, mapAction, parseActionMapper, parseCollectorDescriptions, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
-import { checkedLookup } from './http-get.js';
 import { loggableUrl, type StagingPolicy } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
+import { runInWorker } from './transfer-pool.js';
 
 export type OutputType = 'output' | 'output_workdir' | 'output_metadata' | 'output_jobdir';
 
@@ -59,7 +57,6 @@ export interface StageOutContext {
 /** The job-directory file that lists the files already pushed (hidden from directory listings). */
 export const DONE_FILE = CONTROL_FILES.stageOutDone;
 const COPY_SUFFIX = '.stage-out.part';
-const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const SERVER_SIDE_UNSUPPORTED: ReadonlySet<string> = new Set(['remote_rsync_transfer', 'remote_scp_transfer', 'remote_object_store_copy', 'remote_transfer_tus']);
 const COMMAND_VERSION = 'COMMAND_VERSION';
 
@@ -309,118 +306,6 @@ function safeFilename(name: string): string {
   return path.basename(name).replace(/["\r\n\\]/g, '_').slice(0, 200) || 'file';
 }
 
-/** One multipart POST of `handle` (`size` bytes, read from offset 0) as field `file`. */
-async function postOnce(url: URL, handle: fs.FileHandle, size: number, filename: string, ctx: StageOutContext): Promise<void> {
-  const boundary = `----magnetar${randomBytes(12).toString('hex')}`;
-  const head = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: application/octet-stream\r\n\r\n`);
-  const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
-  const req = (url.protocol === 'https:' ? https : http).request(url, {
-    method: 'POST',
-    headers: {
-      'user-agent': 'magnetar-staging',
-      'content-type': `multipart/form-data; boundary=${boundary}`,
-      'content-length': String(head.length + size + tail.length),
-    },
-    agent: false,
-    lookup: checkedLookup(url, ctx.policy),
-    signal: ctx.signal,
-  });
-  req.setTimeout(DEFAULT_IDLE_TIMEOUT_MS, () => req.destroy(new Error('the files endpoint answered nothing for too long')));
-  // An endpoint may refuse (413, 403) before it has read the body, then stop reading or close:
-  // that answer ends the request at once, and it is the error.
-  let early: http.IncomingMessage | undefined;
-  const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
-    req.on('response', (res) => {
-      early = res;
-      const status = res.statusCode ?? 0;
-      if (status >= 200 && status <= 299) {
-        resolve(res);
-        return;
-      }
-      res.resume();
-      reject(new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`));
-      req.destroy();
-    });
-    req.on('error', reject);
-  });
-  const sent = (async () => {
-    req.write(head);
-    const sentBytes = await sendBody(req, handle, size);
-    if (sentBytes !== size) throw new PermanentError(`the file changed size while it was sent (${sentBytes} of ${size} bytes)`);
-    req.end(tail);
-  })();
-  // Whichever fails first is the error; a response ends the wait for the body only when sent.
-  let res: http.IncomingMessage;
-  try {
-    [res] = await Promise.all([answered, sent.catch((error: unknown) => {
-      req.destroy(error instanceof Error ? error : new Error(String(error)));
-      throw error;
-    })]);
-  } catch (error) {
-    const status = early?.statusCode;
-    if (status !== undefined && (status < 200 || status > 299)) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
-    throw error;
-  }
-  res.resume();
-  const status = res.statusCode ?? 0;
-  if (status < 200 || status > 299) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
-}
-
-/** A POST's read buffers, reused: a fresh 1 MiB buffer per read made the server's GC run a mark-compact every ~20 MiB. */
-const POST_BUFFERS = 4;
-const POST_BUFFER_SIZE = 256 * 1024;
-
-/** Send `size` bytes of `handle` as the request body through reused buffers; resolves with the bytes read. */
-async function sendBody(req: http.ClientRequest, handle: fs.FileHandle, size: number): Promise<number> {
-  // A destroyed request may never call its write callbacks: its close ends every wait.
-  const closed = new Promise<never>((_, reject) => {
-    req.once('close', () => reject(new Error('the files endpoint closed the connection')));
-  });
-  closed.catch(() => undefined);
-  const buffers = Array.from({ length: POST_BUFFERS }, () => Buffer.allocUnsafe(POST_BUFFER_SIZE));
-  const flushed: Promise<void>[] = [];
-  let sent = 0;
-  for (let i = 0; sent < size; i++) {
-    const slot = i % POST_BUFFERS;
-    const buffer = buffers[slot] as Buffer;
-    // The buffer is refilled only once the socket has taken what it held.
-    const pending = flushed[slot];
-    if (pending !== undefined) await Promise.race([pending, closed]);
-    const { bytesRead } = await handle.read(buffer, 0, Math.min(POST_BUFFER_SIZE, size - sent), sent);
-    if (bytesRead === 0) break;
-    const chunk = buffer.subarray(0, bytesRead);
-    const done = new Promise<void>((resolve, reject) => {
-      req.write(chunk, (error) => (error ? reject(error) : resolve()));
-    });
-    done.catch(() => undefined);
-    flushed[slot] = done;
-    sent += bytesRead;
-    if (req.writableNeedDrain) await drained(req);
-  }
-  await Promise.race([Promise.all(flushed), closed]);
-  return sent;
-}
-
-/** Wait until a request takes more body, or fail when it errs or closes (a closed request never drains). */
-async function drained(req: http.ClientRequest): Promise<void> {
-  if (req.destroyed) throw new Error('the files endpoint closed the connection');
-  await new Promise<void>((resolve, reject) => {
-    const settle = (error?: Error): void => {
-      req.off('drain', onDrain);
-      req.off('error', onError);
-      req.off('close', onClose);
-      if (error === undefined) resolve();
-      else reject(error);
-    };
-    const onDrain = (): void => settle();
-    const onError = (e: Error): void => settle(e);
-    const onClose = (): void => settle(new Error('the files endpoint closed the connection'));
-    req.once('drain', onDrain);
-    req.once('error', onError);
-    req.once('close', onClose);
-  });
-}
-
 /** errno codes of a local copy that may pass: busy or interrupted devices, NFS hiccups, fd exhaustion. */
 const TRANSIENT_COPY_CODES: ReadonlySet<string> = new Set(['EAGAIN', 'EWOULDBLOCK', 'EBUSY', 'EIO', 'EINTR', 'ETIMEDOUT', 'ESTALE', 'EMFILE', 'ENFILE']);
 
@@ -492,7 +377,8 @@ async function runOne(entry: StageOutEntry, ctx: StageOutContext): Promise<void>
       const { handle, size } = await ctx.dir.openDownload(entry.name, entry.type);
       bytes = size;
       try {
-        await postOnce(action.url, handle, size, safeFilename(entry.name), ctx);
+        // The worker reads the file through this handle's descriptor; it is closed only after the worker is done with it.
+        await runInWorker({ kind: 'post', url: action.url.href, fd: handle.fd, size, filename: safeFilename(entry.name), idleTimeoutMs: undefined }, ctx.policy, ctx.signal, () => undefined);
       } finally {
         await handle.close().catch(() => undefined);
       }

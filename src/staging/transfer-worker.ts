@@ -1,16 +1,17 @@
 /**
- * Stage-in transfers in a worker thread (taken from the pool of `downloadInWorker` in
- * http-get.ts), one at a time. A transfer's socket buffers live in this thread's small heap, where
- * V8 reclaims them with cheap scavenges; in the server's main heap they set off a mark-compact
- * every 15–20 MiB received. The staging policy stays in the main thread: each URL and each
- * resolved address is sent there to be checked (`check` messages), and the answer comes back
- * before the connection is made.
+ * A transfer worker thread (transfer-pool.ts): runs stage-in GETs (downloadToFile) and stage-out
+ * POSTs (postFile), one at a time. Its socket buffers live in this thread's small heap, where V8
+ * reclaims them with cheap scavenges, and its synchronous reads and writes block only this thread.
+ * The staging policy stays in the main thread: each URL and each resolved address is sent there to
+ * be checked (`check` messages), and the answer comes back before the connection is made.
  */
 import { parentPort } from 'node:worker_threads';
-import { downloadToFile, type UrlGate, type ToWorker, type FromWorker, type TransferOrder, serializeError, deserializeError } from './http-get.js';
+import { downloadToFile, type UrlGate } from './http-get.js';
+import { postFile } from './http-post.js';
+import { type ToWorker, type FromWorker, type TransferOrder, serializeError, deserializeError } from './transfer-pool.js';
 
 const port = parentPort;
-if (port === null) throw new Error('http-get-worker.js runs only as a worker thread');
+if (port === null) throw new Error('transfer-worker.js runs only as a worker thread');
 const pending = new Map<number, { resolve: (value: URL) => void; reject: (error: Error) => void }>();
 let nextId = 0;
 let current: AbortController | undefined;
@@ -36,6 +37,11 @@ const gate: UrlGate = {
 
 async function run(order: TransferOrder, controller: AbortController): Promise<void> {
   try {
+    if (order.kind === 'post') {
+      await postFile(new URL(order.url), order.fd, order.size, order.filename, { policy: gate, signal: controller.signal, idleTimeoutMs: order.idleTimeoutMs });
+      send({ t: 'done', result: null });
+      return;
+    }
     const result = await downloadToFile(order.url, order.dest, {
       policy: gate,
       retry: order.retry,
