@@ -81,6 +81,17 @@ function abortError(signal: AbortSignal): Error {
   return error;
 }
 
+const isOws = (c: number): boolean => c === 0x20 || c === 0x09;
+
+/** `text` from `start`, without leading and trailing spaces and tabs (a loop: `/[ \t]+$/` backtracks on inner runs). */
+function trimOws(text: string, start: number): string {
+  let a = start;
+  let b = text.length;
+  while (a < b && isOws(text.charCodeAt(a))) a++;
+  while (b > a && isOws(text.charCodeAt(b - 1))) b--;
+  return text.slice(a, b);
+}
+
 /** Parse a response head (without its final CRLF CRLF). */
 function parseHead(text: string): Http1Response {
   const lines = text.split('\r\n');
@@ -94,7 +105,7 @@ function parseHead(text: string): Http1Response {
     if (colon <= 0) throw new MalformedResponse('a header line without a name');
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) throw new MalformedResponse('a header name with characters a token may not have');
-    const value = line.slice(colon + 1).replace(/^[ \t]+/, '').replace(/[ \t]+$/, '');
+    const value = trimOws(line, colon + 1);
     if (FORBIDDEN_VALUE.test(value)) throw new MalformedResponse('a header value with a control character');
     const key = name.toLowerCase();
     const before = headers.get(key);

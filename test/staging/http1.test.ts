@@ -141,6 +141,14 @@ test('headers: names lower-cased, repeated ones joined, values trimmed; identica
   t.true(got.complete);
 });
 
+test('a header value with a long inner run of spaces is trimmed at its ends only', async (t) => {
+  const inner = `a${' '.repeat(60_000)}b`;
+  const raw = await rawServer(t, answer(`HTTP/1.1 200 OK\nX-Spaces: \t ${inner} \t\nContent-Length: 2\n`, 'ok'));
+  const got = await fetchAll(raw.url);
+  t.is(got.response.headers.get('x-spaces'), inner);
+  t.is(got.body.toString(), 'ok');
+});
+
 test('bytes after a content-length body are not taken', async (t) => {
   const raw = await rawServer(t, answer('HTTP/1.1 200 OK\nContent-Length: 3\n', 'abcdefgh'));
   const got = await fetchAll(raw.url);
