@@ -98,7 +98,7 @@ function expectedDefaults(dir: string): Config {
           postprocessRetry: { maxRetries: -1, intervalStart: 2, intervalStep: 2, intervalMax: 30 },
         },
       ],
-      staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4 },
+      staging: { allowedEndpoints: [], copyRoots: [], privateAddresses: true, concurrency: 4, maxTransfers: 16 },
       messageQueue: undefined,
       maxSubmitParamSize: 1024 ** 2,
       maxDependenciesDescriptionSize: 256 * 1024,

@@ -87,6 +87,7 @@ export async function buildApp(settings: ReadonlyMap<string, Setting>, configDir
       copyRoots: options.staging_copy_roots.map((root) => path.resolve(root)),
       privateAddresses: options.staging_private_addresses ?? !publicMode,
       concurrency: options.staging_concurrency,
+      maxTransfers: options.staging_max_transfers,
     },
     messageQueue: mq,
     ...(relay === undefined ? {} : { relay }),

@@ -445,6 +445,8 @@ export const appOptionsSchema = z
     // Unset: allowed outside public mode, refused in public mode (unless the endpoint is listed by address).
     staging_private_addresses: option(asBoolean),
     staging_concurrency: optionOr(asInteger(1, 1024, 'a whole number from 1 to 1024'), 4),
+    // Server-wide: HTTP transfers running at once (each holds a worker thread); the rest wait round-robin by client.
+    staging_max_transfers: optionOr(asInteger(1, 256, 'a whole number from 1 to 256'), 16),
     // Message-queue mode (mq/, PROTOCOL §11). The URL carries credentials: never echoed in messages.
     message_queue_url: option(asOptionalText),
     message_queue_consume: optionOr(asBoolean, true),

@@ -66,6 +66,11 @@ export interface StagingConfig {
   readonly privateAddresses: boolean;
   /** Transfers one job runs at once. */
   readonly concurrency: number;
+  /**
+   * HTTP transfers (stage-in and stage-out) running at once in the whole server, each in a worker
+   * thread; more wait round-robin by client. Unset: DEFAULT_MAX_TRANSFERS (staging/transfer-pool.ts).
+   */
+  readonly maxTransfers?: number | undefined;
 }
 
 /**

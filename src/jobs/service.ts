@@ -15,6 +15,7 @@ import { StagingPolicy } from '../staging/policy.js';
 import { DEFAULT_RETRY } from '../staging/retry.js';
 import { parseSetup, runStageIn, type StageInEntry } from '../staging/stage-in.js';
 import { planStageOut, runStageOut } from '../staging/stage-out.js';
+import { DEFAULT_MAX_TRANSFERS, setMaxTransfers } from '../staging/transfer-pool.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { describeDependencies, resolveDependencies } from './dependencies.js';
 import { JobDirectory, isFileType, type FileType, type OpenedDownload, type StagedUpload } from './directory.js';
@@ -177,6 +178,7 @@ export class JobService {
     if (manager.galaxyDatatypesConfigFile !== undefined) props['galaxy_datatypes_config_file'] = manager.galaxyDatatypesConfigFile;
     this.#systemProperties = Object.freeze(props);
     this.#stagingPolicy = new StagingPolicy(options.app.staging, options.app.toolConfigFiles.length > 0);
+    setMaxTransfers(options.app.staging.maxTransfers ?? DEFAULT_MAX_TRANSFERS);
     this.#started = new Promise<void>((resolve) => {
       this.#markStarted = resolve;
     });
@@ -760,6 +762,7 @@ export class JobService {
             log,
             maxBytes: this.#app.maxUploadSize,
             maxEntries: this.#app.maxJobFiles,
+            client: record.client,
           },
           this.#stagingPolicy.concurrency,
         );
@@ -946,6 +949,7 @@ export class JobService {
             signal,
             log,
             concurrency: this.#stagingPolicy.concurrency,
+            client: record.client,
           });
         }
       } catch (error) {

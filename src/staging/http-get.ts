@@ -47,6 +47,8 @@ export interface GetOptions {
   /** Largest file accepted, in bytes; 0 = no limit. */
   readonly maxBytes: number;
   readonly idleTimeoutMs?: number;
+  /** Whose transfer this is (the job's client): transfers wait for a worker round-robin by client. */
+  readonly client?: string | undefined;
 }
 
 export interface TransferResult {
@@ -340,20 +342,31 @@ export async function downloadToFile(urlText: string, dest: string, opts: GetOpt
 }
 
 /**
- * `downloadToFile` in a transfer worker thread (transfer-pool.ts), with the same behaviour (policy
- * checks on the main thread's `opts.policy`, retries, Range resume, partial file and rename, max
- * bytes, abort) and the same error classes and messages. The transfer's buffers never enter the
- * main heap, and its synchronous writes block only the worker.
+ * `downloadToFile` with each attempt in a transfer worker thread (transfer-pool.ts), with the same
+ * behaviour (policy checks on the main thread's `opts.policy`, retries, Range resume, partial file
+ * and rename, max bytes, abort) and the same error classes and messages. The transfer's buffers
+ * never enter the main heap, its synchronous writes block only the worker, and between attempts
+ * (the retry waits, here) it holds no worker and no transfer slot.
  */
 export async function downloadInWorker(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
   const url = await opts.policy.checkUrl(urlText);
   opts.signal.throwIfAborted();
-  const result = await runInWorker(
-    { kind: 'get', url: url.href, dest, retry: opts.retry, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs },
-    opts.policy,
+  const began = Date.now();
+  let resumedFrom = 0;
+  let attempts = 0;
+  const bytes = await withRetries(
+    opts.retry,
     opts.signal,
-    (err, wait) => opts.log.warn({ url: loggableUrl(url), err, retryInSeconds: wait }, 'stage-in transfer failed; retrying'),
+    async () => {
+      attempts++;
+      const result = await runInWorker({ kind: 'get', url: url.href, dest, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs }, opts.policy, opts.signal, opts.client ?? '');
+      if (result === null) throw new Error('the transfer worker answered a GET without its result');
+      resumedFrom = result.resumedFrom;
+      return result.bytes;
+    },
+    (error, wait) => {
+      opts.log.warn({ url: loggableUrl(url), err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-in transfer failed; retrying');
+    },
   );
-  if (result === null) throw new Error('the transfer worker answered a GET without its result');
-  return result;
+  return { bytes, ms: Date.now() - began, resumedFrom, attempts };
 }

@@ -44,6 +44,8 @@ export interface StageInContext {
   readonly maxBytes: number;
   /** Most entries (0 = no limit). */
   readonly maxEntries: number;
+  /** The job's client: transfers wait for a server-wide slot round-robin by client (transfer-pool.ts). */
+  readonly client?: string | undefined;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -139,6 +141,7 @@ async function runOne(entry: StageInEntry, ctx: StageInContext): Promise<void> {
         signal: ctx.signal,
         log: ctx.log,
         maxBytes: ctx.maxBytes,
+        client: ctx.client,
       });
       ctx.log.info(
         { name: entry.name, type: entry.type, url: loggableUrl(action.url), bytes: result.bytes, ms: result.ms, rate: rate(result.bytes, result.ms), resumedFrom: result.resumedFrom, attempts: result.attempts },

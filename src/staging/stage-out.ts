@@ -52,6 +52,8 @@ export interface StageOutContext {
   readonly signal: AbortSignal;
   readonly log: Logger;
   readonly concurrency: number;
+  /** The job's client: transfers wait for a server-wide slot round-robin by client (transfer-pool.ts). */
+  readonly client?: string | undefined;
 }
 
 /** The job-directory file that lists the files already pushed (hidden from directory listings). */
@@ -378,7 +380,7 @@ async function runOne(entry: StageOutEntry, ctx: StageOutContext): Promise<void>
       bytes = size;
       try {
         // The worker reads the file through this handle's descriptor; it is closed only after the worker is done with it.
-        await runInWorker({ kind: 'post', url: action.url.href, fd: handle.fd, size, filename: safeFilename(entry.name), idleTimeoutMs: undefined }, ctx.policy, ctx.signal, () => undefined);
+        await runInWorker({ kind: 'post', url: action.url.href, fd: handle.fd, size, filename: safeFilename(entry.name), idleTimeoutMs: undefined }, ctx.policy, ctx.signal, ctx.client ?? '');
       } finally {
         await handle.close().catch(() => undefined);
       }

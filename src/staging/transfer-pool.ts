@@ -8,18 +8,20 @@
  * (`check` messages) before it connects.
  */
 import { Worker } from 'node:worker_threads';
-import type { RetryConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
 import type { TransferResult, UrlGate } from './http-get.js';
 import { HttpStatusError, PermanentError } from './retry.js';
 
-/** A GET into `dest` (downloadToFile), or a POST of the open file `fd` (postFile; the caller keeps it open until the transfer ends). */
+/**
+ * One attempt (retries are the caller's, so a transfer waiting to retry holds no worker): a GET into
+ * `dest` (downloadToFile), or a POST of the open file `fd` (postFile; the caller keeps it open
+ * until the transfer ends).
+ */
 export type TransferOrder =
   | {
     readonly kind: 'get';
     readonly url: string;
     readonly dest: string;
-    readonly retry: RetryConfig;
     readonly maxBytes: number;
     readonly idleTimeoutMs: number | undefined;
   }
@@ -49,7 +51,6 @@ export type ToWorker =
 export type FromWorker =
   | { readonly t: 'check'; readonly id: number; readonly kind: 'url'; readonly text: string }
   | { readonly t: 'check'; readonly id: number; readonly kind: 'address'; readonly url: string; readonly address: string }
-  | { readonly t: 'retry'; readonly err: string; readonly wait: number }
   | { readonly t: 'done'; readonly result: TransferResult | null }
   | { readonly t: 'fail'; readonly error: SerializedError };
 
@@ -76,6 +77,84 @@ export function deserializeError(e: SerializedError): Error {
       return error;
     }
   }
+}
+
+/** Transfers running at once, server-wide (`staging_max_transfers`): each holds a worker thread. */
+export const DEFAULT_MAX_TRANSFERS = 16;
+let maxTransfers = DEFAULT_MAX_TRANSFERS;
+let runningTransfers = 0;
+
+interface Waiter {
+  readonly start: () => void;
+}
+
+/**
+ * Transfers waiting for a worker, by client, served round-robin (a client's first waiter, then the
+ * next client's): one client's backlog never keeps another client's transfer waiting behind all of it.
+ */
+const waiting = new Map<string, Waiter[]>();
+
+/** Set the server-wide limit (at startup; waiting transfers start at once if it rose). */
+export function setMaxTransfers(n: number): void {
+  maxTransfers = Math.max(1, Math.floor(n));
+  dispatch();
+}
+
+/** Transfers running and waiting now (for tests and /healthz-like reports). */
+export function transferCounts(): { running: number; waiting: number; max: number } {
+  let queued = 0;
+  for (const q of waiting.values()) queued += q.length;
+  return { running: runningTransfers, waiting: queued, max: maxTransfers };
+}
+
+function dispatch(): void {
+  while (runningTransfers < maxTransfers) {
+    const next = waiting.entries().next();
+    if (next.done === true) return;
+    const [key, queue] = next.value;
+    const waiter = queue.shift() as Waiter;
+    // This client goes to the back of the round.
+    waiting.delete(key);
+    if (queue.length > 0) waiting.set(key, queue);
+    runningTransfers++;
+    waiter.start();
+  }
+}
+
+/** Wait for a transfer slot (round-robin by `client`); resolves with its release. An abort while waiting rejects and takes no slot. */
+function acquire(client: string, signal: AbortSignal): Promise<() => void> {
+  let released = false;
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    runningTransfers--;
+    dispatch();
+  };
+  if (runningTransfers < maxTransfers && waiting.size === 0) {
+    runningTransfers++;
+    return Promise.resolve(release);
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      const queue = waiting.get(client);
+      const i = queue?.indexOf(waiter) ?? -1;
+      if (queue !== undefined && i >= 0) {
+        queue.splice(i, 1);
+        if (queue.length === 0) waiting.delete(client);
+      }
+      reject(signal.reason);
+    };
+    const waiter: Waiter = {
+      start: () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(release);
+      },
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    const queue = waiting.get(client);
+    if (queue === undefined) waiting.set(client, [waiter]);
+    else queue.push(waiter);
+  });
 }
 
 /** After an abort, how long a worker may take to stop before it is terminated. */
@@ -124,11 +203,22 @@ function giveBack(worker: Worker): void {
 }
 
 /**
- * Run `order` in a pooled worker. Policy checks are answered from `gate`; `onRetry` hears of each
- * retry the worker makes (a GET's); `signal` aborts the transfer. Resolves once the worker has
- * finished with the transfer (for a POST: no longer reads the caller's fd), or has been terminated.
+ * Run `order` in a pooled worker, once one of the server-wide transfer slots is free (waiting in
+ * `client`'s queue). Policy checks are answered from `gate`; `signal` aborts the transfer, or the
+ * wait. Resolves once the worker has finished with the transfer (for a POST: no longer reads the
+ * caller's fd), or has been terminated.
  */
-export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal, onRetry: (err: string, waitSeconds: number) => void): Promise<TransferResult | null> {
+export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal, client: string): Promise<TransferResult | null> {
+  signal.throwIfAborted();
+  const release = await acquire(client, signal);
+  try {
+    return await runAcquired(order, gate, signal);
+  } finally {
+    release();
+  }
+}
+
+async function runAcquired(order: TransferOrder, gate: UrlGate, signal: AbortSignal): Promise<TransferResult | null> {
   signal.throwIfAborted();
   const worker = takeWorker();
   const send = (message: ToWorker): void => worker.postMessage(message);
@@ -158,9 +248,6 @@ export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: A
                 send({ t: 'checked', id: message.id, error: serializeError(error) });
               }
             })();
-            return;
-          case 'retry':
-            onRetry(message.err, message.wait);
             return;
           case 'done':
             settled = true;

@@ -8,6 +8,7 @@
 import { parentPort } from 'node:worker_threads';
 import { downloadToFile, type UrlGate } from './http-get.js';
 import { postFile } from './http-post.js';
+import type { RetryConfig } from '../config/types.js';
 import { type ToWorker, type FromWorker, type TransferOrder, serializeError, deserializeError } from './transfer-pool.js';
 
 const port = parentPort;
@@ -15,6 +16,7 @@ if (port === null) throw new Error('transfer-worker.js runs only as a worker thr
 const pending = new Map<number, { resolve: (value: URL) => void; reject: (error: Error) => void }>();
 let nextId = 0;
 let current: AbortController | undefined;
+const NO_RETRY: RetryConfig = { maxRetries: -1, intervalStart: 0, intervalStep: 0, intervalMax: 0 };
 
 function send(message: FromWorker): void {
   port?.postMessage(message);
@@ -42,17 +44,14 @@ async function run(order: TransferOrder, controller: AbortController): Promise<v
       send({ t: 'done', result: null });
       return;
     }
+    // One attempt: the main thread retries (runInWorker's caller), holding no worker while it waits.
     const result = await downloadToFile(order.url, order.dest, {
       policy: gate,
-      retry: order.retry,
+      retry: NO_RETRY,
       signal: controller.signal,
       maxBytes: order.maxBytes,
       ...(order.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: order.idleTimeoutMs }),
-      log: {
-        warn: (obj) => {
-          send({ t: 'retry', err: String(obj['err']), wait: Number(obj['retryInSeconds']) });
-        },
-      },
+      log: { warn: () => undefined },
     });
     send({ t: 'done', result });
   } catch (error) {
