@@ -6,6 +6,7 @@ import { DEFAULT_MANAGER_NAME } from '../config/schema.js';
 import type { JobService } from '../jobs/service.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { optional, parseSubmit, required } from './params.js';
+import { transferCounts } from '../staging/transfer-pool.js';
 
 export interface Services {
   get(name: string): JobService | undefined;
@@ -121,7 +122,7 @@ export function jobRoutes(services: Services, auth: RequestHandler, clientOf: (r
 
   router.get('/healthz', auth, (req, res) => {
     service(req);
-    sendJson(res, JSON.stringify({ version: PULSAR_COMPAT_VERSION, ...health?.() }));
+    sendJson(res, JSON.stringify({ version: PULSAR_COMPAT_VERSION, staging_transfers: transferCounts(), ...health?.() }));
   });
 
   if (cache !== undefined) {

@@ -151,6 +151,10 @@ test('status reports preprocessing during stage-in, and a cancel stops it withou
   t.is(submit.text, 'OK');
   await reachedP;
   t.is(await statusOf(server.url, 'slow'), 'preprocessing');
+  // Other tests of this file transfer meanwhile: this one is among those running.
+  const health = (await request(server.url, 'GET', '/healthz')).json() as { staging_transfers: { running: number; waiting: number; max: number } };
+  t.true(health.staging_transfers.running >= 1);
+  t.is(health.staging_transfers.max, 16);
   t.is((await request(server.url, 'PUT', `/jobs/slow/cancel?job_id=slow`)).status, 200);
   await waitUntil('stage-in stopped', async () => server.logLines.some((l) => l.includes('stage-in stopped')), 10_000);
   release();
