@@ -230,7 +230,10 @@ test('HTTPS with ssl_pem serves the same API; a missing pem file stops startup',
       res.on('end', () => resolve(data));
     }).on('error', reject);
   });
-  t.deepEqual(JSON.parse(body), { version: '0.15.16' });
+  const health = JSON.parse(body) as { version: string; staging_transfers: { max: number } };
+  t.is(health.version, '0.15.16');
+  t.deepEqual(Object.keys(health).sort(), ['staging_transfers', 'version']);
+  t.is(health.staging_transfers.max, 16);
   await t.throwsAsync(startServer({ ...base, server: { ...base.server, sslPem: path.join(root, 'missing.pem') } }, { log, env: process.env, port: 0 }), {
     code: 'MAG_ERR_CONFIG',
   });
