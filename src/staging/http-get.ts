@@ -11,13 +11,11 @@
 import * as dns from 'node:dns';
 import { constants as fsc, writeSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
-import * as http from 'node:http';
-import * as https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import * as path from 'node:path';
 import type { RetryConfig } from '../config/types.js';
 import { JobRefused } from '../errors.js';
-import { Http1Get } from './http1.js';
+import { Http1Get, type Http1Response } from './http1.js';
 import { MAX_REDIRECTS, loggableUrl } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
 import { runInWorker } from './transfer-pool.js';
@@ -25,9 +23,6 @@ import { runInWorker } from './transfer-pool.js';
 /** A connection that sends nothing for this long is dropped (and retried like any connection error). */
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const PARTIAL_SUFFIX = '.stage-in.part';
-/** Bytes (and at most chunks: IOV_MAX is 1024) gathered per write. */
-const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
-const WRITE_BATCH_CHUNKS = 512;
 
 /**
  * What a transfer asks of the staging policy: a StagingPolicy, or (in a transfer's worker thread)
@@ -119,16 +114,6 @@ export function checkedLookup(url: URL, policy: UrlGate): LookupFunction {
   };
 }
 
-/** A files endpoint's answer to one GET: its status and headers, then its body or nothing. */
-interface Reply {
-  readonly status: number;
-  header(name: 'location' | 'content-range' | 'content-length'): string | undefined;
-  /** Stream the body into `handle` (closed at the end), checking `maxBytes` past `start`. */
-  writeBody(handle: fs.FileHandle, start: number, maxBytes: number): Promise<{ received: number; complete: boolean }>;
-  /** Drop the body (and the connection). */
-  discard(): void;
-}
-
 function requestHeaders(offset: number): Record<string, string> {
   const headers: Record<string, string> = { 'user-agent': 'magnetar-staging', 'accept-encoding': 'identity' };
   if (offset > 0) headers['range'] = `bytes=${offset}-`;
@@ -136,41 +121,17 @@ function requestHeaders(offset: number): Record<string, string> {
 }
 
 /**
- * GET `url` from byte `offset`. Plain http goes through Http1Get (one fixed read buffer, the body
- * written synchronously: this blocks the thread while it writes, so production runs it in a
- * stage-in worker); https through node:https.
+ * GET `url` from byte `offset` through Http1Get (one fixed read buffer; writeBodySync writes the
+ * body synchronously, blocking the thread, so production runs this in a transfer worker thread).
  */
-async function get(url: URL, offset: number, opts: GetOptions): Promise<Reply> {
-  const lookup = checkedLookup(url, opts.policy);
-  const idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  if (url.protocol === 'http:') {
-    const request = new Http1Get(url, { lookup, signal: opts.signal, idleTimeoutMs, headers: requestHeaders(offset) });
-    const response = await request.response;
-    return {
-      status: response.status,
-      header: (name) => response.headers.get(name),
-      writeBody: (handle, start, maxBytes) => writeBodySync(request, handle, start, maxBytes),
-      discard: () => request.discard(),
-    };
-  }
-  const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-    const req = https.request(url, { method: 'GET', headers: requestHeaders(offset), agent: false, lookup, signal: opts.signal }, resolve);
-    req.setTimeout(idleTimeoutMs, () => req.destroy(new Error('the files endpoint sent nothing for too long')));
-    req.on('error', reject);
-    req.end();
+async function get(url: URL, offset: number, opts: GetOptions): Promise<{ request: Http1Get; response: Http1Response }> {
+  const request = new Http1Get(url, {
+    lookup: checkedLookup(url, opts.policy),
+    signal: opts.signal,
+    idleTimeoutMs: opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+    headers: requestHeaders(offset),
   });
-  return {
-    status: res.statusCode ?? 0,
-    header: (name) => {
-      const value = res.headers[name];
-      return Array.isArray(value) ? value.join(', ') : value;
-    },
-    writeBody: async (handle, start, maxBytes) => {
-      const received = await writeBody(res, handle, start, maxBytes);
-      return { received, complete: res.complete };
-    },
-    discard: () => res.resume(),
-  };
+  return { request, response: await request.response };
 }
 
 /** Http1Get's body into `handle` with a `writeSync` per read (closed at the end); what arrived before an error is on disk. */
@@ -201,73 +162,16 @@ function contentRange(header: string | undefined): { start: number | undefined; 
   };
 }
 
-/**
- * Stream `res` into `handle` (closed at the end). One write is in flight at a time; chunks that
- * arrive meanwhile are gathered and go in the next `writev`, started as soon as the write in
- * flight ends (a write per socket chunk, through a
- * Transform and a WriteStream, ran at a third of curl's speed). A batch that reaches
- * WRITE_BATCH_BYTES waits for the write in flight, so memory stays bounded; what arrived before a
- * connection error is written before the error is thrown (a resume starts after it).
- */
-async function writeBody(res: http.IncomingMessage, handle: fs.FileHandle, start: number, maxBytes: number): Promise<number> {
-  let received = 0;
-  let batch: Buffer[] = [];
-  let batchBytes = 0;
-  let writing = false;
-  let inflight: Promise<void> = Promise.resolve();
-  const flush = (): void => {
-    const chunks = batch;
-    const bytes = batchBytes;
-    batch = [];
-    batchBytes = 0;
-    writing = true;
-    inflight = handle.writev(chunks).then(({ bytesWritten }): Promise<void> | undefined => {
-      if (bytesWritten !== bytes) throw new PermanentError(`short write to the job directory (${bytesWritten} of ${bytes} bytes)`);
-      writing = false;
-      // What arrived meanwhile goes to disk now, not when the next chunk comes (the sender may
-      // pause for a long time, or the server be killed: what was received is then on disk).
-      if (batch.length === 0) return undefined;
-      flush();
-      return inflight;
-    });
-  };
-  const drain = async (): Promise<void> => {
-    await inflight;
-    if (batch.length > 0) {
-      flush();
-      await inflight;
-    }
-  };
-  try {
-    for await (const chunk of res as AsyncIterable<Buffer>) {
-      received += chunk.length;
-      if (maxBytes > 0 && start + received > maxBytes) throw new PermanentError(`the file is larger than the ${maxBytes} bytes allowed (max_upload_size)`);
-      batch.push(chunk);
-      batchBytes += chunk.length;
-      if (writing && (batchBytes >= WRITE_BATCH_BYTES || batch.length >= WRITE_BATCH_CHUNKS)) await inflight;
-      if (!writing) flush();
-    }
-    await drain();
-  } catch (error) {
-    if (!(error instanceof PermanentError)) await drain().catch(() => undefined);
-    throw error;
-  } finally {
-    await inflight.catch(() => undefined);
-    await handle.close();
-  }
-  return received;
-}
-
 /** One attempt: follow redirects (within the policy), then stream the body into the partial file. */
 async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promise<number> {
   let url = first;
   for (let redirects = 0; ; ) {
     const offset = await sizeOf(partial);
-    const res = await get(url, offset, opts);
-    const status = res.status;
+    const { request, response } = await get(url, offset, opts);
+    const status = response.status;
     if ([301, 302, 303, 307, 308].includes(status)) {
-      res.discard();
-      const location = res.header('location');
+      request.discard();
+      const location = response.headers.get('location');
       if (location === undefined) throw new PermanentError(`HTTP ${status} without a Location from ${loggableUrl(url)}`);
       if (++redirects > MAX_REDIRECTS) throw new PermanentError(`more than ${MAX_REDIRECTS} redirects from ${loggableUrl(first)}`);
       let next: URL;
@@ -280,33 +184,33 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
       continue;
     }
     if (status === 416 && offset > 0) {
-      res.discard();
+      request.discard();
       // The partial file may already be whole (a restart right before the rename).
-      if (contentRange(res.header('content-range')).total === offset) return offset;
+      if (contentRange(response.headers.get('content-range')).total === offset) return offset;
       await fs.truncate(partial, 0);
       continue;
     }
     if (status !== 200 && status !== 206) {
-      res.discard();
+      request.discard();
       throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
     }
     let start = 0;
     if (status === 206) {
-      const range = contentRange(res.header('content-range'));
+      const range = contentRange(response.headers.get('content-range'));
       if (range.start !== offset) {
-        res.discard();
+        request.discard();
         throw new PermanentError(`the files endpoint answered a range that does not start at byte ${offset}`);
       }
       start = offset;
     }
-    const lengthHeader = res.header('content-length');
+    const lengthHeader = response.headers.get('content-length');
     const expected = lengthHeader !== undefined && /^\d{1,18}$/.test(lengthHeader) ? Number(lengthHeader) : undefined;
     if (opts.maxBytes > 0 && expected !== undefined && start + expected > opts.maxBytes) {
-      res.discard();
+      request.discard();
       throw new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`);
     }
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | (start > 0 ? fsc.O_APPEND : fsc.O_TRUNC);
-    const { received, complete } = await res.writeBody(await fs.open(partial, flags, 0o644), start, opts.maxBytes);
+    const { received, complete } = await writeBodySync(request, await fs.open(partial, flags, 0o644), start, opts.maxBytes);
     if (expected !== undefined && received !== expected) {
       throw new Error(`the files endpoint closed the transfer after ${received} of ${expected} bytes`);
     }

@@ -13,9 +13,10 @@
  * Content-Length, chunked, or the end of the connection; 1xx answers skipped. Anything else, or
  * anything malformed, is an error (a MalformedResponse, retried like a connection error). Every
  * part is bounded (head, header count, chunk lines, trailers) and parsed without backtracking.
- * https stays on node:https (http-get.ts).
+ * https reads the same way through a TLS socket, with node:https's certificate checks.
  */
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 
 /** The socket's one read buffer. */
 const READ_BUFFER_BYTES = 256 * 1024;
@@ -280,7 +281,7 @@ export class Http1Get {
   };
 
   constructor(url: URL, options: Http1GetOptions) {
-    if (url.protocol !== 'http:') throw new Error(`Http1Get takes http: URLs only, not ${url.protocol}`);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`Http1Get takes http: and https: URLs only, not ${url.protocol}`);
     this.#signal = options.signal;
     const head = requestHead(url, options.headers);
     this.response = new Promise<Http1Response>((resolve, reject) => {
@@ -289,15 +290,28 @@ export class Http1Get {
     // Settled (and awaited) by the caller; a rejection nobody waits for is not an unhandled one.
     this.response.catch(() => undefined);
     const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-    this.#socket = net.connect({
-      host: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
-      port: url.port === '' ? 80 : Number(url.port),
-      lookup: options.lookup,
-      onread: { buffer, callback: (n: number, buf: Uint8Array) => this.#onRead(buf as Buffer, n) },
-    });
+    const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    const onread = { buffer, callback: (n: number, buf: Uint8Array): boolean => this.#onRead(buf as Buffer, n) };
+    if (url.protocol === 'https:') {
+      // As node:https does: the default trust store (with NODE_EXTRA_CA_CERTS), the certificate
+      // checked against the host name (SNI sent for names, not for addresses), HTTP/1.1 only.
+      // `onread` is a documented tls.connect option (node ≥ 15.1) that @types/node leaves out.
+      const tlsOptions: tls.ConnectionOptions & { onread: net.OnReadOpts } = {
+        host,
+        port: url.port === '' ? 443 : Number(url.port),
+        lookup: options.lookup,
+        onread,
+        ...(net.isIP(host) === 0 ? { servername: host } : {}),
+        ALPNProtocols: ['http/1.1'],
+      };
+      this.#socket = tls.connect(tlsOptions);
+      this.#socket.once('secureConnect', () => this.#socket.write(head));
+    } else {
+      this.#socket = net.connect({ host, port: url.port === '' ? 80 : Number(url.port), lookup: options.lookup, onread });
+      this.#socket.once('connect', () => this.#socket.write(head));
+    }
     this.#socket.setNoDelay(true);
     this.#socket.setTimeout(options.idleTimeoutMs, () => this.#fail(new Error('the files endpoint sent nothing for too long')));
-    this.#socket.once('connect', () => this.#socket.write(head));
     this.#socket.on('error', (error) => this.#fail(error));
     this.#socket.once('end', () => this.#onEnd());
     this.#socket.once('close', () => this.#fail(new Error('the files endpoint closed the connection')));

@@ -266,6 +266,6 @@ test('discard drops the connection without reading the body', async (t) => {
   await t.throwsAsync(request.readBody(() => undefined));
 });
 
-test('only http: URLs', (t) => {
-  t.throws(() => get(new URL('https://127.0.0.1:1/x')), { message: /http: URLs only/ });
+test('only http: and https: URLs', (t) => {
+  t.throws(() => get(new URL('ftp://127.0.0.1:1/x')), { message: /http: and https: URLs only/ });
 });
