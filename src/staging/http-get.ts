@@ -18,7 +18,7 @@ import { JobRefused } from '../errors.js';
 import { Http1Get, type Http1Response } from './http1.js';
 import { MAX_REDIRECTS, loggableUrl } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
-import { runInWorker } from './transfer-pool.js';
+import { runInWorker, withTransferSlot } from './transfer-pool.js';
 
 /** A connection that sends nothing for this long is dropped (and retried like any connection error). */
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
@@ -210,7 +210,14 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
       throw new PermanentError(`the file is larger than the ${opts.maxBytes} bytes allowed (max_upload_size)`);
     }
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_NOFOLLOW | (start > 0 ? fsc.O_APPEND : fsc.O_TRUNC);
-    const { received, complete } = await writeBodySync(request, await fs.open(partial, flags, 0o644), start, opts.maxBytes);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(partial, flags, 0o644);
+    } catch (error) {
+      request.discard();
+      throw error;
+    }
+    const { received, complete } = await writeBodySync(request, handle, start, opts.maxBytes);
     if (expected !== undefined && received !== expected) {
       throw new Error(`the files endpoint closed the transfer after ${received} of ${expected} bytes`);
     }
@@ -263,7 +270,8 @@ export async function downloadInWorker(urlText: string, dest: string, opts: GetO
     opts.signal,
     async () => {
       attempts++;
-      const result = await runInWorker({ kind: 'get', url: url.href, dest, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs }, opts.policy, opts.signal, opts.client ?? '');
+      const order = { kind: 'get', url: url.href, dest, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs } as const;
+      const result = await withTransferSlot(opts.client ?? '', opts.signal, () => runInWorker(order, opts.policy, opts.signal));
       if (result === null) throw new Error('the transfer worker answered a GET without its result');
       resumedFrom = result.resumedFrom;
       return result.bytes;

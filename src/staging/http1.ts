@@ -10,7 +10,8 @@
  * stage-in worker thread) before the buffer is read into again.
  *
  * Only what a stage-in needs: one GET per connection (`Connection: close`), bodies framed by
- * Content-Length, chunked, or the end of the connection; 1xx answers skipped. Anything else, or
+ * Content-Length or chunked (a body that ends with the connection is refused: a cut connection
+ * looks the same); 1xx answers skipped. Anything else, or
  * anything malformed, is an error (a MalformedResponse, retried like a connection error). Every
  * part is bounded (head, header count, chunk lines, trailers) and parsed without backtracking.
  * https reads the same way through a TLS socket, with node:https's certificate checks.
@@ -41,6 +42,8 @@ export class MalformedResponse extends Error {
 
 export interface Http1Response {
   readonly status: number;
+  /** Answered as HTTP/1.0. */
+  readonly http10: boolean;
   /** Header values by lower-case name (a repeated header's values joined with ", "). */
   readonly headers: ReadonlyMap<string, string>;
 }
@@ -72,7 +75,7 @@ type Framing =
   | { readonly kind: 'close' };
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const STATUS_LINE = /^HTTP\/1\.[01] ([1-9]\d\d)(?: [^\0\r\n]*)?$/;
+const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d\d)(?: [^\0\r\n]*)?$/;
 const FORBIDDEN_VALUE = /[\0\r\n]/;
 
 function abortError(signal: AbortSignal): Error {
@@ -112,7 +115,7 @@ function parseHead(text: string): Http1Response {
     const before = headers.get(key);
     headers.set(key, before === undefined ? value : `${before}, ${value}`);
   }
-  return { status: Number(match[1]), headers };
+  return { status: Number(match[2]), headers, http10: match[1] === '0' };
 }
 
 /** How the body of `response` ends (RFC 9112 §6.3, strictly: no Content-Length beside Transfer-Encoding). */
@@ -122,6 +125,8 @@ function framingOf(response: Http1Response): Framing {
   const te = headers.get('transfer-encoding');
   const cl = headers.get('content-length');
   if (te !== undefined) {
+    // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+    if (response.http10) throw new MalformedResponse('transfer-encoding in an HTTP/1.0 answer');
     if (te.toLowerCase() !== 'chunked') throw new MalformedResponse(`transfer-encoding "${te.slice(0, 40)}" (only chunked is taken)`);
     if (cl !== undefined) throw new MalformedResponse('both transfer-encoding and content-length');
     return { kind: 'chunked', decoder: new ChunkedDecoder() };
@@ -270,6 +275,8 @@ export class Http1Get {
   #interim = 0;
   /** Body bytes that came in the read that ended the head. */
   #early: Buffer | undefined;
+  /** The connection ended while waiting for readBody. */
+  #eof = false;
   #framing: Framing = { kind: 'none' };
   #sink: BodySink | undefined;
   #received = 0;
@@ -314,7 +321,10 @@ export class Http1Get {
     this.#socket.setTimeout(options.idleTimeoutMs, () => this.#fail(new Error('the files endpoint sent nothing for too long')));
     this.#socket.on('error', (error) => this.#fail(error));
     this.#socket.once('end', () => this.#onEnd());
-    this.#socket.once('close', () => this.#fail(new Error('the files endpoint closed the connection')));
+    this.#socket.once('close', () => {
+      // An end seen while waiting for readBody is kept (#eof): the body may be whole in #early.
+      if (!(this.#state === 'waiting' && this.#eof)) this.#fail(new Error('the files endpoint closed the connection'));
+    });
     if (this.#signal.aborted) this.#onAbort();
     else this.#signal.addEventListener('abort', this.#onAbort, { once: true });
   }
@@ -322,6 +332,12 @@ export class Http1Get {
   /** Stream the body to `sink` (called synchronously for every piece). Once, after `response`. */
   readBody(sink: BodySink): Promise<BodyResult> {
     if (this.#state !== 'waiting') return Promise.reject(this.#error ?? new Error('readBody: the response head has not been read, or the body was taken'));
+    if (this.#framing.kind === 'close') {
+      // Its end could not be told from a cut connection (over TLS, from a bare TCP close either).
+      const error = new MalformedResponse('a body framed by neither content-length nor chunked');
+      this.#fail(error);
+      return Promise.reject(error);
+    }
     const done = new Promise<BodyResult>((resolve, reject) => {
       this.#settleBody = { resolve, reject };
     });
@@ -336,6 +352,8 @@ export class Http1Get {
     }
     if (this.#state === 'body') {
       if (this.#framing.kind === 'none' || (this.#framing.kind === 'length' && this.#framing.remaining === 0)) this.#finish(true);
+      // The connection ended before readBody (a TLS close read with the head): what came is all there is.
+      else if (this.#eof) this.#finish(false);
       else this.#socket.resume();
     }
     return done;
@@ -398,11 +416,8 @@ export class Http1Get {
     const framing = this.#framing;
     switch (framing.kind) {
       case 'none':
-        break;
       case 'close':
-        this.#received += bytes.length;
-        sink(bytes);
-        return;
+        break;
       case 'length': {
         const take = Math.min(framing.remaining, bytes.length);
         if (take > 0) {
@@ -426,8 +441,9 @@ export class Http1Get {
 
   #onEnd(): void {
     if (this.#state === 'head') this.#fail(new Error('the files endpoint closed the connection before answering'));
-    else if (this.#state === 'body') this.#finish(this.#framing.kind === 'close');
-    else if (this.#state === 'waiting') this.#fail(new Error('the files endpoint closed the connection'));
+    else if (this.#state === 'body') this.#finish(false);
+    // A TLS socket still delivers what it had decrypted, and the peer's close, after onread paused it.
+    else if (this.#state === 'waiting') this.#eof = true;
   }
 
   #finish(complete: boolean): void {

@@ -25,7 +25,7 @@ import { isInside } from '../jobs/paths.js';
 import { fnmatchMatcher, mapAction, parseActionMapper, parseCollectorDescriptions, pythonMatcher, transferUrl, MAX_RULES, type Matcher } from './action-mapper.js';
 import { loggableUrl, type StagingPolicy } from './policy.js';
 import { HttpStatusError, PermanentError, withRetries } from './retry.js';
-import { runInWorker } from './transfer-pool.js';
+import { runInWorker, withTransferSlot } from './transfer-pool.js';
 
 export type OutputType = 'output' | 'output_workdir' | 'output_metadata' | 'output_jobdir';
 
@@ -376,14 +376,17 @@ async function runOne(entry: StageOutEntry, ctx: StageOutContext): Promise<void>
     ctx.signal,
     async () => {
       attempts++;
-      const { handle, size } = await ctx.dir.openDownload(entry.name, entry.type);
-      bytes = size;
-      try {
-        // The worker reads the file through this handle's descriptor; it is closed only after the worker is done with it.
-        await runInWorker({ kind: 'post', url: action.url.href, fd: handle.fd, size, filename: safeFilename(entry.name), idleTimeoutMs: undefined }, ctx.policy, ctx.signal, ctx.client ?? '');
-      } finally {
-        await handle.close().catch(() => undefined);
-      }
+      // The file is opened once a transfer slot is free (a waiting push holds no descriptor).
+      await withTransferSlot(ctx.client ?? '', ctx.signal, async () => {
+        const { handle, size } = await ctx.dir.openDownload(entry.name, entry.type);
+        bytes = size;
+        try {
+          // The worker reads the file through this handle's descriptor; it is closed only after the worker is done with it.
+          await runInWorker({ kind: 'post', url: action.url.href, fd: handle.fd, size, filename: safeFilename(entry.name), idleTimeoutMs: undefined }, ctx.policy, ctx.signal);
+        } finally {
+          await handle.close().catch(() => undefined);
+        }
+      });
     },
     (error, wait) => {
       ctx.log.warn({ name: entry.name, url: loggableUrl(action.url), err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-out transfer failed; retrying');

@@ -96,7 +96,7 @@ const waiting = new Map<string, Waiter[]>();
 
 /** Set the server-wide limit (at startup; waiting transfers start at once if it rose). */
 export function setMaxTransfers(n: number): void {
-  maxTransfers = Math.max(1, Math.floor(n));
+  maxTransfers = Number.isFinite(n) ? Math.max(1, Math.floor(n)) : DEFAULT_MAX_TRANSFERS;
   dispatch();
 }
 
@@ -184,6 +184,8 @@ function giveBack(worker: Worker): void {
     return;
   }
   worker.unref();
+  // An idle worker that fails is dropped (its 'exit' below), never an unhandled 'error' event.
+  worker.on('error', () => undefined);
   const entry = {
     worker,
     timer: setTimeout(() => {
@@ -203,22 +205,25 @@ function giveBack(worker: Worker): void {
 }
 
 /**
- * Run `order` in a pooled worker, once one of the server-wide transfer slots is free (waiting in
- * `client`'s queue). Policy checks are answered from `gate`; `signal` aborts the transfer, or the
- * wait. Resolves once the worker has finished with the transfer (for a POST: no longer reads the
- * caller's fd), or has been terminated.
+ * Run `fn` holding one of the server-wide transfer slots (waiting, round-robin, in `client`'s
+ * queue). `signal` aborts the wait; the slot is released when `fn` settles.
  */
-export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal, client: string): Promise<TransferResult | null> {
+export async function withTransferSlot<T>(client: string, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
   signal.throwIfAborted();
   const release = await acquire(client, signal);
   try {
-    return await runAcquired(order, gate, signal);
+    return await fn();
   } finally {
     release();
   }
 }
 
-async function runAcquired(order: TransferOrder, gate: UrlGate, signal: AbortSignal): Promise<TransferResult | null> {
+/**
+ * Run `order` in a pooled worker (inside `withTransferSlot`). Policy checks are answered from
+ * `gate`; `signal` aborts the transfer. Resolves once the worker has finished with the transfer
+ * (for a POST: no longer reads the caller's fd), or has been terminated.
+ */
+export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal): Promise<TransferResult | null> {
   signal.throwIfAborted();
   const worker = takeWorker();
   const send = (message: ToWorker): void => worker.postMessage(message);

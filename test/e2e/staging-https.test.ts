@@ -8,6 +8,7 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as https from 'node:https';
+import * as tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { generate } from 'selfsigned';
@@ -23,9 +24,11 @@ interface TlsEndpoint {
   readonly certPem: string;
 }
 
-/** An https job-files endpoint on 127.0.0.1 with a self-signed certificate for `dnsName`; bodies go out chunked, in two writes. */
-async function tlsEndpoint(t: { teardown(fn: () => Promise<void>): void }, dnsName: string, files: ReadonlyMap<string, Buffer>): Promise<TlsEndpoint> {
-  const pems = await generate([{ name: 'commonName', value: dnsName }], {
+type Pems = { private: string; cert: string };
+
+/** A self-signed certificate for `dnsName` (also its own CA, as a site CA would be trusted). */
+async function certificateFor(dnsName: string): Promise<Pems> {
+  return generate([{ name: 'commonName', value: dnsName }], {
     keyType: 'rsa',
     keySize: 2048,
     algorithm: 'sha256',
@@ -36,24 +39,53 @@ async function tlsEndpoint(t: { teardown(fn: () => Promise<void>): void }, dnsNa
       { name: 'subjectAltName', altNames: [{ type: 2 as const, value: dnsName }] },
     ],
   });
+}
+
+/**
+ * An https job-files endpoint on 127.0.0.1 with certificate `pems`. `chunked`: node's https server,
+ * bodies sent chunked in two writes. `at-once`: a raw TLS server that writes the whole answer
+ * (Content-Length) and its close in one go, as a proxy answering a small file does: the end of
+ * the connection arrives with the head.
+ */
+async function tlsEndpoint(t: { teardown(fn: () => Promise<void>): void }, pems: Pems, files: ReadonlyMap<string, Buffer>, mode: 'chunked' | 'at-once' = 'chunked'): Promise<TlsEndpoint> {
   const requests: string[] = [];
-  const server = https.createServer({ key: pems.private, cert: pems.cert }, (req, res) => {
-    const u = new URL(req.url ?? '/', 'https://x');
+  const bodyFor = (target: string): Buffer | undefined => {
+    const u = new URL(target, 'https://x');
     const galaxyPath = u.searchParams.get('path') ?? '';
     requests.push(galaxyPath);
-    const body = files.get(galaxyPath);
-    if (u.searchParams.get('job_key') !== KEY || body === undefined) {
-      res.writeHead(404).end('no');
-      return;
-    }
-    res.writeHead(200, { 'content-type': 'application/octet-stream' });
-    const half = body.length >> 1;
-    res.write(body.subarray(0, half), () => res.end(body.subarray(half)));
-  });
+    return u.searchParams.get('job_key') === KEY ? files.get(galaxyPath) : undefined;
+  };
+  let server: tls.Server;
+  if (mode === 'chunked') {
+    server = https.createServer({ key: pems.private, cert: pems.cert }, (req, res) => {
+      const body = bodyFor(req.url ?? '/');
+      if (body === undefined) {
+        res.writeHead(404).end('no');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const half = body.length >> 1;
+      res.write(body.subarray(0, half), () => res.end(body.subarray(half)));
+    });
+  } else {
+    server = tls.createServer({ key: pems.private, cert: pems.cert }, (socket) => {
+      socket.on('error', () => undefined);
+      let head = '';
+      socket.on('data', (d: Buffer) => {
+        head += d.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const target = head.split(' ')[1] ?? '/';
+        const body = bodyFor(target) ?? Buffer.from('no');
+        const status = files.has(new URL(target, 'https://x').searchParams.get('path') ?? '') ? '200 OK' : '404 Not Found';
+        socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 ${status}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`), body]));
+      });
+    });
+  }
   server.on('tlsClientError', () => undefined);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(async () => {
-    server.closeAllConnections();
+    if (server instanceof https.Server) server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
   const port = (server.address() as AddressInfo).port;
@@ -73,11 +105,14 @@ async function submit(base: string, id: string, url: string, galaxyPath: string)
   return (await request(base, 'POST', `/jobs/${id}/submit?${qs({ job_id: id, command_line: command, remote_staging: JSON.stringify(remoteStaging) })}`)).text;
 }
 
-test('https stage-in: a trusted certificate for the host name is fetched; an untrusted one and one for another name fail the job with nothing staged or run', async (t) => {
+test('https stage-in: a trusted certificate for the host name is fetched (chunked, or whole with the close); an untrusted one and one for another name fail the job with nothing staged or run', async (t) => {
   const body = randomBytes(3 * 1024 * 1024 + 17);
-  const files = new Map([['/g/in.dat', body]]);
-  const good = await tlsEndpoint(t, 'localhost', files);
-  const untrusted = await tlsEndpoint(t, 'localhost', files);
+  const small = randomBytes(1000);
+  const files = new Map([['/g/in.dat', body], ['/g/small.dat', small]]);
+  const site = await certificateFor('localhost');
+  const good = await tlsEndpoint(t, site, files);
+  const atOnce = await tlsEndpoint(t, site, files, 'at-once');
+  const untrusted = await tlsEndpoint(t, await certificateFor('localhost'), files);
   const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\n');
   const caFile = path.join(root, 'site-ca.pem');
   // The server trusts `good`'s certificate as a site CA; `untrusted`'s is self-signed and unknown.
@@ -90,6 +125,13 @@ test('https stage-in: a trusted certificate for the host name is fetched; an unt
   t.is(done.status, 'complete', done.stderr);
   const sum = await request(server.url, 'GET', `/jobs/ok/files?${qs({ job_id: 'ok', name: 'sum', type: 'output' })}`);
   t.is(sum.text.trim(), createHash('sha256').update(body).digest('hex'));
+
+  // The whole answer and the TLS close in one go: the body is taken, not lost to the early end.
+  t.is(await submit(server.url, 'small', atOnce.url('localhost', '/g/small.dat'), '/g/small.dat'), 'OK');
+  const smallDone = await waitForJob(server.url, 'small');
+  t.is(smallDone.status, 'complete', smallDone.stderr);
+  const smallSum = await request(server.url, 'GET', `/jobs/small/files?${qs({ job_id: 'small', name: 'sum', type: 'output' })}`);
+  t.is(smallSum.text.trim(), createHash('sha256').update(small).digest('hex'));
 
   const cases: [string, string, RegExp][] = [
     ['untrusted', untrusted.url('localhost', '/g/in.dat'), /self[- ]signed|unable to verify|certificate/i],
