@@ -30,8 +30,23 @@ export class PermanentError extends Error {
   }
 }
 
+/**
+ * Certificate checks that failed (OpenSSL's verify results as node reports them, and node's own
+ * host-name check): an untrusted, expired or misnamed certificate does not heal between retries.
+ */
+const CERTIFICATE_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_DECRYPT_CERT_SIGNATURE', 'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY', 'CERT_SIGNATURE_FAILURE',
+  'CERT_NOT_YET_VALID', 'CERT_HAS_EXPIRED', 'ERROR_IN_CERT_NOT_BEFORE_FIELD', 'ERROR_IN_CERT_NOT_AFTER_FIELD',
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'CERT_CHAIN_TOO_LONG', 'CERT_REVOKED',
+  'INVALID_CA', 'PATH_LENGTH_EXCEEDED', 'INVALID_PURPOSE', 'CERT_UNTRUSTED', 'CERT_REJECTED',
+  'HOSTNAME_MISMATCH', 'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
 export function isTransient(error: unknown): boolean {
   if (error instanceof HttpStatusError) return isTransientStatus(error.status);
+  const code = error instanceof Error ? (error as NodeJS.ErrnoException).code : undefined;
+  if (typeof code === 'string' && CERTIFICATE_CODES.has(code)) return false;
   if (error instanceof PermanentError || error instanceof MagnetarError) return false;
   if (error instanceof Error && error.name === 'AbortError') return false;
   // Connection errors (ECONNREFUSED, ECONNRESET, ETIMEDOUT, "aborted", premature end) and the like.

@@ -2,7 +2,7 @@
  * Stage-in from https files endpoints, through a real `magnetar serve` process that trusts the
  * endpoint's certificate the way an administrator makes it trust a site CA (NODE_EXTRA_CA_CERTS).
  * The certificate is checked: an untrusted one, or one for another name, fails the job before
- * anything reaches the job directory, and the job's command never runs.
+ * anything reaches the job directory, and the job's command never runs (and is not retried).
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
@@ -113,7 +113,8 @@ test('https stage-in: a trusted certificate for the host name is fetched (chunke
   const good = await tlsEndpoint(t, site, files);
   const atOnce = await tlsEndpoint(t, site, files, 'at-once');
   const untrusted = await tlsEndpoint(t, await certificateFor('localhost'), files);
-  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\n');
+  // Retries on: a certificate failure must still not be retried.
+  const { root, ini } = await serverRoot(t, '[manager:_default_]\ntype = queued_python\npreprocess_action_max_retries = 3\npreprocess_action_interval_start = 0.01\n');
   const caFile = path.join(root, 'site-ca.pem');
   // The server trusts `good`'s certificate as a site CA; `untrusted`'s is self-signed and unknown.
   await fs.writeFile(caFile, good.certPem);
@@ -148,6 +149,7 @@ test('https stage-in: a trusted certificate for the host name is fetched (chunke
     const outputs: string[] = await fs.readdir(path.join(root, 'staging', id, 'outputs')).catch(() => []);
     t.false(outputs.includes('ran'), `${id}: the command did not run`);
   }
+  t.false(server.output().includes('retrying'), 'certificate failures are not retried');
   t.deepEqual(untrusted.requests, [], 'the untrusted endpoint never saw a request (the handshake failed first)');
   t.deepEqual(good.requests, ['/g/in.dat'], 'nothing was sent to the endpoint under the wrong name');
 });

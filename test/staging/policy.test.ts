@@ -103,6 +103,10 @@ test('retries: only transient errors, as many as the policy says, -1 none, inter
   t.false(isTransient(new PermanentError('x')));
   t.false(isTransient(new JobRefused('x')));
   t.true(isTransient(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })));
+  // A certificate that failed its checks does not heal between retries.
+  for (const code of ['DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_HAS_EXPIRED', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'ERR_TLS_CERT_ALTNAME_INVALID']) {
+    t.false(isTransient(Object.assign(new Error(code), { code })), code);
+  }
 
   const signal = new AbortController().signal;
   const run = async (maxRetries: number, failures: number, error: Error = new HttpStatusError(503, 'busy')) => {
