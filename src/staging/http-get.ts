@@ -37,13 +37,22 @@ export interface GetOptions {
   readonly policy: UrlGate;
   readonly retry: RetryConfig;
   readonly signal: AbortSignal;
-  /** Hears of each retry (a pino Logger, or the worker thread's forwarder to the main thread's). */
+  /** Hears of each retry (a pino Logger). */
   readonly log: { warn(obj: Record<string, unknown>, msg: string): void };
   /** Largest file accepted, in bytes; 0 = no limit. */
   readonly maxBytes: number;
   readonly idleTimeoutMs?: number;
   /** Whose transfer this is (the job's client): transfers wait for a worker round-robin by client. */
   readonly client?: string | undefined;
+}
+
+/** What one attempt needs: no retry policy or log (a transfer worker runs single attempts). */
+export type AttemptOptions = Pick<GetOptions, 'policy' | 'signal' | 'maxBytes' | 'idleTimeoutMs'>;
+
+/** One attempt's outcome: the file's size, and the bytes that were already there (resumed with Range). */
+export interface AttemptResult {
+  readonly bytes: number;
+  readonly resumedFrom: number;
 }
 
 export interface TransferResult {
@@ -124,7 +133,7 @@ function requestHeaders(offset: number): Record<string, string> {
  * GET `url` from byte `offset` through Http1Get (one fixed read buffer; writeBodySync writes the
  * body synchronously, blocking the thread, so production runs this in a transfer worker thread).
  */
-async function get(url: URL, offset: number, opts: GetOptions): Promise<{ request: Http1Get; response: Http1Response }> {
+async function get(url: URL, offset: number, opts: AttemptOptions): Promise<{ request: Http1Get; response: Http1Response }> {
   const request = new Http1Get(url, {
     lookup: checkedLookup(url, opts.policy),
     signal: opts.signal,
@@ -163,7 +172,7 @@ function contentRange(header: string | undefined): { start: number | undefined; 
 }
 
 /** One attempt: follow redirects (within the policy), then stream the body into the partial file. */
-async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promise<number> {
+async function attemptOnce(first: URL, partial: string, opts: AttemptOptions): Promise<number> {
   let url = first;
   for (let redirects = 0; ; ) {
     const offset = await sizeOf(partial);
@@ -227,29 +236,43 @@ async function attemptOnce(first: URL, partial: string, opts: GetOptions): Promi
 }
 
 /**
- * Fetch `urlText` (checked by the policy) into `dest`, which must not exist as anything but a
- * regular file. Retries transient failures per `opts.retry`, resuming from what arrived.
+ * One attempt to fetch `url` (already checked by the policy) into `dest`, which must not exist as
+ * anything but a regular file: resumes from the partial file's size, renames it into place when
+ * whole. What a transfer worker runs; the retries are the caller's.
  */
-export async function downloadToFile(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
-  const url = await opts.policy.checkUrl(urlText);
+export async function fetchOnce(url: URL, dest: string, opts: AttemptOptions): Promise<AttemptResult> {
   const partial = partialPathFor(dest);
+  const resumedFrom = await sizeOf(partial);
+  const bytes = await attemptOnce(url, partial, opts);
+  await fs.rename(partial, dest);
+  return { bytes, resumedFrom };
+}
+
+/** Run `attempt` under `opts.retry` (each retry logged without the URL's query); the result counts the attempts and the time. */
+async function retried(url: URL, opts: GetOptions, attempt: () => Promise<AttemptResult>): Promise<TransferResult> {
   const began = Date.now();
-  let resumedFrom = 0;
   let attempts = 0;
-  const bytes = await withRetries(
+  const { bytes, resumedFrom } = await withRetries(
     opts.retry,
     opts.signal,
     async () => {
       attempts++;
-      resumedFrom = await sizeOf(partial);
-      return attemptOnce(url, partial, opts);
+      return attempt();
     },
     (error, wait) => {
       opts.log.warn({ url: loggableUrl(url), err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-in transfer failed; retrying');
     },
   );
-  await fs.rename(partial, dest);
   return { bytes, ms: Date.now() - began, resumedFrom, attempts };
+}
+
+/**
+ * Fetch `urlText` (checked by the policy) into `dest` in this thread (its writes block it: see
+ * `get`). Retries transient failures per `opts.retry`, resuming from what arrived.
+ */
+export async function downloadToFile(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
+  const url = await opts.policy.checkUrl(urlText);
+  return retried(url, opts, () => fetchOnce(url, dest, opts));
 }
 
 /**
@@ -262,23 +285,10 @@ export async function downloadToFile(urlText: string, dest: string, opts: GetOpt
 export async function downloadInWorker(urlText: string, dest: string, opts: GetOptions): Promise<TransferResult> {
   const url = await opts.policy.checkUrl(urlText);
   opts.signal.throwIfAborted();
-  const began = Date.now();
-  let resumedFrom = 0;
-  let attempts = 0;
-  const bytes = await withRetries(
-    opts.retry,
-    opts.signal,
-    async () => {
-      attempts++;
-      const order = { kind: 'get', url: url.href, dest, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs } as const;
-      const result = await withTransferSlot(opts.client ?? '', opts.signal, () => runInWorker(order, opts.policy, opts.signal));
-      if (result === null) throw new Error('the transfer worker answered a GET without its result');
-      resumedFrom = result.resumedFrom;
-      return result.bytes;
-    },
-    (error, wait) => {
-      opts.log.warn({ url: loggableUrl(url), err: error instanceof Error ? error.message : String(error), retryInSeconds: wait }, 'stage-in transfer failed; retrying');
-    },
-  );
-  return { bytes, ms: Date.now() - began, resumedFrom, attempts };
+  const order = { kind: 'get', url: url.href, dest, maxBytes: opts.maxBytes, idleTimeoutMs: opts.idleTimeoutMs } as const;
+  return retried(url, opts, async () => {
+    const result = await withTransferSlot(opts.client ?? '', opts.signal, () => runInWorker(order, opts.policy, opts.signal));
+    if (result === null) throw new Error('the transfer worker answered a GET without its result');
+    return result;
+  });
 }

@@ -9,12 +9,12 @@
  */
 import { Worker } from 'node:worker_threads';
 import { JobRefused } from '../errors.js';
-import type { TransferResult, UrlGate } from './http-get.js';
+import type { AttemptResult, UrlGate } from './http-get.js';
 import { HttpStatusError, PermanentError } from './retry.js';
 
 /**
  * One attempt (retries are the caller's, so a transfer waiting to retry holds no worker): a GET into
- * `dest` (downloadToFile), or a POST of the open file `fd` (postFile; the caller keeps it open
+ * `dest` (fetchOnce), or a POST of the open file `fd` (postFile; the caller keeps it open
  * until the transfer ends).
  */
 export type TransferOrder =
@@ -51,7 +51,7 @@ export type ToWorker =
 export type FromWorker =
   | { readonly t: 'check'; readonly id: number; readonly kind: 'url'; readonly text: string }
   | { readonly t: 'check'; readonly id: number; readonly kind: 'address'; readonly url: string; readonly address: string }
-  | { readonly t: 'done'; readonly result: TransferResult | null }
+  | { readonly t: 'done'; readonly result: AttemptResult | null }
   | { readonly t: 'fail'; readonly error: SerializedError };
 
 /** An error as it crosses between threads: its class (the ones staging tells apart), message, status and code. */
@@ -223,7 +223,7 @@ export async function withTransferSlot<T>(client: string, signal: AbortSignal, f
  * `gate`; `signal` aborts the transfer. Resolves once the worker has finished with the transfer
  * (for a POST: no longer reads the caller's fd), or has been terminated.
  */
-export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal): Promise<TransferResult | null> {
+export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: AbortSignal): Promise<AttemptResult | null> {
   signal.throwIfAborted();
   const worker = takeWorker();
   const send = (message: ToWorker): void => worker.postMessage(message);
@@ -237,7 +237,7 @@ export async function runInWorker(order: TransferOrder, gate: UrlGate, signal: A
   };
   signal.addEventListener('abort', onAbort, { once: true });
   try {
-    return await new Promise<TransferResult | null>((resolve, reject) => {
+    return await new Promise<AttemptResult | null>((resolve, reject) => {
       let settled = false;
       worker.on('message', (message: FromWorker) => {
         switch (message.t) {

@@ -1,14 +1,13 @@
 /**
- * A transfer worker thread (transfer-pool.ts): runs stage-in GETs (downloadToFile) and stage-out
- * POSTs (postFile), one at a time. Its socket buffers live in this thread's small heap, where V8
+ * A transfer worker thread (transfer-pool.ts): runs single attempts of stage-in GETs (fetchOnce)
+ * and stage-out POSTs (postFile), one at a time; the main thread retries, holding no worker meanwhile. Its socket buffers live in this thread's small heap, where V8
  * reclaims them with cheap scavenges, and its synchronous reads and writes block only this thread.
  * The staging policy stays in the main thread: each URL and each resolved address is sent there to
  * be checked (`check` messages), and the answer comes back before the connection is made.
  */
 import { parentPort } from 'node:worker_threads';
-import { downloadToFile, type UrlGate } from './http-get.js';
+import { fetchOnce, type UrlGate } from './http-get.js';
 import { postFile } from './http-post.js';
-import type { RetryConfig } from '../config/types.js';
 import { type ToWorker, type FromWorker, type TransferOrder, serializeError, deserializeError } from './transfer-pool.js';
 
 const port = parentPort;
@@ -16,7 +15,6 @@ if (port === null) throw new Error('transfer-worker.js runs only as a worker thr
 const pending = new Map<number, { resolve: (value: URL) => void; reject: (error: Error) => void }>();
 let nextId = 0;
 let current: AbortController | undefined;
-const NO_RETRY: RetryConfig = { maxRetries: -1, intervalStart: 0, intervalStep: 0, intervalMax: 0 };
 
 function send(message: FromWorker): void {
   port?.postMessage(message);
@@ -44,14 +42,12 @@ async function run(order: TransferOrder, controller: AbortController): Promise<v
       send({ t: 'done', result: null });
       return;
     }
-    // One attempt: the main thread retries (runInWorker's caller), holding no worker while it waits.
-    const result = await downloadToFile(order.url, order.dest, {
+    // The URL was checked before the order was sent; checked again here, where it is used.
+    const result = await fetchOnce(await gate.checkUrl(order.url), order.dest, {
       policy: gate,
-      retry: NO_RETRY,
       signal: controller.signal,
       maxBytes: order.maxBytes,
       ...(order.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: order.idleTimeoutMs }),
-      log: { warn: () => undefined },
     });
     send({ t: 'done', result });
   } catch (error) {
