@@ -32,6 +32,8 @@ export async function postFile(url: URL, fd: number, size: number, filename: str
   const boundary = `----magnetar${randomBytes(12).toString('hex')}`;
   const head = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: application/octet-stream\r\n\r\n`);
   const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+  const refusedWith = (status: number): HttpStatusError => new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+  const isOk = (status: number | undefined): boolean => status !== undefined && status >= 200 && status <= 299;
   const req = (url.protocol === 'https:' ? https : http).request(url, {
     method: 'POST',
     headers: {
@@ -50,13 +52,12 @@ export async function postFile(url: URL, fd: number, size: number, filename: str
   const answered = new Promise<http.IncomingMessage>((resolve, reject) => {
     req.on('response', (res) => {
       early = res;
-      const status = res.statusCode ?? 0;
-      if (status >= 200 && status <= 299) {
+      if (isOk(res.statusCode)) {
         resolve(res);
         return;
       }
       res.resume();
-      reject(new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`));
+      reject(refusedWith(res.statusCode ?? 0));
       req.destroy();
     });
     req.on('error', reject);
@@ -76,12 +77,11 @@ export async function postFile(url: URL, fd: number, size: number, filename: str
     })]);
   } catch (error) {
     const status = early?.statusCode;
-    if (status !== undefined && (status < 200 || status > 299)) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+    if (status !== undefined && !isOk(status)) throw refusedWith(status);
     throw error;
   }
   res.resume();
-  const status = res.statusCode ?? 0;
-  if (status < 200 || status > 299) throw new HttpStatusError(status, `HTTP ${status} from files endpoint ${loggableUrl(url)}`);
+  if (!isOk(res.statusCode)) throw refusedWith(res.statusCode ?? 0);
 }
 
 /**
