@@ -3,6 +3,7 @@ import * as https from 'node:https';
 import * as fs from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { FileCache } from './staging/cache.js';
+import { DEFAULT_MAX_TRANSFERS, setMaxTransfers } from './staging/transfer-pool.js';
 import { defaultSandbox } from './config/build.js';
 import { CLUSTER_MANAGER_TYPES, type Config, type ManagerConfig, type SandboxConfig } from './config/types.js';
 import { isInside } from './jobs/paths.js';
@@ -58,6 +59,8 @@ export async function startServer(configured: Config, options: StartOptions): Pr
   let mq: MessageQueueMode | undefined;
   let relay: RelayMode | undefined;
   try {
+    // One limit for the whole server: every manager's transfers share the worker threads.
+    setMaxTransfers(config.app.staging.maxTransfers ?? DEFAULT_MAX_TRANSFERS);
     const backendContext = { log, serverEnv: options.env, configFile: config.configFile ?? 'configuration' };
     for (const manager of config.app.managers) {
       services.set(manager.name, new JobService({ manager, app: config.app, backend: createBackend(manager, backendContext), authorizer, log, jobEnv }));

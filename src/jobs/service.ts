@@ -15,7 +15,6 @@ import { StagingPolicy } from '../staging/policy.js';
 import { DEFAULT_RETRY } from '../staging/retry.js';
 import { parseSetup, runStageIn, type StageInEntry } from '../staging/stage-in.js';
 import { planStageOut, runStageOut } from '../staging/stage-out.js';
-import { DEFAULT_MAX_TRANSFERS, setMaxTransfers } from '../staging/transfer-pool.js';
 import { PULSAR_COMPAT_VERSION } from '../version.js';
 import { describeDependencies, resolveDependencies } from './dependencies.js';
 import { JobDirectory, isFileType, type FileType, type OpenedDownload, type StagedUpload } from './directory.js';
@@ -178,7 +177,6 @@ export class JobService {
     if (manager.galaxyDatatypesConfigFile !== undefined) props['galaxy_datatypes_config_file'] = manager.galaxyDatatypesConfigFile;
     this.#systemProperties = Object.freeze(props);
     this.#stagingPolicy = new StagingPolicy(options.app.staging, options.app.toolConfigFiles.length > 0);
-    setMaxTransfers(options.app.staging.maxTransfers ?? DEFAULT_MAX_TRANSFERS);
     this.#started = new Promise<void>((resolve) => {
       this.#markStarted = resolve;
     });
